@@ -1,0 +1,80 @@
+"""The run's settings: one frozen object that the CLI and the Python API build and every stage reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .backends import BACKENDS
+from .errors import UsageError
+from .models.registry import DEFAULT_MODEL
+
+DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    input: Path
+    output: Path
+    model: str = DEFAULT_MODEL
+    labels: Path | None = None
+    backend: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    shard_size: int = DEFAULT_SHARD_SIZE
+    top_k: int = DEFAULT_TOP_K
+    threshold: float = 0.0
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_hidden: bool = False
+    embeddings: bool = False
+    workers: int | None = None
+    scheduler: str | None = None
+    scheduler_file: Path | None = None
+    dashboard_address: str = ":8787"
+    retries: int = 2
+    keep_parts: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def validate(self) -> None:
+        """Refuse bad settings before any work starts, with a message that says what to do."""
+        if not self.input.exists():
+            raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
+        if self.output.is_dir():
+            raise UsageError(f"output {self.output} is a folder; give a file name such as {self.output}/predictions.parquet")
+        parent = self.output.parent if str(self.output.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"output folder {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"output folder {parent} is not writable; choose another output path")
+        positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k,
+                    "--retries": self.retries + 1}
+        if self.workers is not None:
+            positive["--workers"] = self.workers
+        for option, value in positive.items():
+            if value < 1:
+                raise UsageError(f"{option} must be a positive number, got {value}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.allow and self.deny:
+            raise UsageError("--allow and --deny cannot be combined; use one of them")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.scheduler and self.scheduler_file:
+            raise UsageError("give --scheduler or --scheduler-file, not both")
+        if self.scheduler_file and not self.scheduler_file.is_file():
+            raise UsageError(f"scheduler file {self.scheduler_file} does not exist")
+        if self.workers and (self.scheduler or self.scheduler_file):
+            raise UsageError("--workers sizes the embedded cluster; it cannot be used with --scheduler")
+
+    def recorded_options(self) -> dict:
+        """The options that shape the output, as stored in the Parquet metadata."""
+        keep = ("model", "backend", "batch_size", "shard_size", "top_k", "threshold", "allow", "deny",
+                "include", "exclude", "include_hidden", "embeddings")
+        values = asdict(self)
+        return {k: (list(values[k]) if isinstance(values[k], tuple) else values[k]) for k in keep}

@@ -1,0 +1,105 @@
+"""Find the images to classify: a recursive, deterministic walk, or a list file."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .errors import UsageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _matches(relative: str, patterns: Sequence[str]) -> bool:
+    """A pattern matches the relative path, or the file name when the pattern has no ``/``."""
+    name = relative.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(relative if "/" in p else name, p) for p in patterns)
+
+
+def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
+    """Yield image paths relative to ``root`` (``/``-separated), following symlinks without looping.
+
+    Directories are identified by (device, inode) so a symlink loop, or two links to one folder,
+    is entered once. Unreadable folders are skipped; broken links are reported as files so that
+    they become error rows rather than vanish.
+    """
+    visited: set[tuple[int, int]] = set()
+
+    def visit(directory: str, prefix: str) -> Iterator[str]:
+        try:
+            stat = os.stat(directory)
+        except OSError:
+            return
+        key = (stat.st_dev, stat.st_ino)
+        if key in visited:
+            return
+        visited.add(key)
+        try:
+            with os.scandir(directory) as entries:
+                listing = sorted(entries, key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in listing:
+            if not include_hidden and entry.name.startswith("."):
+                continue
+            relative = prefix + entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from visit(entry.path, relative + "/")
+            elif is_image_name(entry.name):
+                yield relative
+
+    yield from visit(os.fspath(root), "")
+
+
+def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
+    """Read a text file of image paths, one a line; relative paths are taken from the file's folder."""
+    root = list_file.resolve().parent
+    paths = []
+    with open(list_file, encoding="utf-8") as lines:
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path = Path(line)
+            if path.is_absolute():
+                try:
+                    line = path.relative_to(root).as_posix()
+                except ValueError:
+                    raise UsageError(
+                        f"{list_file}: {line} is outside {root}; list paths relative to the list file's folder"
+                    ) from None
+            paths.append(line.replace(os.sep, "/"))
+    return root, sorted(set(paths))
+
+
+def discover_images(
+    source: Path,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+) -> tuple[Path, list[str]]:
+    """Return the input root and the sorted relative paths of the images under ``source``.
+
+    ``source`` is a folder to walk or a text file listing image paths.
+    """
+    if source.is_dir():
+        root, paths = source.resolve(), list(walk_images(source, include_hidden))
+    elif source.is_file():
+        root, paths = read_path_list(source)
+    else:
+        raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
+    if include:
+        paths = [p for p in paths if _matches(p, include)]
+    if exclude:
+        paths = [p for p in paths if not _matches(p, exclude)]
+    return root, sorted(paths)

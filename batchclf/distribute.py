@@ -1,0 +1,138 @@
+"""Where shards run: an embedded LocalCluster sized to the machine, or an existing Dask cluster.
+
+Worker sizing: one worker process per core while memory allows (TensorFlow wants processes, not
+threads, and two single-threaded LiteRT interpreters beat one with two threads), each with one Dask
+thread; inference and decoding thread pools are set from the worker's share of its host's cores.
+On a GPU machine: one worker per visible GPU, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from .errors import UsageError
+
+WORKER_MEMORY_BYTES = 1_500_000_000  # a TensorFlow worker with one model peaks near 1.2 GB
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    workers: int
+    inference_threads: int
+    decode_threads: int
+    gpus: tuple[str, ...] = ()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> tuple[str, ...]:
+    """GPU ids from CUDA_VISIBLE_DEVICES, else from /proc (no TensorFlow import on the driver)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is not None:
+        return tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "-1")
+    try:
+        return tuple(sorted(os.listdir("/proc/driver/nvidia/gpus")))
+    except OSError:
+        return ()
+
+
+def plan_workers(cores: int, memory_bytes: int, gpus: tuple[str, ...] = (), workers: int | None = None) -> WorkerPlan:
+    """How many worker processes, and how many threads each, for one machine."""
+    if gpus:
+        count = workers or len(gpus)
+        share = max(1, cores // count)
+        return WorkerPlan(count, inference_threads=1, decode_threads=max(2, share), gpus=tuple(gpus[:count]))
+    by_memory = max(1, memory_bytes // WORKER_MEMORY_BYTES)
+    count = workers or max(1, min(cores, by_memory))
+    share = max(1, cores // count)
+    return WorkerPlan(count, inference_threads=share, decode_threads=max(1, share))
+
+
+def threads_for_worker(cores: int, workers_on_host: int) -> tuple[int, int]:
+    """Inference and decode threads for a worker sharing its host with ``workers_on_host`` others."""
+    share = max(1, cores // max(1, workers_on_host))
+    return share, share
+
+
+def total_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+@contextlib.contextmanager
+def connect(
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    workers: int | None = None,
+    dashboard_address: str = ":8787",
+) -> Iterator[tuple[object, WorkerPlan | None]]:
+    """A Dask client: attached to ``scheduler``/``scheduler_file``, or to a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler or scheduler_file:
+        try:
+            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as error:
+            where = scheduler or scheduler_file
+            raise UsageError(f"cannot reach the Dask scheduler at {where}: {error}") from None
+        with client:
+            yield client, None
+        return
+    plan = plan_workers(available_cores(), total_memory(), visible_gpus(), workers)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with contextlib.ExitStack() as stack:
+        if plan.gpus:
+            cluster = stack.enter_context(_gpu_cluster(plan, dashboard_address))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=plan.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=dashboard_address,
+                    silence_logs=logging.ERROR,
+                )
+            )
+        client = stack.enter_context(Client(cluster))
+        yield client, plan
+
+
+@contextlib.contextmanager
+def _gpu_cluster(plan: WorkerPlan, dashboard_address: str):
+    """A scheduler and one nanny per GPU, each worker seeing only its own device."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    workers = {
+        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+        for gpu in plan.gpus
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
+    with SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR) as cluster:
+        yield cluster
+
+
+def worker_hosts(client) -> dict[str, tuple[int, int]]:
+    """For each worker address: (cores on its host, workers on its host)."""
+    cores = client.run(available_cores)
+    per_host = Counter(urlparse(address).hostname for address in cores)
+    return {address: (count, per_host[urlparse(address).hostname]) for address, count in cores.items()}
+
+
+def submit_shards(client, function: Callable, shards, *args, retries: int = 2, key_prefix: str = "score") -> list:
+    """One future per shard, with retries; keys name the shard so the dashboard is readable."""
+    return [
+        client.submit(function, shard, *args, key=f"{key_prefix}-{shard.name}", retries=retries, pure=False)
+        for shard in shards
+    ]

