@@ -45,40 +45,76 @@ def _add_run(subparsers) -> None:
     run.add_argument("input", type=Path, help="folder of images (searched recursively) or a text file of paths")
     run.add_argument("output", type=Path, help="Parquet file to write (replaced atomically)")
     model = run.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL,
-                       help=f"built-in model ({', '.join(BUILTIN_MODELS)}), a .keras/.h5 file, a SavedModel "
-                       "folder or a folder written by 'batchclf train'")
-    model.add_argument("--labels", type=Path, default=None,
-                       help="class names, one a line (default: labels.txt beside a user model)")
-    model.add_argument("--backend", default="auto", choices=("auto", "tf", "litert"),
-                       help="inference engine: auto picks LiteRT on CPU and TensorFlow on GPU")
+    model.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in model ({', '.join(BUILTIN_MODELS)}), a .keras/.h5 file, a SavedModel "
+        "folder or a folder written by 'batchclf train'",
+    )
+    model.add_argument(
+        "--labels", type=Path, default=None, help="class names, one a line (default: labels.txt beside a user model)"
+    )
+    model.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "tf", "litert"),
+        help="inference engine: auto picks LiteRT on CPU and TensorFlow on GPU",
+    )
     model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference batch")
-    model.add_argument("--embeddings", action="store_true",
-                       help="add an 'embedding' column with the model's pooled features")
+    model.add_argument(
+        "--embeddings", action="store_true", help="add an 'embedding' column with the model's pooled features"
+    )
     out = run.add_argument_group("predictions")
     out.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes kept in the topk column")
-    out.add_argument("--threshold", type=float, default=0.0,
-                     help="a top-1 score below this leaves the label null (status stays ok)")
-    out.add_argument("--allow", type=_labels_list, default=(), metavar="LABELS",
-                     help="only report these classes: 'a,b,c' or @FILE with one label a line")
-    out.add_argument("--deny", type=_labels_list, default=(), metavar="LABELS",
-                     help="never report these classes: 'a,b,c' or @FILE")
+    out.add_argument(
+        "--threshold", type=float, default=0.0, help="a top-1 score below this leaves the label null (status stays ok)"
+    )
+    out.add_argument(
+        "--allow",
+        type=_labels_list,
+        default=(),
+        metavar="LABELS",
+        help="only report these classes: 'a,b,c' or @FILE with one label a line",
+    )
+    out.add_argument(
+        "--deny", type=_labels_list, default=(), metavar="LABELS", help="never report these classes: 'a,b,c' or @FILE"
+    )
     files = run.add_argument_group("files")
-    files.add_argument("--include", action="append", default=[], metavar="GLOB",
-                       help="only paths matching this glob (repeatable; without '/' it matches the file name)")
-    files.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                       help="skip paths matching this glob (repeatable)")
+    files.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only paths matching this glob (repeatable; without '/' it matches the file name)",
+    )
+    files.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip paths matching this glob (repeatable)"
+    )
     files.add_argument("--hidden", action="store_true", help="also walk hidden files and folders")
     dask = run.add_argument_group("cluster")
-    dask.add_argument("--workers", type=int, default=None,
-                      help="worker processes of the embedded cluster (default: one per core, as memory allows)")
-    dask.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                      help="attach to a running Dask scheduler, e.g. tcp://host:8786")
-    dask.add_argument("--scheduler-file", type=Path, default=None, metavar="FILE",
-                      help="attach to the Dask scheduler described in this JSON file")
+    dask.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the embedded cluster (default: one per core, as memory allows)",
+    )
+    dask.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="attach to a running Dask scheduler, e.g. tcp://host:8786"
+    )
+    dask.add_argument(
+        "--scheduler-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="attach to the Dask scheduler described in this JSON file",
+    )
     dask.add_argument("--dashboard-address", default=":8787", help="where the embedded cluster serves its dashboard")
-    dask.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                      help="images per task: the unit of scheduling, retry and resume")
+    dask.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="images per task: the unit of scheduling, retry and resume",
+    )
     dask.add_argument("--retries", type=int, default=2, help="times a failed shard is retried")
     dask.add_argument("--keep-parts", action="store_true", help="keep the per-shard files in OUTPUT.parts/")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -90,12 +126,28 @@ def _run(args) -> int:
     from .job import run
 
     config = RunConfig(
-        input=args.input, output=args.output, model=args.model, labels=args.labels, backend=args.backend,
-        batch_size=args.batch_size, shard_size=args.shard_size, top_k=args.top_k, threshold=args.threshold,
-        allow=args.allow, deny=args.deny, include=tuple(args.include), exclude=tuple(args.exclude),
-        include_hidden=args.hidden, embeddings=args.embeddings, workers=args.workers, scheduler=args.scheduler,
-        scheduler_file=args.scheduler_file, dashboard_address=args.dashboard_address, retries=args.retries,
-        keep_parts=args.keep_parts, progress=args.progress,
+        input=args.input,
+        output=args.output,
+        model=args.model,
+        labels=args.labels,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        allow=args.allow,
+        deny=args.deny,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        include_hidden=args.hidden,
+        embeddings=args.embeddings,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
+        dashboard_address=args.dashboard_address,
+        retries=args.retries,
+        keep_parts=args.keep_parts,
+        progress=args.progress,
     )
     summary = run(config, log=print)
     print(summary.line(), file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +13,15 @@ from .models.registry import DEFAULT_MODEL
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
+
+
+def _can_create_files_in(folder: Path) -> bool:
+    """Try it: permission bits say nothing for root or on read-only mounts."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchclf-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,20 @@ class RunConfig:
         if not self.input.exists():
             raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
         if self.output.is_dir():
-            raise UsageError(f"output {self.output} is a folder; give a file name such as {self.output}/predictions.parquet")
+            raise UsageError(
+                f"output {self.output} is a folder; give a file name such as {self.output}/predictions.parquet"
+            )
         parent = self.output.parent if str(self.output.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output folder {parent} does not exist; create it first")
-        if not os.access(parent, os.W_OK | os.X_OK):
+        if not _can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
-        positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k,
-                    "--retries": self.retries + 1}
+        positive = {
+            "--batch-size": self.batch_size,
+            "--shard-size": self.shard_size,
+            "--top-k": self.top_k,
+            "--retries": self.retries + 1,
+        }
         if self.workers is not None:
             positive["--workers"] = self.workers
         for option, value in positive.items():
@@ -74,7 +89,19 @@ class RunConfig:
 
     def recorded_options(self) -> dict:
         """The options that shape the output, as stored in the Parquet metadata."""
-        keep = ("model", "backend", "batch_size", "shard_size", "top_k", "threshold", "allow", "deny",
-                "include", "exclude", "include_hidden", "embeddings")
+        keep = (
+            "model",
+            "backend",
+            "batch_size",
+            "shard_size",
+            "top_k",
+            "threshold",
+            "allow",
+            "deny",
+            "include",
+            "exclude",
+            "include_hidden",
+            "embeddings",
+        )
         values = asdict(self)
         return {k: (list(values[k]) if isinstance(values[k], tuple) else values[k]) for k in keep}

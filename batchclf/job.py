@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import __version__
 from .config import RunConfig
@@ -40,8 +39,10 @@ class RunSummary:
         return self.files / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
-        return (f"{self.files} files, {self.ok} ok, {self.errors} errors, {self.seconds:.1f} s, "
-                f"{self.images_per_second:.1f} images/s")
+        return (
+            f"{self.files} files, {self.ok} ok, {self.errors} errors, {self.seconds:.1f} s, "
+            f"{self.images_per_second:.1f} images/s"
+        )
 
 
 def _class_filter(spec: ModelSpec, allow: tuple[str, ...], deny: tuple[str, ...]) -> tuple[int, ...] | None:
@@ -51,8 +52,10 @@ def _class_filter(spec: ModelSpec, allow: tuple[str, ...], deny: tuple[str, ...]
     index = {label: i for i, label in enumerate(spec.labels)}
     unknown = [n for n in names if n not in index]
     if unknown:
-        raise UsageError(f"unknown label(s) {', '.join(map(repr, unknown[:5]))} for model {spec.id}; "
-                         "labels must match the model's class names exactly")
+        raise UsageError(
+            f"unknown label(s) {', '.join(map(repr, unknown[:5]))} for model {spec.id}; "
+            "labels must match the model's class names exactly"
+        )
     if allow:
         return tuple(sorted(index[n] for n in allow))
     denied = {index[n] for n in deny}
@@ -64,8 +67,16 @@ def _class_filter(spec: ModelSpec, allow: tuple[str, ...], deny: tuple[str, ...]
 
 def _fingerprint(spec: ModelSpec, options: ScoringOptions, root: str, paths: list[str], config: RunConfig) -> str:
     digest = hashlib.sha256()
-    scoring = (spec.fingerprint, options.top_k, options.threshold, options.allowed, options.backend,
-               options.embeddings, config.shard_size, root)
+    scoring = (
+        spec.fingerprint,
+        options.top_k,
+        options.threshold,
+        options.allowed,
+        options.backend,
+        options.embeddings,
+        config.shard_size,
+        root,
+    )
     digest.update(repr(scoring).encode())
     for path in paths:
         digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
@@ -104,14 +115,17 @@ def run(config: RunConfig, log=print) -> RunSummary:
     _class_filter(spec, config.allow, config.deny)  # refuse unknown labels before starting a cluster
     root_path, paths = discover_images(config.input, config.include, config.exclude, config.include_hidden)
     if not paths:
-        raise UsageError(f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
-                         ".tif .tiff); check the path and --include/--exclude")
+        raise UsageError(
+            f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
+            ".tif .tiff); check the path and --include/--exclude"
+        )
     root = str(root_path)
     shards = make_shards(root, paths, config.shard_size)
     summary = RunSummary(files=len(paths), shards=len(shards))
 
-    with connect(config.scheduler, config.scheduler_file and str(config.scheduler_file), config.workers,
-                 config.dashboard_address) as (client, plan):
+    with connect(
+        config.scheduler, config.scheduler_file and str(config.scheduler_file), config.workers, config.dashboard_address
+    ) as (client, plan):
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         options = _scoring_options(config, spec, client, plan)
@@ -143,7 +157,9 @@ def run(config: RunConfig, log=print) -> RunSummary:
     if not config.keep_parts:
         store.remove()
     if summary.ok == 0:
-        raise AllFilesFailedError(f"all {summary.files} files failed to decode; see the error column of {config.output}")
+        raise AllFilesFailedError(
+            f"all {summary.files} files failed to decode; see the error column of {config.output}"
+        )
     return summary
 
 
@@ -155,8 +171,9 @@ def _score_pending(client, pending, spec, options, config, store, summary, total
     client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(min(event[1], bar.total - bar.n)))
     try:
         token = hashlib.sha256(f"{time.time()}{id(store)}".encode()).hexdigest()[:8]
-        futures = submit_shards(client, score_shard, pending, spec, options, retries=config.retries,
-                                key_prefix=f"batchclf-{token}")
+        futures = submit_shards(
+            client, score_shard, pending, spec, options, retries=config.retries, key_prefix=f"batchclf-{token}"
+        )
         names = {f.key: s.name for f, s in zip(futures, pending)}
         for future in as_completed(futures):
             table, timings = future.result()

