@@ -26,26 +26,39 @@ def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
     """Yield image paths relative to ``root`` (``/``-separated), following symlinks without looping.
 
     Directories are identified by (device, inode) so a symlink loop, or two links to one folder,
-    is entered once. Unreadable folders are skipped; broken links are reported as files so that
-    they become error rows rather than vanish.
+    is entered once; the folders above ``root`` count as visited, so a link to one of them (a loop
+    that would otherwise walk the whole disk) is not followed. Unreadable folders are skipped;
+    broken links are reported as files so that they become error rows rather than vanish.
     """
     visited: set[tuple[int, int]] = set()
+    for ancestor in Path(os.path.realpath(root)).parents:
+        try:
+            stat = os.stat(ancestor)
+        except OSError:
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
 
-    def visit(directory: str, prefix: str) -> Iterator[str]:
+    def listing(directory: str) -> list[os.DirEntry]:
         try:
             stat = os.stat(directory)
         except OSError:
-            return
+            return []
         key = (stat.st_dev, stat.st_ino)
         if key in visited:
-            return
+            return []
         visited.add(key)
         try:
             with os.scandir(directory) as entries:
-                listing = sorted(entries, key=lambda e: e.name)
+                return sorted(entries, key=lambda e: e.name)
         except OSError:
-            return
-        for entry in listing:
+            return []
+
+    # An explicit stack rather than recursion: a deep tree must not hit Python's recursion limit.
+    stack = [(os.fspath(root), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        subfolders = []
+        for entry in listing(directory):
             if not include_hidden and entry.name.startswith("."):
                 continue
             relative = prefix + entry.name
@@ -54,11 +67,10 @@ def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
             except OSError:
                 is_dir = False
             if is_dir:
-                yield from visit(entry.path, relative + "/")
+                subfolders.append((entry.path, relative + "/"))
             elif is_image_name(entry.name):
                 yield relative
-
-    yield from visit(os.fspath(root), "")
+        stack.extend(reversed(subfolders))
 
 
 def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
