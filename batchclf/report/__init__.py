@@ -1,0 +1,22 @@
+"""``batchclf report``: one self-contained HTML page showing what a run found and what changed since the last.
+
+The stages, one module each: ``run`` reads a Parquet output into the figures the page needs, ``drift``
+compares two runs, ``truth`` scores a run against a ``tags.tsv``, ``thumbnails`` makes the embedded
+JPEGs in parallel, ``charts`` draws the SVG, ``page`` writes the HTML and ``build`` ties them together.
+Nothing in the page is fetched over the network: CSS, charts and images are all inline.
+"""
+
+from __future__ import annotations
+
+from .command import add_parser
+
+__all__ = ["ReportConfig", "ReportSummary", "add_parser", "build_report"]
+
+
+def __getattr__(name: str):
+    # The CLI imports this package to register its parser; pyarrow and Pillow load only when a report is built.
+    if name in ("ReportConfig", "ReportSummary", "build_report"):
+        from . import build
+
+        return getattr(build, name)
+    raise AttributeError(name)

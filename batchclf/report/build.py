@@ -1,0 +1,224 @@
+"""Build a report: read the run (and the previous run, and the known labels), make thumbnails, write the page.
+
+Thumbnails are the only costly part and the only part that grows with what is shown, so their number
+is capped (``max_thumbnails``): a report over a million rows is the same few MB as one over ten thousand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from . import run as runs
+from .command import DEFAULT_LOW, DEFAULT_PER_LABEL, DEFAULT_TOP
+from .drift import Drift, compare_runs
+from .page import LabelSheet, Page, render
+from .thumbnails import Thumbnail, make_thumbnails
+from .truth import TruthResult, read_truth, score_run
+
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    output: Path  # the Parquet file written by ``batchclf run``
+    report: Path  # the HTML file to write
+    root: Path | None = None  # overrides the input root recorded in the Parquet metadata
+    low: float = DEFAULT_LOW
+    per_label: int = DEFAULT_PER_LABEL
+    top: int = DEFAULT_TOP
+    compare: Path | None = None
+    json: Path | None = None
+    truth: Path | None = None
+    gallery: int = 48  # thumbnails in the low-confidence and changed-prediction galleries
+    error_rows: int = 200
+    max_thumbnails: int = 1500
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not 0.0 <= self.low <= 1.0:
+            raise UsageError(f"--low must be between 0 and 1, got {self.low}")
+        if self.per_label < 0:
+            raise UsageError(f"--per-label must be 0 or more, got {self.per_label}")
+        if self.top < 1:
+            raise UsageError(f"--top must be a positive number, got {self.top}")
+        for option, target in (("REPORT", self.report), ("--json", self.json)):
+            if target is None:
+                continue
+            if target.is_dir():
+                raise UsageError(f"{option} {target} is a folder; give a file name such as {target}/report.html")
+            if not target.absolute().parent.is_dir():
+                raise UsageError(f"{option}: folder {target.absolute().parent} does not exist; create it first")
+
+
+@dataclass
+class ReportSummary:
+    report: Path
+    rows: int = 0
+    thumbnails: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+    drift: Drift | None = None
+    truth: TruthResult | None = None
+
+    def line(self) -> str:
+        return (
+            f"wrote {self.report}: {self.rows:,} rows, {self.thumbnails:,} thumbnails, "
+            f"{self.bytes / 1e6:.2f} MB in {self.seconds:.1f} s"
+        )
+
+
+def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Path | None, list[str]]:
+    if config.root is not None:
+        if not config.root.is_dir():
+            raise UsageError(f"--root {config.root} is not a folder; give the folder the run's paths are relative to")
+        return config.root, []
+    recorded = run.metadata.get("input_root")
+    if not recorded:
+        return None, [f"{config.output} records no input root; pass --root DIR to show thumbnails"]
+    if not Path(recorded).is_dir():
+        return None, [f"input root {recorded} is not here; thumbnails are shown as missing (pass --root DIR)"]
+    return Path(recorded), []
+
+
+def _header(config: ReportConfig, run: runs.Run, root: Path | None) -> list[tuple[str, str]]:
+    meta = run.metadata
+    rows = [
+        ("input root", str(root or meta.get("input_root") or "unknown")),
+        ("model", str(meta.get("model") or "unknown")),
+        ("run time", str(meta.get("run_time", "unknown"))),
+        ("files", f"{run.files:,} ({run.ok.num_rows:,} ok, {run.failed.num_rows:,} errors)"),
+    ]
+    if meta.get("seconds"):
+        rows.append(("duration", f"{meta['seconds']:,.1f} s, {run.images_per_second:,.1f} images/s"))
+    rows.append(("output", str(config.output)))
+    if config.compare:
+        rows.append(("compared with", str(config.compare)))
+    if meta.get("batchclf_version"):
+        rows.append(("batchclf", str(meta["batchclf_version"])))
+    return rows
+
+
+def _plan_sheets(config: ReportConfig, ok, counts, budget: int) -> tuple[list[LabelSheet], str | None]:
+    sheets = []
+    for label, count in counts[: config.top]:
+        if budget < min(count, config.per_label) or config.per_label == 0:
+            break
+        highest, lowest = runs.extremes(ok, label, config.per_label)
+        sheets.append(LabelSheet(label, count, highest, lowest))
+        budget -= len(highest) + len(lowest)
+    left = len(counts) - len(sheets)
+    note = f"{left:,} less frequent labels have no contact sheet (see --top and --per-label)." if left else None
+    return sheets, note
+
+
+def _write_atomically(target: Path, text: str) -> int:
+    data = text.encode("utf-8")
+    handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.absolute().parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(partial, 0o644)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return len(data)
+
+
+def summary_json(config: ReportConfig, run: runs.Run, counts, low_count: int, drift, truth) -> dict:
+    ok = run.ok.num_rows
+    return {
+        "output": str(config.output),
+        "report": str(config.report),
+        "summary": {
+            "input_root": run.metadata.get("input_root"),
+            "model": run.metadata.get("model"),
+            "run_time": run.metadata.get("run_time"),
+            "files": run.files,
+            "ok": ok,
+            "errors": run.failed.num_rows,
+            "seconds": run.metadata.get("seconds"),
+            "images_per_second": run.images_per_second,
+            "low_threshold": config.low,
+            "low_confidence": low_count,
+            "low_confidence_share": low_count / ok if ok else 0.0,
+            "labels": [{"label": label, "count": count, "share": count / ok} for label, count in counts],
+        },
+        "drift": drift.to_json() if drift else None,
+        "truth": truth.to_json() if truth else None,
+    }
+
+
+def build_report(config: ReportConfig) -> ReportSummary:
+    """Write ``config.report`` (and ``config.json``); return what was written and how long it took."""
+    started = time.perf_counter()
+    config.validate()
+    summary = ReportSummary(config.report)
+    run = runs.read_run(config.output)
+    previous = runs.read_run(config.compare, "--compare") if config.compare else None
+    root, warnings = _input_root(config, run)
+    truth = None
+    if config.truth:
+        labels, outside = read_truth(config.truth, root or Path(run.metadata.get("input_root") or "."))
+        truth = score_run(run, labels)
+        if outside:
+            warnings.append(f"{len(outside):,} paths in {config.truth} are outside the input root and were ignored")
+    drift = compare_runs(run, previous) if previous else None
+    summary.timings["read"] = time.perf_counter() - started
+
+    ok = run.ok
+    counts = runs.label_counts(ok["label"])
+    low_count = runs.count_below(ok, config.low)
+    low_items = runs.low_confidence(ok, config.low, config.gallery)
+    changed = sorted(drift.changed, key=lambda i: (-(i.score or 0.0), i.path))[: config.gallery] if drift else []
+    sheets, sheet_note = _plan_sheets(config, ok, counts, config.max_thumbnails - len(low_items) - len(changed))
+    chart = counts[: config.top]
+    rest = sum(count for _, count in counts[config.top :])
+    if rest:
+        chart = chart + [(f"{OTHER} ({len(counts) - config.top:,} labels)", rest)]
+
+    wanted = [i.path for s in sheets for i in s.highest + s.lowest] + [i.path for i in low_items + changed]
+    thumbnails_started = time.perf_counter()
+    if root is None:
+        thumbnails = {path: Thumbnail(None, "missing") for path in wanted}
+    else:
+        thumbnails = make_thumbnails(root, wanted, config.threads)
+    summary.timings["thumbnails"] = time.perf_counter() - thumbnails_started
+    summary.thumbnails = sum(1 for t in thumbnails.values() if t.uri)
+
+    page = Page(
+        title=f"batchclf report: {config.output.name}",
+        header=_header(config, run, root),
+        files=run.files,
+        ok=ok.num_rows,
+        errors=run.failed.num_rows,
+        images_per_second=run.images_per_second,
+        low=config.low,
+        low_count=low_count,
+        chart_labels=chart,
+        all_labels=counts,
+        histogram=runs.score_histogram(ok),
+        sheets=sheets,
+        low_items=low_items,
+        error_rows=runs.error_rows(run.failed, config.error_rows),
+        thumbnails=thumbnails,
+        warnings=warnings,
+        notes={"sheets": sheet_note} if sheet_note else {},
+        drift=drift,
+        changed_items=changed,
+        truth=truth,
+    )
+    summary.bytes = _write_atomically(config.report, render(page))
+    if config.json:
+        document = summary_json(config, run, counts, low_count, drift, truth)
+        _write_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    summary.rows, summary.drift, summary.truth = run.files, drift, truth
+    summary.seconds = time.perf_counter() - started
+    return summary

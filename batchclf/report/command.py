@@ -1,0 +1,88 @@
+"""The ``batchclf report`` command line: parse, then hand a ReportConfig to ``build_report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_LOW = 0.5
+DEFAULT_PER_LABEL = 24
+DEFAULT_TOP = 20
+
+
+def add_parser(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report",
+        help="write one self-contained HTML page showing what a run found (and what changed)",
+        description="Summarise a 'batchclf run' output in one HTML file with no outside references: label "
+        "distribution, score histogram, contact sheets per label, low-confidence and error listings; with "
+        "--compare, the drift from a previous run; with --truth, the confusion matrix and per-class metrics.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument("output", type=Path, metavar="OUT.parquet", help="the Parquet file written by 'batchclf run'")
+    report.add_argument("report", type=Path, metavar="REPORT.html", help="HTML file to write (replaced atomically)")
+    report.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder the image paths are relative to (default: the run's input root)",
+    )
+    report.add_argument(
+        "--low", type=float, default=DEFAULT_LOW, help="a score below this counts as a low-confidence prediction"
+    )
+    report.add_argument(
+        "--per-label",
+        type=int,
+        default=DEFAULT_PER_LABEL,
+        help="thumbnails per label: half the highest, half the lowest scores",
+    )
+    report.add_argument(
+        "--top",
+        type=int,
+        default=DEFAULT_TOP,
+        help="labels charted (the rest are grouped as 'other') and given a contact sheet",
+    )
+    report.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="PREVIOUS.parquet",
+        help="an earlier run's output: show new, gone and relabelled files and label shifts",
+    )
+    report.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the summary (and drift, and metrics) as JSON, e.g. for alerting",
+    )
+    report.add_argument(
+        "--truth",
+        type=Path,
+        default=None,
+        metavar="tags.tsv",
+        help="known labels (path<TAB>label, paths relative to the file's folder): add the "
+        "confusion matrix and per-class precision, recall and F1",
+    )
+    report.set_defaults(handler=_report)
+
+
+def _report(args) -> int:
+    from .build import ReportConfig, build_report
+
+    config = ReportConfig(
+        output=args.output,
+        report=args.report,
+        root=args.root,
+        low=args.low,
+        per_label=args.per_label,
+        top=args.top,
+        compare=args.compare,
+        json=args.json,
+        truth=args.truth,
+    )
+    summary = build_report(config)
+    print(summary.line(), file=sys.stderr)
+    return 0

@@ -1,0 +1,133 @@
+"""Read one run's Parquet output into the figures the report shows, reading only the columns it needs.
+
+Everything here works on Arrow columns, so a million-row output is summarised in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import UsageError
+from ..writer import read_run_metadata
+
+NO_LABEL = "(no label)"  # an ok row whose top score was below the run's --threshold
+ERROR_LABEL = "(error)"
+COLUMNS = ("path", "label", "score", "status", "error")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image as the report shows it."""
+
+    path: str
+    label: str
+    score: float | None
+    previous: str | None = None  # the label in the compared run, for changed predictions
+
+    @property
+    def caption(self) -> str:
+        return "" if self.score is None else f"{self.score:.2f}"
+
+
+@dataclass(frozen=True)
+class Run:
+    source: Path
+    metadata: dict
+    table: pa.Table  # COLUMNS, with NO_LABEL in place of the null label of ok rows
+
+    @cached_property
+    def ok(self) -> pa.Table:
+        return self.table.filter(pc.equal(self.table["status"], "ok"))
+
+    @cached_property
+    def failed(self) -> pa.Table:
+        return self.table.filter(pc.not_equal(self.table["status"], "ok"))
+
+    @property
+    def files(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def images_per_second(self) -> float | None:
+        seconds = self.metadata.get("seconds")
+        files = self.metadata.get("files", self.files)
+        return files / seconds if seconds else None
+
+    def outcomes(self) -> pa.Table:
+        """``path``, ``outcome`` (the label, or ERROR_LABEL for a file that failed) and ``score``."""
+        outcome = pc.if_else(pc.equal(self.table["status"], "ok"), self.table["label"], ERROR_LABEL)
+        return pa.table({"path": self.table["path"], "outcome": outcome, "score": self.table["score"]})
+
+
+def read_run(path: Path, option: str = "run output") -> Run:
+    """Open a ``batchclf run`` output; ``option`` names the argument in error messages."""
+    if not path.is_file():
+        raise UsageError(f"{option} {path} does not exist; give the Parquet file written by 'batchclf run'")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        raise UsageError(f"{option} {path} is not a Parquet file; give the output of 'batchclf run'") from None
+    missing = [c for c in COLUMNS if c not in schema.names]
+    if missing:
+        raise UsageError(f"{option} {path} has no {', '.join(missing)} column(s); is it the output of 'batchclf run'?")
+    table = pq.read_table(path, columns=list(COLUMNS))
+    is_ok = pc.equal(table["status"], "ok")
+    label = pc.if_else(pc.and_(is_ok, pc.is_null(table["label"])), NO_LABEL, table["label"])
+    table = table.set_column(table.schema.get_field_index("label"), "label", label)
+    return Run(path, read_run_metadata(path), table)
+
+
+def label_counts(labels: pa.ChunkedArray) -> list[tuple[str, int]]:
+    """(label, count) of a label column, most frequent first, ties by name."""
+    if len(labels) == 0:
+        return []
+    counts = pc.value_counts(labels)
+    pairs = [(str(v["values"]), int(v["counts"])) for v in counts.to_pylist()]
+    return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
+
+
+def score_histogram(table: pa.Table, bins: int = 20) -> list[int]:
+    scores = table["score"].drop_null().to_numpy(zero_copy_only=False)
+    counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+    return [int(c) for c in counts]
+
+
+def count_below(table: pa.Table, low: float) -> int:
+    return int(pc.sum(pc.less(table["score"], low)).as_py() or 0)
+
+
+def _items(table: pa.Table) -> list[Item]:
+    return [Item(r["path"], r["label"], r["score"]) for r in table.select(["path", "label", "score"]).to_pylist()]
+
+
+def low_confidence(table: pa.Table, low: float, limit: int) -> list[Item]:
+    """The least confident predictions below ``low``, least confident first."""
+    below = table.filter(pc.less(table["score"], low))
+    order = pc.sort_indices(below, [("score", "ascending"), ("path", "ascending")])
+    return _items(below.take(order[:limit]))
+
+
+def error_rows(table: pa.Table, limit: int) -> list[tuple[str, str]]:
+    """(path, error) of the first ``limit`` failed files by path."""
+    order = pc.sort_indices(table, [("path", "ascending")])
+    rows = table.take(order[:limit]).select(["path", "error"]).to_pylist()
+    return [(r["path"], r["error"] or "") for r in rows]
+
+
+def extremes(table: pa.Table, label: str, count: int) -> tuple[list[Item], list[Item]]:
+    """The highest and lowest scoring images of one label: up to ``count`` in all, no image twice."""
+    rows = table.filter(pc.equal(table["label"], label))
+    order = pc.sort_indices(rows, [("score", "descending"), ("path", "ascending")])
+    if rows.num_rows <= count:
+        return _items(rows.take(order)), []
+    high = math.ceil(count / 2)
+    low = count - high
+    return _items(rows.take(order[:high])), _items(rows.take(order[rows.num_rows - low :])) if low else []
