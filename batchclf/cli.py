@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchclf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(subparsers)
+    from .report import add_parser as add_report_parser
+    add_report_parser(subparsers)
     return parser
 
 
