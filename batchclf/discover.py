@@ -74,24 +74,24 @@ def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
 
 
 def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
-    """Read a text file of image paths, one a line; relative paths are taken from the file's folder."""
-    root = list_file.resolve().parent
-    paths = []
+    """Read a text file of image paths, one a line (``#`` comments and blank lines ignored).
+
+    Relative paths are taken from the list file's folder. The input root, against which the output's
+    ``path`` column is written, is the deepest folder holding every listed file.
+    """
+    base = list_file.resolve().parent
+    absolute = []
     with open(list_file, encoding="utf-8") as lines:
         for line in lines:
             line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path = Path(line)
-            if path.is_absolute():
-                try:
-                    line = path.relative_to(root).as_posix()
-                except ValueError:
-                    raise UsageError(
-                        f"{list_file}: {line} is outside {root}; list paths relative to the list file's folder"
-                    ) from None
-            paths.append(line.replace(os.sep, "/"))
-    return root, sorted(set(paths))
+            if line and not line.startswith("#"):
+                absolute.append(os.path.normpath(os.path.join(base, line)))
+    if not absolute:
+        return base, []
+    root = os.path.commonpath(absolute)
+    if len(set(absolute)) == 1 or os.path.isfile(root):
+        root = os.path.dirname(root)
+    return Path(root), sorted({Path(p).relative_to(root).as_posix() for p in absolute})
 
 
 def discover_images(

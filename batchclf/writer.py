@@ -28,7 +28,7 @@ BASE_FIELDS = [
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("bytes", pa.int64()),
-    pa.field("mtime", pa.timestamp("ns", tz="UTC")),
+    pa.field("mtime", pa.timestamp("us", tz="UTC")),
     pa.field("model", pa.string(), nullable=False),
 ]
 METADATA_KEY = b"batchclf"

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import save_image
+
+from batchclf.discover import discover_images
+from batchclf.errors import UsageError
+from batchclf.shard import make_shards
+
+
+@pytest.fixture
+def tree(tmp_path):
+    for name in (
+        "b/2.JPG",
+        "b/1.png",
+        "a.jpeg",
+        "c/d/e/f.TIFF",
+        "z.gif",
+        "x.BMP",
+        "w.webp",
+        ".hid/h.jpg",
+        "b/.dot.jpg",
+    ):
+        save_image(tmp_path / name, format="PNG")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "noext").write_text("x")
+    return tmp_path
+
+
+def test_walk_is_sorted_recursive_and_case_insensitive(tree):
+    root, paths = discover_images(tree)
+    assert root == tree.resolve()
+    assert paths == ["a.jpeg", "b/1.png", "b/2.JPG", "c/d/e/f.TIFF", "w.webp", "x.BMP", "z.gif"]
+
+
+def test_hidden_included_on_request(tree):
+    _, paths = discover_images(tree, include_hidden=True)
+    assert ".hid/h.jpg" in paths and "b/.dot.jpg" in paths
+
+
+def test_include_exclude(tree):
+    assert discover_images(tree, include=("*.png", "*.JPG"))[1] == ["b/1.png", "b/2.JPG"]
+    assert discover_images(tree, include=("b/*",))[1] == ["b/1.png", "b/2.JPG"]
+    assert discover_images(tree, exclude=("c/*", "*.gif"))[1] == ["a.jpeg", "b/1.png", "b/2.JPG", "w.webp", "x.BMP"]
+
+
+def test_symlinks_followed_once(tree):
+    os.symlink(tree, tree / "b" / "loop")  # a loop back to the root
+    os.symlink(tree / "c", tree / "c-again")  # a second way into one folder
+    os.symlink(tree / "a.jpeg", tree / "link.jpg")
+    _, paths = discover_images(tree)
+    assert "link.jpg" in paths
+    assert sum(p.endswith("f.TIFF") for p in paths) == 1
+    assert not any("loop" in p for p in paths)
+
+
+def test_missing_input_is_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        discover_images(tmp_path / "missing")
+
+
+def test_list_file_relative_and_absolute(tree, tmp_path):
+    listing = tree / "list.txt"
+    listing.write_text(f"b/1.png\n\n# comment\n{tree}/c/d/e/f.TIFF\nb/1.png\n")
+    root, paths = discover_images(listing)
+    assert root == tree.resolve()
+    assert paths == ["b/1.png", "c/d/e/f.TIFF"]
+
+
+def test_shards_are_deterministic_consecutive_slices():
+    paths = [f"{i:04d}.jpg" for i in range(10)]
+    shards = make_shards("/r", paths, 4)
+    assert [s.paths for s in shards] == [tuple(paths[0:4]), tuple(paths[4:8]), tuple(paths[8:10])]
+    assert [s.name for s in shards] == ["shard-000000", "shard-000001", "shard-000002"]
+    assert make_shards("/r", paths, 4) == shards
