@@ -60,6 +60,12 @@ def _add_run(subparsers) -> None:
         choices=("auto", "tf", "litert"),
         help="inference engine: auto picks LiteRT on CPU and TensorFlow on GPU",
     )
+    model.add_argument(
+        "--quantize",
+        default=None,
+        choices=("int8",),
+        help="run a full-integer LiteRT model calibrated on a sample of the input (see docs/performance.md)",
+    )
     model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference batch")
     model.add_argument(
         "--embeddings", action="store_true", help="add an 'embedding' column with the model's pooled features"
@@ -131,6 +137,7 @@ def _run(args) -> int:
         model=args.model,
         labels=args.labels,
         backend=args.backend,
+        quantize=args.quantize,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         top_k=args.top_k,

@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends import BACKENDS
+from .backends import BACKENDS, QUANTIZATIONS
 from .errors import UsageError
 from .models.registry import DEFAULT_MODEL
 
@@ -31,6 +31,7 @@ class RunConfig:
     model: str = DEFAULT_MODEL
     labels: Path | None = None
     backend: str = "auto"
+    quantize: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     shard_size: int = DEFAULT_SHARD_SIZE
     top_k: int = DEFAULT_TOP_K
@@ -80,6 +81,10 @@ class RunConfig:
             raise UsageError("--allow and --deny cannot be combined; use one of them")
         if self.backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise UsageError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
+        if self.quantize and self.backend == "tf":
+            raise UsageError("--quantize runs a LiteRT model; use it with --backend litert or auto, not tf")
         if self.scheduler and self.scheduler_file:
             raise UsageError("give --scheduler or --scheduler-file, not both")
         if self.scheduler_file and not self.scheduler_file.is_file():
@@ -92,6 +97,7 @@ class RunConfig:
         keep = (
             "model",
             "backend",
+            "quantize",
             "batch_size",
             "shard_size",
             "top_k",

@@ -36,23 +36,33 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def visible_gpus() -> tuple[str, ...]:
-    """GPU ids from CUDA_VISIBLE_DEVICES, else from /proc (no TensorFlow import on the driver)."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+def visible_gpus(environ: dict | None = None, proc_folder: str = "/proc/driver/nvidia/gpus") -> tuple[str, ...]:
+    """CUDA device ids a worker may be pinned to, without importing TensorFlow on the driver.
+
+    From ``CUDA_VISIBLE_DEVICES`` when set (CUDA stops at the first invalid entry such as ``-1``);
+    else one index per GPU the driver lists in /proc (its entries are PCI addresses, not CUDA ids).
+    """
+    value = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
     if value is not None:
-        return tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "-1")
+        ids = []
+        for entry in (v.strip() for v in value.split(",")):
+            if not entry or entry.startswith("-"):
+                break
+            ids.append(entry)
+        return tuple(ids)
     try:
-        return tuple(sorted(os.listdir("/proc/driver/nvidia/gpus")))
+        return tuple(str(i) for i in range(len(os.listdir(proc_folder))))
     except OSError:
         return ()
 
 
 def plan_workers(cores: int, memory_bytes: int, gpus: tuple[str, ...] = (), workers: int | None = None) -> WorkerPlan:
     """How many worker processes, and how many threads each, for one machine."""
-    if gpus:
+    if gpus:  # the GPU does the inference; the worker's cores decode for it
         count = workers or len(gpus)
         share = max(1, cores // count)
-        return WorkerPlan(count, inference_threads=1, decode_threads=max(2, share), gpus=tuple(gpus[:count]))
+        assigned = tuple(gpus[i % len(gpus)] for i in range(count))  # more workers than GPUs: they share
+        return WorkerPlan(count, inference_threads=1, decode_threads=max(2, share), gpus=assigned)
     by_memory = max(1, memory_bytes // WORKER_MEMORY_BYTES)
     count = workers or max(1, min(cores, by_memory))
     share = max(1, cores // count)
@@ -109,15 +119,21 @@ def connect(
         yield client, plan
 
 
+def gpu_worker_env(plan: WorkerPlan) -> dict[str, dict[str, str]]:
+    """Worker name → environment: each worker sees only its own GPU and grows its memory as needed."""
+    return {
+        f"gpu{index}-{gpu}": {"CUDA_VISIBLE_DEVICES": gpu, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+        for index, gpu in enumerate(plan.gpus)
+    }
+
+
 @contextlib.contextmanager
 def _gpu_cluster(plan: WorkerPlan, dashboard_address: str):
     """A scheduler and one nanny per GPU, each worker seeing only its own device."""
     from distributed import Nanny, Scheduler, SpecCluster
 
-    workers = {
-        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
-        for gpu in plan.gpus
-    }
+    env_by_worker = gpu_worker_env(plan)
+    workers = {name: {"cls": Nanny, "options": {"nthreads": 1, "env": env}} for name, env in env_by_worker.items()}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
     with SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR) as cluster:
         yield cluster

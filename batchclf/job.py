@@ -17,8 +17,8 @@ from .discover import discover_images
 from .distribute import connect, submit_shards, worker_hosts
 from .errors import AllFilesFailedError, UsageError
 from .models.registry import ModelSpec, resolve_model
-from .shard import make_shards
-from .worker import PROGRESS_TOPIC, ScoringOptions, score_shard
+from .shard import balanced_shard_size, make_shards
+from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, score_shard
 from .writer import PartsStore, merge_parts, output_schema
 
 
@@ -73,6 +73,7 @@ def _fingerprint(spec: ModelSpec, options: ScoringOptions, root: str, paths: lis
         options.threshold,
         options.allowed,
         options.backend,
+        options.quantize,
         options.embeddings,
         config.shard_size,
         root,
@@ -83,7 +84,7 @@ def _fingerprint(spec: ModelSpec, options: ScoringOptions, root: str, paths: lis
     return digest.hexdigest()[:24]
 
 
-def _scoring_options(config: RunConfig, spec: ModelSpec, client, plan) -> ScoringOptions:
+def _scoring_options(config: RunConfig, spec: ModelSpec, client, plan, root: str, paths: list[str]) -> ScoringOptions:
     if plan is not None:
         threads, decode_threads = plan.inference_threads, plan.decode_threads
     else:  # attached cluster: the smallest share any worker has of its host
@@ -98,6 +99,8 @@ def _scoring_options(config: RunConfig, spec: ModelSpec, client, plan) -> Scorin
         threads=threads,
         decode_threads=decode_threads,
         embeddings=config.embeddings,
+        quantize=config.quantize,
+        calibration=calibration_sample(root, paths) if config.quantize else (),
     )
 
 
@@ -120,7 +123,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
             ".tif .tiff); check the path and --include/--exclude"
         )
     root = str(root_path)
-    shards = make_shards(root, paths, config.shard_size)
+    shards = make_shards(root, paths, balanced_shard_size(len(paths), config.shard_size))
     summary = RunSummary(files=len(paths), shards=len(shards))
 
     with connect(
@@ -128,7 +131,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
     ) as (client, plan):
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-        options = _scoring_options(config, spec, client, plan)
+        options = _scoring_options(config, spec, client, plan, root, paths)
         store = PartsStore(config.output, _fingerprint(spec, options, root, paths, config))
         message = store.open()
         if message:

@@ -7,6 +7,8 @@ a thread pool a window ahead of inference, so the two overlap.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import os
 import threading
@@ -46,6 +48,8 @@ class ScoringOptions:
     threads: int = 1  # inference threads per worker
     decode_threads: int = 2
     embeddings: bool = False
+    quantize: str | None = None  # "int8": full-integer LiteRT model calibrated on ``calibration``
+    calibration: tuple[str, ...] = ()  # full paths of a sample of the input, the same for every worker
 
 
 @dataclass
@@ -84,21 +88,65 @@ def _configure_tensorflow(threads: int) -> None:
 def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
     """The cached scorer for this spec, building it on first use in this process."""
     global _BUILD_COUNT
-    key = (spec, options.backend, options.batch_size, options.threads, options.decode_threads, options.embeddings)
+    key = (
+        spec,
+        options.backend,
+        options.batch_size,
+        options.threads,
+        options.decode_threads,
+        options.embeddings,
+        options.quantize,
+        options.calibration,
+    )
     with _SCORERS_LOCK:
         if key not in _SCORERS:
-            _configure_tensorflow(options.threads)
-            keras_model = scoring_model(load_keras_model(spec), spec.feature_layer, options.embeddings)
             _BUILD_COUNT += 1
-            if choose_backend(options.backend) == "litert":
-                path = convert_to_tflite(keras_model, conversion_key(spec.id, options.embeddings))
-                backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
-            else:
-                backend = TensorFlowBackend(keras_model, options.embeddings)
-            preprocessing = spec.preprocessing or Preprocessing(backend.image_size)
-            embedding_size = int(keras_model.outputs[1].shape[-1]) if options.embeddings else None
-            _SCORERS[key] = Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
+            _SCORERS[key] = _build_scorer(spec, options)
         return _SCORERS[key]
+
+
+def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
+    """LiteRT needs the Keras model (and TensorFlow) only when its converted file is not cached yet."""
+
+    def build_model():
+        _configure_tensorflow(options.threads)
+        return scoring_model(load_keras_model(spec), spec.feature_layer, options.embeddings, bool(options.quantize))
+
+    if choose_backend(options.backend, options.quantize) == "litert":
+        representative = None
+        if options.quantize:
+            representative = functools.partial(_calibration_images, spec, options.calibration)
+        digest = hashlib.sha256("\0".join(options.calibration).encode()).hexdigest()[:16]
+        key = conversion_key(spec.id, options.embeddings, options.quantize, digest)
+        path = convert_to_tflite(build_model, key, representative)
+        backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
+        embedding_size = backend.feature_size
+    else:
+        keras_model = build_model()
+        backend = TensorFlowBackend(keras_model, options.embeddings)
+        embedding_size = int(keras_model.outputs[1].shape[-1]) if options.embeddings else None
+    preprocessing = spec.preprocessing or Preprocessing(backend.image_size)
+    return Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
+
+
+def calibration_sample(root: str, paths: list[str], size: int = 64) -> tuple[str, ...]:
+    """Evenly spaced input files: the same calibration set for every worker, and for a rerun."""
+    step = max(1, len(paths) // size)
+    return tuple(os.path.join(root, path) for path in paths[::step][:size])
+
+
+def _calibration_images(spec: ModelSpec, paths: tuple[str, ...], model) -> Iterator[np.ndarray]:
+    """The calibration sample, decoded exactly as scoring decodes; undecodable files are skipped."""
+    preprocessing = spec.preprocessing or Preprocessing(int(model.inputs[0].shape[1]))
+    found = 0
+    for path in paths:
+        try:
+            yield decode_image(path, preprocessing).pixels
+            found += 1
+        except ImageDecodeError:
+            continue
+    if not found:
+        raise ValueError("int8 quantization needs at least one decodable image to calibrate on")
 
 
 def _decode_one(path: str, preprocessing: Preprocessing) -> DecodedImage | str:
