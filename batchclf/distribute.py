@@ -152,3 +152,40 @@ def submit_shards(client, function: Callable, shards, *args, retries: int = 2, k
         client.submit(function, shard, *args, key=f"{key_prefix}-{shard.name}", retries=retries, pure=False)
         for shard in shards
     ]
+
+
+def slurm_cluster(config_file: str | os.PathLike):
+    """A dask-jobqueue ``SLURMCluster`` set up from a YAML file, asked for its ``batchclf.jobs`` jobs.
+
+    The file holds the usual dask-jobqueue settings under ``jobqueue: slurm:`` (cores, memory,
+    walltime, queue, ...; see ``jobs/slurm/jobqueue.yaml``) and how many SLURM jobs to ask for under
+    ``batchclf: jobs:``. Each job runs ``processes`` single-threaded workers. Use it as a context
+    manager so the jobs are cancelled when the run ends.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise UsageError("--cluster slurm needs dask-jobqueue: pip install 'batchclf[slurm]'") from None
+    import yaml
+
+    try:
+        with open(config_file, encoding="utf-8") as stream:
+            settings = yaml.safe_load(stream) or {}
+    except OSError as error:
+        raise UsageError(f"cannot read the cluster file {config_file}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"{config_file} is not valid YAML: {error}") from None
+    slurm = (settings.get("jobqueue") or {}).get("slurm")
+    if not isinstance(slurm, dict) or not slurm.get("cores") or not slurm.get("memory"):
+        raise UsageError(f"{config_file}: give at least jobqueue: slurm: cores and memory "
+                         "(see jobs/slurm/jobqueue.yaml)")
+    jobs = int((settings.get("batchclf") or {}).get("jobs", 1))
+    if jobs < 1:
+        raise UsageError(f"{config_file}: batchclf: jobs must be a positive number, got {jobs}")
+    # Keyword arguments, not dask.config: dask-jobqueue reads its config again each time it makes a job.
+    options = {key.replace("-", "_"): value for key, value in slurm.items()}
+    if "name" in options:  # the config file's "name" is the keyword "job_name"
+        options["job_name"] = options.pop("name")
+    cluster = SLURMCluster(**options)
+    cluster.scale(jobs=jobs)
+    return cluster
