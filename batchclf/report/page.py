@@ -106,6 +106,10 @@ def _card(value: str, name: str, kind: str = "") -> str:
     return f'<div class="card {kind}"><b>{escape(value)}</b><span>{escape(name)}</span></div>'
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _share(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "–"
 
@@ -161,7 +165,7 @@ def _sheets(page: Page) -> str:
             )
         highest = "".join(_figure(i, page.thumbnails.get(i.path)) for i in sheet.highest)
         parts.append(
-            f'<h3>{escape(sheet.label)} <span class="note">{sheet.count:,} images</span></h3>'
+            f'<h3>{escape(sheet.label)} <span class="note">{_count(sheet.count, "image")}</span></h3>'
             f'<div class="sheet">{highest}{lowest}</div>'
         )
     if "sheets" in page.notes:
@@ -171,11 +175,16 @@ def _sheets(page: Page) -> str:
 
 
 def _low(page: Page) -> str:
+    if not page.low_count:
+        return (
+            f'<section id="low"><h2>Low confidence</h2><p class="note">No prediction scores below {page.low:g}.</p>'
+            "</section>"
+        )
     body = _gallery(page.low_items, page.thumbnails, lambda i: f"{i.label} {i.caption}") if page.low_items else ""
     shown = f"the {len(page.low_items):,} least confident of " if len(page.low_items) < page.low_count else ""
     return (
-        f'<section id="low"><h2>Low confidence</h2><p class="note">Showing {shown}{page.low_count:,} '
-        f"predictions scoring below {page.low:g}, least confident first.</p>{body}</section>"
+        f'<section id="low"><h2>Low confidence</h2><p class="note">Showing {shown}'
+        f"{_count(page.low_count, 'prediction')} scoring below {page.low:g}, least confident first.</p>{body}</section>"
     )
 
 
@@ -185,8 +194,9 @@ def _errors(page: Page) -> str:
     rows = "".join(f'<tr><td class="path">{escape(p)}</td><td>{escape(e)}</td></tr>' for p, e in page.error_rows)
     shown = f"the first {len(page.error_rows):,} of " if len(page.error_rows) < page.errors else ""
     return (
-        f'<section id="errors"><h2>Errors</h2><p class="note">Showing {shown}{page.errors:,} files that could not '
-        f"be classified, by path.</p><table><tr><th>path</th><th>error</th></tr>{rows}</table></section>"
+        f'<section id="errors"><h2>Errors</h2><p class="note">Showing {shown}'
+        f"{_count(page.errors, 'file')} that could not be classified, by path.</p>"
+        f"<table><tr><th>path</th><th>error</th></tr>{rows}</table></section>"
     )
 
 
