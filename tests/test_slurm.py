@@ -97,3 +97,42 @@ def test_sbatch_script_classifies_the_shared_images(slurm, tmp_path):
     assert read_run_metadata(output)["files"] == 19
     assert not list(tmp_path.glob(".batchclf-scheduler-*.json")), "the scheduler file was not cleaned up"
     assert not (tmp_path / "objects.parquet.parts").exists()
+
+
+def test_jobqueue_slurm_cluster_runs_workers_as_jobs(slurm, tmp_path):
+    """``distribute.slurm_cluster``: dask-jobqueue submits the workers as SLURM jobs; a run attaches to them."""
+    pytest.importorskip("dask_jobqueue", reason="pip install 'batchclf[slurm]' to test the --cluster slurm path")
+    from distributed import Client
+
+    from batchclf.distribute import slurm_cluster
+
+    folder, environment = slurm
+    config = tmp_path / "jobqueue.yaml"
+    config.write_text(
+        "batchclf: {jobs: 2}\n"
+        "jobqueue:\n  slurm:\n    name: batchclf-test-worker\n    cores: 1\n    processes: 1\n    memory: 2GiB\n"
+        f"    python: {sys.executable}\n    walltime: '00:10:00'\n    log-directory: {tmp_path}\n"
+        f"    local-directory: {tmp_path}\n    scheduler-options: {{host: 127.0.0.1, dashboard_address: ':0'}}\n"
+    )
+    output = tmp_path / "objects.parquet"
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = environment["SLURM_CONF"]  # read by the sbatch dask-jobqueue calls
+    try:
+        with slurm_cluster(config) as cluster, Client(cluster) as client:
+            client.wait_for_workers(2, timeout=180)
+            queued = subprocess.run(["squeue", "--noheader", "--format=%j"], env=environment,
+                                    capture_output=True, text=True).stdout.split()
+            assert queued.count("batchclf-test-worker") == 2
+            result = subprocess.run(
+                [sys.executable, "-m", "batchclf", "run", str(IMAGES), str(output), "--scheduler",
+                 cluster.scheduler_address, "--incremental", "--no-progress"],
+                capture_output=True, text=True, timeout=300,
+            )
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pq.read_table(output)
+    assert table.num_rows == 19 and set(table["status"].to_pylist()) == {"ok"}
