@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def convert_to_tflite(
         fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting together convert once
         if not target.exists():
             model = build_model()
-            with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr():
+            with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the converter's notes are about its internals, not the user's data
                 content = _converter(model, representative).convert()
             partial = target.with_suffix(f".tmp{os.getpid()}")
             partial.write_bytes(content)
