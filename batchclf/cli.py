@@ -123,6 +123,30 @@ def _add_run(subparsers) -> None:
     )
     dask.add_argument("--retries", type=int, default=2, help="times a failed shard is retried")
     dask.add_argument("--keep-parts", action="store_true", help="keep the per-shard files in OUTPUT.parts/")
+    nightly = run.add_argument_group("nightly runs")
+    nightly.add_argument(
+        "--incremental",
+        action="store_true",
+        help="reuse rows of an existing OUTPUT made with the same model and options for unchanged files "
+        "(same path, size and mtime); score new and changed files; drop deleted ones",
+    )
+    nightly.add_argument(
+        "--hash",
+        action="store_true",
+        help="compare file content (BLAKE2b) instead of size and mtime; adds a content_hash column",
+    )
+    nightly.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run holds OUTPUT's lock, wait for it instead of exiting with code 4",
+    )
+    nightly.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write counts, errors by kind, timings and versions as JSON",
+    )
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -154,11 +178,35 @@ def _run(args) -> int:
         dashboard_address=args.dashboard_address,
         retries=args.retries,
         keep_parts=args.keep_parts,
+        incremental=args.incremental,
+        hash=args.hash,
+        wait=args.wait,
         progress=args.progress,
     )
-    summary = run(config, log=print)
+    try:
+        summary = run(config, log=print)
+    except BatchclfError as error:
+        _write_summary(args.summary, getattr(error, "summary", None), config, error.exit_code, str(error))
+        raise
+    except Exception as error:
+        _write_summary(args.summary, None, config, EXIT_JOB_FAILED, f"{type(error).__name__}: {error}")
+        raise
     print(summary.line(), file=sys.stderr)
+    _write_summary(args.summary, summary, config, 0)
     return 0
+
+
+def _write_summary(path: Path | None, summary, config, exit_code: int, error: str | None = None) -> None:
+    if path is None:
+        return
+    import json
+
+    from .job import RunSummary, summary_record
+
+    record = summary_record(summary or RunSummary(), config, exit_code, error)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchclf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(subparsers)
+
     from .report import add_parser as add_report_parser
+
     add_report_parser(subparsers)
     return parser
 

@@ -48,6 +48,9 @@ class RunConfig:
     dashboard_address: str = ":8787"
     retries: int = 2
     keep_parts: bool = False
+    incremental: bool = False
+    hash: bool = False
+    wait: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -91,6 +94,12 @@ class RunConfig:
             raise UsageError(f"scheduler file {self.scheduler_file} does not exist")
         if self.workers and (self.scheduler or self.scheduler_file):
             raise UsageError("--workers sizes the embedded cluster; it cannot be used with --scheduler")
+
+    def result_options(self) -> dict:
+        """The options that change what a row says: an incremental run reuses rows only if they match."""
+        keep = ("backend", "quantize", "top_k", "threshold", "allow", "deny", "embeddings", "hash")
+        values = {k: getattr(self, k) for k in keep if hasattr(self, k)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     def recorded_options(self) -> dict:
         """The options that shape the output, as stored in the Parquet metadata."""

@@ -6,20 +6,24 @@ This is the engine behind both ``batchclf run`` and ``batchclf.classify``.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from . import __version__
 from .config import RunConfig
 from .discover import discover_images
 from .distribute import connect, submit_shards, worker_hosts
 from .errors import AllFilesFailedError, UsageError
+from .incremental import file_signatures, plan_incremental
 from .models.registry import ModelSpec, resolve_model
 from .shard import balanced_shard_size, make_shards
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, score_shard
-from .writer import PartsStore, merge_parts, output_schema
+from .writer import PartsStore, merge_parts, output_lock, output_schema
 
 
 @dataclass
@@ -33,6 +37,7 @@ class RunSummary:
     errors_by_kind: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     dashboard: str | None = None
+    incremental: dict | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -116,19 +121,72 @@ def run(config: RunConfig, log=print) -> RunSummary:
     config.validate()
     spec = resolve_model(config.model, config.labels)
     _class_filter(spec, config.allow, config.deny)  # refuse unknown labels before starting a cluster
-    root_path, paths = discover_images(config.input, config.include, config.exclude, config.include_hidden)
-    if not paths:
-        raise UsageError(
-            f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
-            ".tif .tiff); check the path and --include/--exclude"
+    with output_lock(config.output, config.wait):
+        root_path, paths = discover_images(config.input, config.include, config.exclude, config.include_hidden)
+        if not paths:
+            raise UsageError(
+                f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
+                ".tif .tiff); check the path and --include/--exclude"
+            )
+        root = str(root_path)
+        summary = RunSummary(files=len(paths))
+        labels_digest = hashlib.sha256("\n".join(spec.labels).encode()).hexdigest()[:16]
+        result_options = {"model": spec.id, "labels": labels_digest, **config.result_options()}
+        carried, hashes, to_score = None, None, paths
+        if config.incremental:
+            plan = plan_incremental(config.output, root, paths, result_options, config.hash)
+            log(plan.line(), file=sys.stderr)
+            to_score, carried = plan.to_score, plan.kept
+            summary.incremental = {
+                "reused": plan.reused,
+                "scored": len(plan.to_score),
+                "new": plan.new,
+                "changed": plan.changed,
+                "dropped": plan.dropped,
+                "reason": plan.reason,
+            }
+        if config.hash:
+            hashes = dict(zip(paths, (s[0] for s in file_signatures(root, paths, use_hash=True))))
+        shards = make_shards(root, to_score, balanced_shard_size(len(to_score), config.shard_size))
+        summary.shards = len(shards)
+        store = _score(config, spec, root, shards, summary, log) if shards else None
+        parts = [store.part_path(s.name) for s in shards] if store else []
+        tables = [pq.read_table(p, columns=["status", "error"]) for p in parts]
+        if carried is not None:
+            tables.append(carried.select(["status", "error"]))
+        _count_statuses(tables, summary)
+        embedding_size = _embedding_size(parts[0] if parts else None, carried)
+        metadata = {
+            "model": spec.id,
+            "batchclf_version": __version__,
+            "run_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "input_root": root,
+            "options": config.recorded_options(),
+            "result_options": result_options,
+            "files": summary.files,
+            "ok": summary.ok,
+            "errors": summary.errors,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        schema = output_schema(embedding_size, content_hash=config.hash)
+        merge_parts(parts, config.output, schema, metadata, carried=carried, hashes=hashes)
+        if store and not config.keep_parts:
+            store.remove()
+    summary.seconds = time.perf_counter() - started
+    if summary.ok == 0:
+        error = AllFilesFailedError(
+            f"all {summary.files} files failed to decode; see the error column of {config.output}"
         )
-    root = str(root_path)
-    shards = make_shards(root, paths, balanced_shard_size(len(paths), config.shard_size))
-    summary = RunSummary(files=len(paths), shards=len(shards))
+        error.summary = summary
+        raise error
+    return summary
 
-    with connect(
-        config.scheduler, config.scheduler_file and str(config.scheduler_file), config.workers, config.dashboard_address
-    ) as (client, plan):
+
+def _score(config: RunConfig, spec: ModelSpec, root: str, shards, summary: RunSummary, log) -> PartsStore:
+    """Score the shards not already done on a Dask cluster; every result lands in the parts store."""
+    paths = [p for shard in shards for p in shard.paths]
+    scheduler_file = config.scheduler_file and str(config.scheduler_file)
+    with connect(config.scheduler, scheduler_file, config.workers, config.dashboard_address) as (client, plan):
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         options = _scoring_options(config, spec, client, plan, root, paths)
@@ -141,29 +199,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
         if summary.reused_shards:
             log(f"resuming: {summary.reused_shards} of {len(shards)} shards already done", file=sys.stderr)
         _score_pending(client, pending, spec, options, config, store, summary, len(paths))
-
-    _collect_counts(store, shards, summary)
-    schema = output_schema(_embedding_size(store, shards))
-    metadata = {
-        "model": spec.id,
-        "batchclf_version": __version__,
-        "run_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "input_root": root,
-        "options": config.recorded_options(),
-        "files": summary.files,
-        "ok": summary.ok,
-        "errors": summary.errors,
-    }
-    summary.seconds = time.perf_counter() - started
-    metadata["seconds"] = round(summary.seconds, 3)
-    merge_parts([store.part_path(s.name) for s in shards], config.output, schema, metadata)
-    if not config.keep_parts:
-        store.remove()
-    if summary.ok == 0:
-        raise AllFilesFailedError(
-            f"all {summary.files} files failed to decode; see the error column of {config.output}"
-        )
-    return summary
+    return store
 
 
 def _score_pending(client, pending, spec, options, config, store, summary, total) -> None:
@@ -190,12 +226,9 @@ def _score_pending(client, pending, spec, options, config, store, summary, total
         bar.close()
 
 
-def _collect_counts(store: PartsStore, shards, summary: RunSummary) -> None:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    for shard in shards:
-        table = pq.read_table(store.part_path(shard.name), columns=["status", "error"])
+def _count_statuses(tables, summary: RunSummary) -> None:
+    """Count ok and error rows, and errors by kind (the message up to its first colon)."""
+    for table in tables:
         errors = table.filter(pc.equal(table["status"], "error"))
         summary.errors += errors.num_rows
         for message in errors["error"].to_pylist():
@@ -204,12 +237,43 @@ def _collect_counts(store: PartsStore, shards, summary: RunSummary) -> None:
     summary.ok = summary.files - summary.errors
 
 
-def _embedding_size(store: PartsStore, shards) -> int | None:
-    import pyarrow.parquet as pq
+def _embedding_size(part: Path | None, carried) -> int | None:
+    schema = pq.read_schema(part) if part else carried.schema if carried is not None else None
+    if schema is None or "embedding" not in schema.names:
+        return None
+    return schema.field("embedding").type.list_size
 
-    schema = pq.read_schema(store.part_path(shards[0].name))
-    return schema.field("embedding").type.list_size if "embedding" in schema.names else None
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for package in ("batchclf", "tensorflow", "keras", "ai-edge-litert", "dask", "distributed", "pyarrow", "pillow"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
-def summary_json(summary: RunSummary) -> str:
-    return json.dumps({**summary.__dict__, "images_per_second": summary.images_per_second}, indent=2)
+def summary_record(summary: RunSummary, config: RunConfig, exit_code: int, error: str | None = None) -> dict:
+    """What ``--summary FILE.json`` holds, for monitoring."""
+    return {
+        "status": "ok" if exit_code == 0 else "failed",
+        "exit_code": exit_code,
+        "error": error,
+        "input": str(config.input),
+        "output": str(config.output),
+        "model": config.model,
+        "files": summary.files,
+        "ok": summary.ok,
+        "errors": summary.errors,
+        "errors_by_kind": summary.errors_by_kind,
+        "shards": summary.shards,
+        "reused_shards": summary.reused_shards,
+        "incremental": summary.incremental,
+        "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 2),
+        "timings": summary.timings,
+        "versions": versions(),
+    }

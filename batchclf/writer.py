@@ -9,6 +9,8 @@ temporary file that is renamed over the output.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -34,11 +36,43 @@ BASE_FIELDS = [
 METADATA_KEY = b"batchclf"
 
 
-def output_schema(embedding_size: int | None = None) -> pa.Schema:
+def output_schema(embedding_size: int | None = None, content_hash: bool = False) -> pa.Schema:
     fields = list(BASE_FIELDS)
     if embedding_size:
         fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_size)))
+    if content_hash:
+        fields.append(pa.field("content_hash", pa.string()))
     return pa.schema(fields)
+
+
+@contextlib.contextmanager
+def output_lock(output: Path, wait: bool = False):
+    """Hold ``OUTPUT.lock`` for the run, so two runs never write one output.
+
+    An advisory ``flock``: the kernel releases it when the process dies, even by SIGKILL, so a
+    crashed run never leaves a stale lock behind.
+    """
+    from .errors import LockedError
+
+    path = output.with_name(output.name + ".lock")
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise LockedError(
+                f"another batchclf run (pid {holder}) is writing {output}; wait for it, or pass --wait to queue"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
 
 
 def read_run_metadata(path: str | os.PathLike) -> dict:
@@ -91,14 +125,38 @@ class PartsStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def merge_parts(parts: list[Path], output: Path, schema: pa.Schema, metadata: dict) -> None:
-    """Concatenate part files, in order, into ``output`` atomically."""
+def merge_parts(
+    parts: list[Path],
+    output: Path,
+    schema: pa.Schema,
+    metadata: dict,
+    carried: pa.Table | None = None,
+    hashes: dict[str, str | None] | None = None,
+) -> None:
+    """Write the parts, in order, into ``output`` atomically.
+
+    Plain runs stream part by part (constant memory). Incremental runs interleave the rows
+    ``carried`` over from the previous output, which needs one sort by path in memory.
+    """
     schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    plain = schema.remove_metadata()
     partial = output.with_name(f".{output.name}.partial{os.getpid()}")
+
+    def conform(table: pa.Table) -> pa.Table:
+        if hashes is not None and "content_hash" not in table.column_names:
+            values = [hashes.get(p) for p in table.column("path").to_pylist()]
+            table = table.append_column("content_hash", pa.array(values, pa.string()))
+        return table.select(plain.names).cast(plain)
+
     try:
         with pq.ParquetWriter(partial, schema, compression="zstd") as writer:
-            for part in parts:
-                writer.write_table(pq.read_table(part, schema=schema.remove_metadata()).cast(schema))
+            if carried is None:
+                for part in parts:
+                    writer.write_table(conform(pq.read_table(part)).replace_schema_metadata(schema.metadata))
+            else:
+                tables = [conform(carried)] + [conform(pq.read_table(part)) for part in parts]
+                merged = pa.concat_tables(tables).sort_by("path")
+                writer.write_table(merged.replace_schema_metadata(schema.metadata), row_group_size=65536)
         os.replace(partial, output)
     finally:
         if partial.exists():
