@@ -203,6 +203,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
         low=config.low,
         low_count=low_count,
         chart_labels=chart,
+        has_other=bool(rest),
         all_labels=counts,
         histogram=runs.score_histogram(ok),
         sheets=sheets,

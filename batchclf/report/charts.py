@@ -11,6 +11,7 @@ BAR = "#3b6fb6"
 LOW = "#d9822b"
 UP = "#2e8b57"
 DOWN = "#c0392b"
+OTHER = "#9aa4b1"
 LABEL_WIDTH = 190
 CHAR_WIDTH = 6.6  # average width of a 12 px sans-serif character, to shorten long labels
 
@@ -34,8 +35,11 @@ def _svg(width: float, height: float, body: list[str], title: str) -> str:
     )
 
 
-def bar_chart(rows: list[tuple[str, int]], title: str, width: int = 760) -> str:
-    """Horizontal bars: one row per (label, count), with the count and share at the end of the bar."""
+def bar_chart(rows: list[tuple[str, int]], title: str, width: int = 760, muted: int = 0) -> str:
+    """Horizontal bars: one row per (label, count), with the count and share at the end of the bar.
+
+    The last ``muted`` rows (an "other" group) are drawn in grey.
+    """
     total = sum(count for _, count in rows) or 1
     peak = max((count for _, count in rows), default=0) or 1
     row_height, plot = 22, width - LABEL_WIDTH - 110
@@ -46,7 +50,8 @@ def bar_chart(rows: list[tuple[str, int]], title: str, width: int = 760) -> str:
         body.append(
             f"<g><title>{escape(label)}: {count:,} ({count / total:.1%})</title>"
             + _label(LABEL_WIDTH - 6, y + 15, label, LABEL_WIDTH - 10)
-            + f'<rect x="{LABEL_WIDTH}" y="{y + 3}" width="{length:.1f}" height="{row_height - 6}" fill="{BAR}"/>'
+            + f'<rect x="{LABEL_WIDTH}" y="{y + 3}" width="{length:.1f}" height="{row_height - 6}" '
+            f'fill="{OTHER if i >= len(rows) - muted else BAR}"/>'
             f'<text x="{LABEL_WIDTH + length + 5:.1f}" y="{y + 15}">{count:,} · {count / total:.1%}</text></g>'
         )
     return _svg(width, max(row_height, len(rows) * row_height), body, title)

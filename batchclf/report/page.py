@@ -70,7 +70,8 @@ class Page:
     images_per_second: float | None
     low: float
     low_count: int
-    chart_labels: list[tuple[str, int]]  # top labels and "other"
+    chart_labels: list[tuple[str, int]]  # top labels, and "other" last when has_other
+    has_other: bool
     all_labels: list[tuple[str, int]]
     histogram: list[int]
     sheets: list[LabelSheet]
@@ -137,7 +138,11 @@ def _labels(page: Page) -> str:
         f"<details><summary>All {len(page.all_labels):,} labels</summary><table><tr><th>label</th>"
         f'<th class="n">images</th><th class="n">share</th></tr>{rows}</table></details>'
     )
-    chart = charts.bar_chart(page.chart_labels, "Images per label") if page.chart_labels else "<p>No predictions.</p>"
+    chart = (
+        charts.bar_chart(page.chart_labels, "Images per label", muted=int(page.has_other))
+        if page.chart_labels
+        else "<p>No predictions.</p>"
+    )
     return (
         f'<section id="labels"><h2>Label distribution</h2><p class="note">Predicted label of the {page.ok:,} '
         f"images that decoded.</p>{chart}{table}</section>"
