@@ -115,6 +115,8 @@ def _plan_sheets(config: ReportConfig, ok, counts, budget: int) -> tuple[list[La
         budget -= len(highest) + len(lowest)
     left = len(counts) - len(sheets)
     note = f"{left:,} less frequent labels have no contact sheet (see --top and --per-label)." if left else None
+    if config.per_label == 0:
+        note = "Contact sheets are off (--per-label 0)."
     return sheets, note
 
 
