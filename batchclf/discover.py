@@ -16,6 +16,16 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def path_text(relative: str) -> str:
+    """``relative`` as valid Unicode for the output's ``path`` column.
+
+    A file name that is not UTF-8 reaches Python with its odd bytes as lone surrogates, which
+    Arrow refuses; they are written as ``\\xNN`` so the file is still a row (the name is kept as
+    it is for opening the file).
+    """
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _matches(relative: str, patterns: Sequence[str]) -> bool:
     """A pattern matches the relative path, or the file name when the pattern has no ``/``."""
     name = relative.rsplit("/", 1)[-1]

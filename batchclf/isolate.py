@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
+from .discover import path_text
 from .models.registry import ModelSpec
 from .shard import Shard
 from .worker import ScoringOptions, score_shard
@@ -92,7 +93,7 @@ def _crash_rows(shard: Shard, start: int, stop: int, spec: ModelSpec, schema: pa
         reason = f"{CRASH_MESSAGE} ({type(error).__name__}: {error})"
     stats = [_stat(os.path.join(shard.root, p)) for p in paths]
     known = {
-        "path": paths,
+        "path": [path_text(p) for p in paths],
         "status": ["error"] * len(paths),
         "error": [reason] * len(paths),
         "bytes": [s[0] for s in stats],

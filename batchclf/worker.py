@@ -31,6 +31,7 @@ from .backends import (
     scoring_model,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
+from .discover import path_text
 from .models.registry import ModelSpec, load_keras_model
 from .shard import Shard
 from .writer import output_schema
@@ -251,7 +252,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
 
     stats = [_file_stats(p) for p in full_paths]
     columns = {
-        "path": list(shard.paths),
+        "path": [path_text(p) for p in shard.paths],
         "label": labels,
         "score": scores,
         "topk": topks,

@@ -144,6 +144,10 @@ def build_corpus(root: Path) -> dict[str, Expected]:
     for name in ("names/with space.jpg", "names/ñandú 日本語.jpg", "names/new\nline.jpg", "names/UPPER.JPG",
                  "names/Mixed.Png", "names/semi;colon,comma'quote\".jpeg"):
         ok(name).write_bytes(jpeg_bytes())
+    # A Latin-1 file name, not valid UTF-8: a row whose path shows the odd byte as \xe9.
+    with open(os.path.join(os.fsencode(root / "names"), b"caf\xe9 latin-1.jpg"), "wb") as stream:
+        stream.write(jpeg_bytes())
+    expected["names/caf\\xe9 latin-1.jpg"] = Expected("ok", size=(96, 64))
     deep = "/".join(f"d{level:02d}" for level in range(DEEP_LEVELS))
     ok(f"nested/{deep}/deep.jpg").write_bytes(jpeg_bytes())
 
