@@ -191,6 +191,7 @@ class LiteRTBackend:
     def __init__(self, tflite_path: Path, batch_size: int, threads: int, num_classes: int, with_features: bool):
         from ai_edge_litert.interpreter import Interpreter
 
+        self.path = tflite_path
         with quiet_native_stderr():  # the XNNPACK delegate announces itself on the first invoke
             self.interpreter = Interpreter(model_path=os.fspath(tflite_path), num_threads=threads)
             self.input = self.interpreter.get_input_details()[0]
