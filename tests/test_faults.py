@@ -9,6 +9,7 @@ one error row while every other file is scored normally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,28 +57,30 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture
-def dask_processes(tmp_path):
-    """A scheduler and two nanny-less workers, each its own process, on 127.0.0.1."""
-    scheduler_file = tmp_path / "scheduler.json"
+@contextlib.contextmanager
+def dask_processes(folder: Path, nanny: bool, scheduler_environment: dict | None = None):
+    """A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, and a client to them."""
+    scheduler_file = folder / "scheduler.json"
     logs = []
     processes = []
 
-    def start(name: str, *args: str) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "w")
+    def start(name: str, *args: str, environment: dict | None = None) -> subprocess.Popen:
+        log = open(folder / f"{name}.log", "w")
         logs.append(log)
-        process = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(environment or {})})
         processes.append(process)
         return process
 
     try:
         start("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-              "--no-dashboard", "--scheduler-file", str(scheduler_file))
+              "--no-dashboard", "--scheduler-file", str(scheduler_file), environment=scheduler_environment)
         wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size, 60, "the scheduler file")
         address = json.loads(scheduler_file.read_text())["address"]
         workers = [
             start(f"worker{i}", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1",
-                  "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", f"worker{i}")
+                  "--nanny" if nanny else "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
+                  "--name", f"worker{i}")
             for i in range(2)
         ]
         with Client(address, timeout="30s") as client:
@@ -97,8 +100,12 @@ def dask_processes(tmp_path):
             log.close()
 
 
-def test_worker_killed_mid_run_output_is_complete(dask_processes, tmp_path):
-    address, client, workers = dask_processes
+def test_worker_killed_mid_run_output_is_complete(tmp_path):
+    with dask_processes(tmp_path, nanny=False) as (address, client, workers):
+        _kill_a_worker_mid_run(tmp_path, address, client, workers)
+
+
+def _kill_a_worker_mid_run(tmp_path: Path, address: str, client, workers: list) -> None:
     images = tmp_path / "images"
     expected = link_images(images, copies=2)
     assert len(expected) == 400
@@ -117,7 +124,7 @@ def test_worker_killed_mid_run_output_is_complete(dask_processes, tmp_path):
 
         def busy_worker():
             processing = client.processing()
-            return next((address for address in sorted(pids) if processing.get(address)), None)
+            return next((worker for worker in sorted(pids) if processing.get(worker)), None)
 
         victim = wait_for(busy_worker, 60, "a worker with a task in progress", interval=0.01)
         victim_process = next(w for w in workers if w.pid == pids[victim])
@@ -222,3 +229,4 @@ def test_isolation_does_not_hide_a_failure_that_is_not_a_file(poisoned_cluster, 
     original = RuntimeError("the shard failed")
     with pytest.raises(RuntimeError, match="the shard failed"):
         isolate_failing_shard(poisoned_cluster, poisoned_shard, broken, OPTIONS, error=original)
+
