@@ -78,8 +78,12 @@ def _save(path: Path, image: Image.Image, format: str | None = None, **options) 
     image.save(path, format, **options)
 
 
-def build_corpus(root: Path) -> dict[str, Expected]:
-    """Write the odd-file tree under ``root``; return relative path → expectation for every image file."""
+def build_corpus(root: Path, reader_bypasses_permissions: bool | None = None) -> dict[str, Expected]:
+    """Write the odd-file tree under ``root``; return relative path → expectation for every image file.
+
+    ``reader_bypasses_permissions``: whether the process that will read the corpus ignores file
+    modes (root with its usual capabilities); None: whether this process does.
+    """
     root.mkdir(parents=True, exist_ok=True)
     expected: dict[str, Expected] = {}
     base = Image.fromarray(pattern(96, 64))
@@ -129,16 +133,17 @@ def build_corpus(root: Path) -> dict[str, Expected]:
     unreadable.parent.mkdir(parents=True)
     unreadable.write_bytes(jpeg_bytes())
     unreadable.chmod(0)
-    if os.access(unreadable, os.R_OK):
-        expected["permissions/unreadable.jpg"] = Expected("ok", size=(96, 64))
-    else:
-        expected["permissions/unreadable.jpg"] = Expected("error", error="permission denied")
     locked = root / "permissions" / "locked_folder"
     locked.mkdir()
     (locked / "inside.jpg").write_bytes(jpeg_bytes())
     locked.chmod(0)
-    if os.access(locked, os.R_OK | os.X_OK):
+    if reader_bypasses_permissions is None:
+        reader_bypasses_permissions = os.access(unreadable, os.R_OK)
+    if reader_bypasses_permissions:
+        expected["permissions/unreadable.jpg"] = Expected("ok", size=(96, 64))
         expected["permissions/locked_folder/inside.jpg"] = Expected("ok", size=(96, 64))
+    else:  # an unreadable file is an error row; an unreadable folder cannot be listed, so has no rows
+        expected["permissions/unreadable.jpg"] = Expected("error", error="permission denied")
 
     # Names.
     for name in ("names/with space.jpg", "names/ñandú 日本語.jpg", "names/new\nline.jpg", "names/UPPER.JPG",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,8 +24,16 @@ from batchclf.discover import discover_images
 PREPROCESSING = Preprocessing(224)
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "batchclf", "run", *args, "--no-progress", "--dashboard-address", "127.0.0.1:0"]
+# Root reads files whatever their mode; without these two capabilities it gets "permission denied"
+# like anyone else, so the unreadable files are tested for real.
+DROP_READ_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                      "--bounding-set=-dac_override,-dac_read_search", "--"]
+CAN_DROP = os.geteuid() == 0 and shutil.which("setpriv") is not None
+
+
+def run_cli(*args: str, timeout: float = 600, prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    command = [*prefix, sys.executable, "-m", "batchclf", "run", *args, "--no-progress",
+               "--dashboard-address", "127.0.0.1:0"]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
@@ -32,10 +41,11 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def corpus_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("odd")
     root = base / "corpus"
-    expected = build_corpus(root)
+    expected = build_corpus(root, reader_bypasses_permissions=False if CAN_DROP else None)
     output = base / "out.parquet"
     try:
-        result = run_cli(str(root), str(output), "--workers", "1", "--shard-size", "8")
+        result = run_cli(str(root), str(output), "--workers", "1", "--shard-size", "8",
+                         prefix=DROP_READ_OVERRIDE if CAN_DROP else [])
         table = pq.read_table(output) if output.exists() else None
     finally:
         restore_permissions(root)
@@ -175,17 +185,24 @@ def test_unreadable_file(tmp_path):
         path.chmod(0o600)
 
 
-def test_permission_error_message(tmp_path, monkeypatch):
-    """Root cannot be refused a read, so the refusal is simulated where the file is opened."""
+def test_permission_denied_for_real(tmp_path):
+    """As a reader that file modes apply to: root without its read-override capabilities, or any user."""
+    if os.geteuid() == 0 and not CAN_DROP:
+        pytest.skip("running as root without setpriv (util-linux): file modes do not apply to this process")
     path = tmp_path / "secret.jpg"
     path.write_bytes(jpeg_bytes())
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(Image, "open", refuse)
-    with pytest.raises(ImageDecodeError, match="permission denied"):
-        decode_image(str(path), PREPROCESSING)
+    path.chmod(0)
+    probe = ("import sys\nfrom batchclf.decode import ImageDecodeError, Preprocessing, decode_image\n"
+             "try:\n    decode_image(sys.argv[1], Preprocessing(224))\nexcept ImageDecodeError as e:\n"
+             "    print(e)\nelse:\n    print('decoded')\n")
+    prefix = DROP_READ_OVERRIDE if CAN_DROP else []
+    try:
+        result = subprocess.run([*prefix, sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        path.chmod(0o600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "permission denied; make the file readable"
 
 
 # Discovery.
