@@ -106,6 +106,8 @@ def decode_image(path: str, preprocessing: Preprocessing) -> DecodedImage:
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise ImageDecodeError("symlink loop (the link points back to itself)") from None
+        if "truncated" in str(error):
+            raise ImageDecodeError(f"truncated file: {error}") from None
         raise ImageDecodeError(f"cannot decode: {error.strerror or error}") from None
     except Exception as error:  # a malformed file can make a decoder raise almost anything
         raise ImageDecodeError(f"cannot decode: {type(error).__name__}: {error}") from None

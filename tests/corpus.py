@@ -121,7 +121,7 @@ def build_corpus(root: Path, reader_bypasses_permissions: bool | None = None) ->
     # Files that must become error rows with a reason.
     error("broken/bomb.png", "decompression bomb").write_bytes(png_bomb_bytes())
     whole = jpeg_bytes(320, 240)
-    error("broken/truncated.jpg", "truncated").write_bytes(whole[: len(whole) // 2])
+    error("broken/truncated.jpg", "truncated file").write_bytes(whole[: len(whole) // 2])
     error("broken/empty.jpg", "empty file").write_bytes(b"")
     error("broken/notes.jpg", "not a recognised image").write_text("these are notes, not a picture\n")
     os.mkfifo(error("broken/fifo.jpg", "not a regular file"))
