@@ -1,0 +1,255 @@
+"""``batchclf train``: a custom classifier on top of the pretrained network, saved as a model folder.
+
+Method 1 (default) freezes the network and fits multinomial logistic regression on its pooled
+features (extracted by the ``run`` job, cached). Method 2 (``fine_tune``) also retrains the top blocks
+of the network with Keras (see ``finetune.py``), starting from the method-1 head. Either way the
+result is one Keras model (network up to ``avg_pool`` + a ``Dense`` softmax head) with its labels and
+a ``metadata.json`` that records how it was made and how well it did.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifact import base_network, check_model_dir, classifier, save_model_dir
+from .backends import quiet_native_stderr
+from .dataset import (
+    LabelledImages,
+    check_known_labels,
+    check_trainable,
+    data_fingerprint,
+    read_dataset,
+    stratified_split,
+)
+from .errors import UsageError
+from .evaluate import compute_metrics
+from .features import ExtractionConfig, Features, extract_features, featurizer_id
+from .logistic import choose_l2, fit_logistic
+from .models.efficientnet_lite import FEATURE_LAYER
+from .models.registry import DEFAULT_MODEL, resolve_model
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    unfreeze: int = 3  # MBConv blocks retrained, counted from the top (the head convolution is always retrained)
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    validation_fraction: float = 0.2
+    patience: int = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    model_dir: Path
+    images: Path | None = None
+    test: Path | None = None
+    test_images: Path | None = None
+    test_fraction: float = 0.2
+    seed: int = 0
+    l2: float | None = None  # None: chosen by cross-validation
+    fine_tune: FineTuneSettings | None = None
+    base_model: str = DEFAULT_MODEL
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    verbose: bool = False
+
+    def validate(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise UsageError(f"--test-fraction must be at least 0 and below 1, got {self.test_fraction}")
+        if self.l2 is not None and self.l2 < 0:
+            raise UsageError(f"--l2 must not be negative, got {self.l2}")
+        if self.fine_tune:
+            settings = self.fine_tune
+            for option, value in (("--epochs", settings.epochs), ("--batch-size", settings.batch_size),
+                                  ("--unfreeze", settings.unfreeze + 1)):
+                if value < 1:
+                    raise UsageError(f"{option} must be a positive number, got {value}")
+            if settings.learning_rate <= 0:
+                raise UsageError(f"--learning-rate must be positive, got {settings.learning_rate}")
+            if not 0.0 < settings.validation_fraction < 1.0:
+                raise UsageError(f"--validation-fraction must be between 0 and 1, got {settings.validation_fraction}")
+        if resolve_model(self.base_model).kind != "builtin":
+            raise UsageError(f"--base-model must be a built-in model, got {self.base_model}")
+        check_model_dir(self.model_dir)
+
+
+@dataclass
+class TrainResult:
+    classes: tuple[str, ...]
+    metadata: dict
+    seconds: float = 0.0
+    unreadable: dict = field(default_factory=dict)
+
+
+def _load_data(config: TrainConfig) -> tuple[LabelledImages, LabelledImages | None]:
+    """Read and check everything before any image is decoded."""
+    data = read_dataset(config.data, config.images)
+    check_trainable(data)
+    if config.test is not None:
+        test = read_dataset(config.test, config.test_images)
+        check_known_labels(test, data.classes)
+        return data, test
+    if config.test_fraction == 0:
+        return data, None
+    train, test = stratified_split(data, config.test_fraction, config.seed)
+    return train, test
+
+
+def _drop_unreadable(data: LabelledImages, features: Features) -> LabelledImages:
+    readable = set(features.paths)
+    return data.subset([i for i, path in enumerate(data.paths) if path in readable])
+
+
+def _matrix(data: LabelledImages, features: Features) -> np.ndarray:
+    row = {path: i for i, path in enumerate(features.paths)}
+    return features.vectors[[row[path] for path in data.paths]]
+
+
+def train(config: TrainConfig, log=print) -> TrainResult:
+    """Train, evaluate on the test images, and write ``config.model_dir``."""
+    started = time.perf_counter()
+    config.validate()
+    train_data, test_data = _load_data(config)
+    extraction = ExtractionConfig(**{**asdict(config.extraction), "model": config.base_model})
+    paths = list(dict.fromkeys(train_data.paths + (test_data.paths if test_data else ())))
+    features = extract_features(paths, extraction, log=log)
+    if features.errors:
+        log(f"skipped {len(features.errors)} unreadable images", file=sys.stderr)
+        if config.verbose:
+            for path, error in features.errors.items():
+                log(f"  {path}: {error}", file=sys.stderr)
+    train_data = _drop_unreadable(train_data, features)
+    check_trainable(train_data, "readable training data")
+    classes = train_data.classes
+    x_train = _matrix(train_data, features)
+
+    head_data = train_data
+    if config.fine_tune:  # the head must not see the images that decide when fine-tuning stops
+        head_data = stratified_split(train_data, config.fine_tune.validation_fraction, config.seed)[0]
+    x_head = _matrix(head_data, features)
+    y_head = np.array([classes.index(label) for label in head_data.labels])
+    if config.l2 is None:
+        cross_validation = choose_l2(x_head, y_head, len(classes), config.seed)
+        l2 = cross_validation.l2
+        if cross_validation.folds:
+            log(f"L2 strength {l2:.3g} chosen by {cross_validation.folds}-fold cross-validation", file=sys.stderr)
+        else:
+            log(f"a class has a single image, too few to cross-validate: L2 strength {l2:.3g}", file=sys.stderr)
+    else:
+        cross_validation, l2 = None, config.l2
+    head, _ = fit_logistic(x_head, y_head, len(classes), l2)
+    if not head.converged:
+        log(f"warning: L-BFGS stopped after {head.iterations} iterations before converging", file=sys.stderr)
+
+    base = base_network(config.base_model)
+    model = classifier(base, len(classes), head.weights, head.bias)
+    chosen_by = "given"
+    if cross_validation:
+        chosen_by = f"{cross_validation.folds}-fold cross-validation" if cross_validation.folds else "default"
+    hyperparameters = {"l2": l2, "l2_chosen_by": chosen_by, "iterations": head.iterations,
+                       "converged": head.converged, "seed": config.seed}
+    if config.fine_tune:
+        from .finetune import fine_tune
+
+        history = fine_tune(model, train_data, classes, config.fine_tune, config.seed,
+                            base_model_name=config.base_model, log=log)
+        hyperparameters = {**asdict(config.fine_tune), "seed": config.seed, "head_initialised_by": hyperparameters,
+                           "epochs_run": len(history), "history": history}
+        train_probabilities = _predict_pixels(model, train_data, log)
+    else:
+        train_probabilities = head.probabilities(x_train)
+
+    metrics = {"train": _rounded(compute_metrics(train_data.labels, train_probabilities, classes))}
+    test_digests: list[str] = []
+    if test_data is not None:
+        test_data = _drop_unreadable(test_data, features)
+        if len(test_data):
+            if config.fine_tune:
+                test_probabilities = _predict_pixels(model, test_data, log)
+            else:
+                test_probabilities = head.probabilities(_matrix(test_data, features))
+            metrics["test"] = _rounded(compute_metrics(test_data.labels, test_probabilities, classes))
+            test_digests = _digests(test_data, features)
+    spec = resolve_model(config.base_model)
+    metadata = {
+        "format": "batchclf-model",
+        "batchclf_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "classes": list(classes),
+        "image_size": spec.preprocessing.image_size,
+        "crop_fraction": spec.preprocessing.crop_fraction,
+        "input": "RGB pixels 0..255, float32, shape (batch, size, size, 3); normalisation is inside the model",
+        "feature_layer": FEATURE_LAYER,
+        "base_model": config.base_model,
+        "featurizer": featurizer_id(extraction),
+        "method": "fine-tune" if config.fine_tune else "logistic-regression",
+        "hyperparameters": hyperparameters,
+        "metrics": metrics,
+        "data": {
+            "train": _describe(config.data, train_data, features),
+            "test": None if test_data is None else {
+                **_describe(config.test or config.data, test_data, features, test_digests),
+                "split": None if config.test else {"test_fraction": config.test_fraction, "seed": config.seed},
+            },
+            "unreadable": len(features.errors),
+        },
+    }
+    if cross_validation and cross_validation.folds:
+        metadata["cross_validation"] = {f"{k:.3g}": round(v, 6) for k, v in cross_validation.scores.items()}
+    save_model_dir(model, config.model_dir, classes, metadata)
+    return TrainResult(classes, metadata, time.perf_counter() - started, features.errors)
+
+
+def _digests(data: LabelledImages, features: Features) -> list[str]:
+    digest = dict(zip(features.paths, features.digests))
+    return [digest[path] for path in data.paths]
+
+
+def _describe(source: Path, data: LabelledImages, features: Features, digests: list[str] | None = None) -> dict:
+    digests = digests or _digests(data, features)
+    return {
+        "source": str(source),
+        "images": len(data),
+        "per_class": {label: data.labels.count(label) for label in data.classes},
+        "fingerprint": data_fingerprint(digests, list(data.labels)),
+    }
+
+
+def _predict_pixels(model, data: LabelledImages, log) -> np.ndarray:
+    from .finetune import decode_all
+
+    pixels, _ = decode_all(list(data.paths), model.inputs[0].shape[1])
+    with quiet_native_stderr():
+        return np.asarray(model.predict(pixels.astype(np.float32), batch_size=32, verbose=0), dtype=np.float64)
+
+
+def _rounded(metrics: dict) -> dict:
+    def walk(value):
+        if isinstance(value, float):
+            return float(f"{value:.6g}")
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(metrics)
+
+
+def summary_lines(result: TrainResult) -> list[str]:
+    metadata = result.metadata
+    lines = [f"trained {metadata['method']} on {metadata['data']['train']['images']} images, "
+             f"{len(result.classes)} classes ({', '.join(result.classes)}) in {result.seconds:.1f} s"]
+    for split in ("train", "test"):
+        if split in metadata["metrics"]:
+            m = metadata["metrics"][split]
+            lines.append(f"{split}: {m['images']} images, micro accuracy {m['micro_accuracy']:.4f}, "
+                         f"macro accuracy {m['macro_accuracy']:.4f}, log-loss {m['log_loss']:.4f}")
+    return lines
