@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchclf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(subparsers)
+    from .train_cli import add_parser as add_train_parsers
+
+    add_train_parsers(subparsers)
 
     from .report import add_parser as add_report_parser
 
