@@ -114,6 +114,19 @@ def _add_run(subparsers) -> None:
         metavar="FILE",
         help="attach to the Dask scheduler described in this JSON file",
     )
+    dask.add_argument(
+        "--cluster",
+        default="local",
+        choices=("local", "slurm"),
+        help="local: the embedded cluster (or --scheduler); slurm: dask-jobqueue submits workers as SLURM jobs",
+    )
+    dask.add_argument(
+        "--cluster-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML settings for --cluster slurm (see jobs/slurm/jobqueue.yaml)",
+    )
     dask.add_argument("--dashboard-address", default=":8787", help="where the embedded cluster serves its dashboard")
     dask.add_argument(
         "--shard-size",
@@ -175,6 +188,8 @@ def _run(args) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         scheduler_file=args.scheduler_file,
+        cluster=args.cluster,
+        cluster_config=args.cluster_config,
         dashboard_address=args.dashboard_address,
         retries=args.retries,
         keep_parts=args.keep_parts,

@@ -45,6 +45,8 @@ class RunConfig:
     workers: int | None = None
     scheduler: str | None = None
     scheduler_file: Path | None = None
+    cluster: str = "local"
+    cluster_config: Path | None = None
     dashboard_address: str = ":8787"
     retries: int = 2
     keep_parts: bool = False
@@ -88,6 +90,17 @@ class RunConfig:
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
         if self.quantize and self.backend == "tf":
             raise UsageError("--quantize runs a LiteRT model; use it with --backend litert or auto, not tf")
+        if self.cluster not in ("local", "slurm"):
+            raise UsageError(f"--cluster must be local or slurm, got {self.cluster!r}")
+        if self.cluster == "slurm":
+            if not self.cluster_config or not self.cluster_config.is_file():
+                raise UsageError("--cluster slurm needs --cluster-config FILE (see jobs/slurm/jobqueue.yaml)")
+            if self.scheduler or self.scheduler_file or self.workers:
+                raise UsageError(
+                    "--cluster slurm starts its own workers; drop --scheduler, --scheduler-file and --workers"
+                )
+        elif self.cluster_config:
+            raise UsageError("--cluster-config goes with --cluster slurm")
         if self.scheduler and self.scheduler_file:
             raise UsageError("give --scheduler or --scheduler-file, not both")
         if self.scheduler_file and not self.scheduler_file.is_file():

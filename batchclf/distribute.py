@@ -87,10 +87,18 @@ def connect(
     scheduler_file: str | None = None,
     workers: int | None = None,
     dashboard_address: str = ":8787",
+    cluster_config: str | os.PathLike | None = None,
+    worker_timeout: float = 3600,
 ) -> Iterator[tuple[object, WorkerPlan | None]]:
-    """A Dask client: attached to ``scheduler``/``scheduler_file``, or to a new LocalCluster."""
+    """A Dask client: on SLURM jobs (``cluster_config``), attached to ``scheduler``/``scheduler_file``,
+    or on a new LocalCluster."""
     from distributed import Client, LocalCluster
 
+    if cluster_config is not None:  # --cluster slurm: dask-jobqueue submits the workers as SLURM jobs
+        with slurm_cluster(cluster_config) as cluster, Client(cluster) as client:
+            client.wait_for_workers(1, timeout=worker_timeout)
+            yield client, None
+        return
     if scheduler or scheduler_file:
         try:
             client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
@@ -177,8 +185,9 @@ def slurm_cluster(config_file: str | os.PathLike):
         raise UsageError(f"{config_file} is not valid YAML: {error}") from None
     slurm = (settings.get("jobqueue") or {}).get("slurm")
     if not isinstance(slurm, dict) or not slurm.get("cores") or not slurm.get("memory"):
-        raise UsageError(f"{config_file}: give at least jobqueue: slurm: cores and memory "
-                         "(see jobs/slurm/jobqueue.yaml)")
+        raise UsageError(
+            f"{config_file}: give at least jobqueue: slurm: cores and memory (see jobs/slurm/jobqueue.yaml)"
+        )
     jobs = int((settings.get("batchclf") or {}).get("jobs", 1))
     if jobs < 1:
         raise UsageError(f"{config_file}: batchclf: jobs must be a positive number, got {jobs}")

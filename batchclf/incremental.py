@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .discover import path_text
 from .writer import read_run_metadata
 
 HASH_THREADS = 8
@@ -96,17 +97,18 @@ def plan_incremental(
     else:
         mtimes = pc.cast(table.column("mtime"), pa.int64()).to_pylist()
         old = dict(zip(previous_paths, zip(table.column("bytes").to_pylist(), mtimes)))
-    current = dict(zip(paths, file_signatures(root, paths, use_hash)))
+    current = dict(zip(map(path_text, paths), file_signatures(root, paths, use_hash)))
+    text_to_path = dict(zip(map(path_text, paths), paths))
     plan = IncrementalPlan(to_score=[])
     keep = []
     for path, signature in current.items():
         before = old.get(path)
         if before is None:
             plan.new += 1
-            plan.to_score.append(path)
+            plan.to_score.append(text_to_path[path])
         elif before != signature or None in signature:
             plan.changed += 1
-            plan.to_score.append(path)
+            plan.to_score.append(text_to_path[path])
         else:
             keep.append(path)
     plan.reused = len(keep)

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .config import RunConfig
-from .discover import discover_images
+from .discover import discover_images, path_text
 from .distribute import connect, submit_shards, worker_hosts
 from .errors import AllFilesFailedError, UsageError
 from .incremental import file_signatures, plan_incremental
+from .isolate import isolate_failing_shard
 from .models.registry import ModelSpec, resolve_model
 from .shard import balanced_shard_size, make_shards
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, score_shard
@@ -146,7 +147,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
                 "reason": plan.reason,
             }
         if config.hash:
-            hashes = dict(zip(paths, (s[0] for s in file_signatures(root, paths, use_hash=True))))
+            hashes = dict(zip(map(path_text, paths), (s[0] for s in file_signatures(root, paths, use_hash=True))))
         shards = make_shards(root, to_score, balanced_shard_size(len(to_score), config.shard_size))
         summary.shards = len(shards)
         store = _score(config, spec, root, shards, summary, log) if shards else None
@@ -186,7 +187,11 @@ def _score(config: RunConfig, spec: ModelSpec, root: str, shards, summary: RunSu
     """Score the shards not already done on a Dask cluster; every result lands in the parts store."""
     paths = [p for shard in shards for p in shard.paths]
     scheduler_file = config.scheduler_file and str(config.scheduler_file)
-    with connect(config.scheduler, scheduler_file, config.workers, config.dashboard_address) as (client, plan):
+    cluster_config = config.cluster_config if config.cluster == "slurm" else None
+    with connect(config.scheduler, scheduler_file, config.workers, config.dashboard_address, cluster_config) as (
+        client,
+        plan,
+    ):
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         options = _scoring_options(config, spec, client, plan, root, paths)
@@ -206,20 +211,28 @@ def _score_pending(client, pending, spec, options, config, store, summary, total
     from distributed import as_completed
 
     bar = _progress_bar(total, config.progress)
-    bar.update(summary.files - sum(len(s.paths) for s in pending))
+    bar.update(total - sum(len(s.paths) for s in pending))
     client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(min(event[1], bar.total - bar.n)))
     try:
         token = hashlib.sha256(f"{time.time()}{id(store)}".encode()).hexdigest()[:8]
         futures = submit_shards(
             client, score_shard, pending, spec, options, retries=config.retries, key_prefix=f"batchclf-{token}"
         )
-        names = {f.key: s.name for f, s in zip(futures, pending)}
+        shards = {f.key: s for f, s in zip(futures, pending)}
         for future in as_completed(futures):
-            table, timings = future.result()
-            store.write(names[future.key], table)
-            for key in ("decode_wait", "inference", "build", "total"):
-                summary.timings[key] = summary.timings.get(key, 0.0) + timings[key]
-            summary.timings["backend"] = timings["backend"]
+            shard = shards[future.key]
+            try:
+                table, timings = future.result()
+            except Exception as error:  # failed on every try: find the file that kills the worker
+                print(
+                    f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr
+                )
+                table, timings = isolate_failing_shard(client, shard, spec, options, error), None
+            store.write(shard.name, table)
+            if timings:
+                for key in ("decode_wait", "inference", "build", "total"):
+                    summary.timings[key] = summary.timings.get(key, 0.0) + timings[key]
+                summary.timings["backend"] = timings["backend"]
             future.release()
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)

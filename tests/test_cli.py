@@ -34,6 +34,8 @@ def _assert_usage_error(result, *fragments):
         (["--allow", "pizza,flying saucer"], ["unknown label", "flying saucer"]),
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers"]),
         (["--scheduler-file", "/nonexistent/scheduler.json"], ["scheduler file"]),
+        (["--cluster", "slurm"], ["--cluster slurm needs --cluster-config"]),
+        (["--cluster-config", "jobs/slurm/jobqueue.yaml"], ["goes with --cluster slurm"]),
     ],
 )
 def test_bad_options(images, tmp_path, extra, fragments):

@@ -67,20 +67,46 @@ def dask_processes(folder: Path, nanny: bool, scheduler_environment: dict | None
     def start(name: str, *args: str, environment: dict | None = None) -> subprocess.Popen:
         log = open(folder / f"{name}.log", "w")
         logs.append(log)
-        process = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(environment or {})})
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(environment or {})},
+        )
         processes.append(process)
         return process
 
     try:
-        start("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-              "--no-dashboard", "--scheduler-file", str(scheduler_file), environment=scheduler_environment)
+        start(
+            "scheduler",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+            environment=scheduler_environment,
+        )
         wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size, 60, "the scheduler file")
         address = json.loads(scheduler_file.read_text())["address"]
         workers = [
-            start(f"worker{i}", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1",
-                  "--nanny" if nanny else "--no-nanny", "--no-dashboard", "--host", "127.0.0.1",
-                  "--name", f"worker{i}")
+            start(
+                f"worker{i}",
+                "distributed.cli.dask_worker",
+                address,
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--nanny" if nanny else "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--name",
+                f"worker{i}",
+            )
             for i in range(2)
         ]
         with Client(address, timeout="30s") as client:
@@ -114,9 +140,24 @@ def _kill_a_worker_mid_run(tmp_path: Path, address: str, client, workers: list) 
     pids = client.run(os.getpid)  # worker address -> process id
     assert sorted(pids.values()) == sorted(w.pid for w in workers)
     run = subprocess.Popen(
-        [sys.executable, "-m", "batchclf", "run", str(images), str(output), "--scheduler", address,
-         "--shard-size", "10", "--batch-size", "8", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "batchclf",
+            "run",
+            str(images),
+            str(output),
+            "--scheduler",
+            address,
+            "--shard-size",
+            "10",
+            "--batch-size",
+            "8",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: list(parts.glob("shard-*.parquet")) or run.poll() is not None, 300, "a first part")
@@ -180,8 +221,12 @@ def poisoned_cluster():
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     # One failure is enough to call a task a crasher: keeps the bisection to a few worker restarts.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          host="127.0.0.1") as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             client.register_plugin(CrashOnFile(POISON))
             yield client
 
@@ -224,9 +269,54 @@ def test_isolation_makes_the_poisonous_file_one_error_row(poisoned_cluster, pois
 
 def test_isolation_does_not_hide_a_failure_that_is_not_a_file(poisoned_cluster, poisoned_shard, tmp_path):
     """When nothing can be scored (here: a model file that does not exist) the error is raised again."""
-    broken = SPEC.__class__(id="missing", kind="keras", source=str(tmp_path / "missing.keras"), labels=SPEC.labels,
-                            preprocessing=SPEC.preprocessing)
+    broken = SPEC.__class__(
+        id="missing",
+        kind="keras",
+        source=str(tmp_path / "missing.keras"),
+        labels=SPEC.labels,
+        preprocessing=SPEC.preprocessing,
+    )
     original = RuntimeError("the shard failed")
     with pytest.raises(RuntimeError, match="the shard failed"):
         isolate_failing_shard(poisoned_cluster, poisoned_shard, broken, OPTIONS, error=original)
 
+
+def test_poisonous_file_in_a_run_is_one_error_row(tmp_path):
+    """End to end: the run isolates the shard that kills its workers and still exits 0."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    images = tmp_path / "images"
+    images.mkdir()
+    sources = sorted((DATASETS / "imagenet_objects").glob("*.jpg"))
+    for i, source in enumerate(sources):
+        (images / f"img{i:02d}.jpg").symlink_to(source)
+    (images / POISON).symlink_to(sources[0])
+    expected = sorted(p.name for p in images.iterdir())
+    output = tmp_path / "out.parquet"
+    fail_fast = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}  # keeps the worker restarts few
+    with dask_processes(tmp_path, nanny=True, scheduler_environment=fail_fast) as (address, client, _):
+        client.register_plugin(CrashOnFile(POISON))
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "batchclf",
+                "run",
+                str(images),
+                str(output),
+                "--scheduler",
+                address,
+                "--shard-size",
+                "8",
+                "--retries",
+                "0",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["path"]: row for row in pq.read_table(output).to_pylist()}
+    assert sorted(rows) == expected
+    assert rows[POISON]["status"] == "error" and CRASH_MESSAGE in rows[POISON]["error"]
+    assert all(row["status"] == "ok" for path, row in rows.items() if path != POISON)

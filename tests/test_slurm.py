@@ -38,14 +38,17 @@ def _free_port() -> int:
 def slurm(tmp_path_factory):
     missing = [p for p in PROGRAMS if shutil.which(p) is None]
     if missing:
-        pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing); "
-                    "to run this test: apt-get install -y slurm-wlm munge")
+        pytest.skip(
+            f"SLURM is not installed ({', '.join(missing)} missing); "
+            "to run this test: apt-get install -y slurm-wlm munge"
+        )
     if os.geteuid() != 0:
         pytest.skip("the one-node SLURM runs slurmd as root; run this test as root")
     folder = tmp_path_factory.mktemp("slurm")
     environment = {**os.environ, "SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
-    started = subprocess.run(["bash", str(LOCAL_CLUSTER), "start", str(folder)], env=environment,
-                             capture_output=True, text=True, timeout=120)
+    started = subprocess.run(
+        ["bash", str(LOCAL_CLUSTER), "start", str(folder)], env=environment, capture_output=True, text=True, timeout=120
+    )
     try:
         assert started.returncode == 0, f"{started.stderr}\n{_logs(folder)}"
         environment = {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
@@ -61,8 +64,7 @@ def _logs(folder: Path) -> str:
 def _wait_for_job(job_id: str, environment: dict, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        queued = subprocess.run(["squeue", "--noheader", "-j", job_id], env=environment,
-                                capture_output=True, text=True)
+        queued = subprocess.run(["squeue", "--noheader", "-j", job_id], env=environment, capture_output=True, text=True)
         if queued.returncode == 0 and not queued.stdout.strip():
             return
         if queued.returncode != 0 and "Invalid job id" in queued.stderr:
@@ -77,9 +79,19 @@ def test_sbatch_script_classifies_the_shared_images(slurm, tmp_path):
     output = tmp_path / "objects.parquet"
     environment = {**environment, "BATCHCLF_PYTHON": sys.executable, "BATCHCLF_SHARED": str(tmp_path)}
     submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={tmp_path}", f"--output={tmp_path}/job-%j.log",
-         str(SBATCH_SCRIPT), str(IMAGES), str(output)],
-        env=environment, capture_output=True, text=True, timeout=60,
+        [
+            "sbatch",
+            "--parsable",
+            f"--chdir={tmp_path}",
+            f"--output={tmp_path}/job-%j.log",
+            str(SBATCH_SCRIPT),
+            str(IMAGES),
+            str(output),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
@@ -120,19 +132,68 @@ def test_jobqueue_slurm_cluster_runs_workers_as_jobs(slurm, tmp_path):
     try:
         with slurm_cluster(config) as cluster, Client(cluster) as client:
             client.wait_for_workers(2, timeout=180)
-            queued = subprocess.run(["squeue", "--noheader", "--format=%j"], env=environment,
-                                    capture_output=True, text=True).stdout.split()
+            queued = subprocess.run(
+                ["squeue", "--noheader", "--format=%j"], env=environment, capture_output=True, text=True
+            ).stdout.split()
             assert queued.count("batchclf-test-worker") == 2
             result = subprocess.run(
-                [sys.executable, "-m", "batchclf", "run", str(IMAGES), str(output), "--scheduler",
-                 cluster.scheduler_address, "--incremental", "--no-progress"],
-                capture_output=True, text=True, timeout=300,
+                [
+                    sys.executable,
+                    "-m",
+                    "batchclf",
+                    "run",
+                    str(IMAGES),
+                    str(output),
+                    "--scheduler",
+                    cluster.scheduler_address,
+                    "--incremental",
+                    "--no-progress",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
     finally:
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pq.read_table(output)
+    assert table.num_rows == 19 and set(table["status"].to_pylist()) == {"ok"}
+
+
+def test_cluster_slurm_option_runs_the_job_on_jobqueue_workers(slurm, tmp_path, monkeypatch):
+    """``batchclf run --cluster slurm --cluster-config FILE``: the run submits its own worker jobs."""
+    pytest.importorskip("dask_jobqueue", reason="pip install 'batchclf[slurm]' to test the --cluster slurm path")
+    _, environment = slurm
+    config = tmp_path / "jobqueue.yaml"
+    config.write_text(
+        "batchclf: {jobs: 1}\n"
+        "jobqueue:\n  slurm:\n    name: batchclf-cli-worker\n    cores: 1\n    processes: 1\n    memory: 2GiB\n"
+        f"    python: {sys.executable}\n    walltime: '00:10:00'\n    log-directory: {tmp_path}\n"
+        f"    local-directory: {tmp_path}\n    scheduler-options: {{host: 127.0.0.1, dashboard_address: ':0'}}\n"
+    )
+    output = tmp_path / "objects.parquet"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batchclf",
+            "run",
+            str(IMAGES),
+            str(output),
+            "--cluster",
+            "slurm",
+            "--cluster-config",
+            str(config),
+            "--no-progress",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = pq.read_table(output)
     assert table.num_rows == 19 and set(table["status"].to_pylist()) == {"ok"}
