@@ -165,6 +165,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
             "options": config.recorded_options(),
             "result_options": result_options,
             "files": summary.files,
+            "scored": len(to_score),  # the rest were carried over by --incremental
             "ok": summary.ok,
             "errors": summary.errors,
             "seconds": round(time.perf_counter() - started, 3),

@@ -58,7 +58,7 @@ class Run:
     @property
     def images_per_second(self) -> float | None:
         seconds = self.metadata.get("seconds")
-        files = self.metadata.get("files", self.files)
+        files = self.metadata.get("scored", self.metadata.get("files", self.files))  # incremental: scored only
         return files / seconds if seconds else None
 
     def outcomes(self) -> pa.Table:
