@@ -40,7 +40,7 @@ class FineTuneSettings:
     unfreeze: int = 3  # MBConv blocks retrained, counted from the top (the head convolution is always retrained)
     epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-5
     validation_fraction: float = 0.2
     patience: int = 3
 
@@ -95,11 +95,13 @@ def _load_data(config: TrainConfig) -> tuple[LabelledImages, LabelledImages | No
     if config.test is not None:
         test = read_dataset(config.test, config.test_images)
         check_known_labels(test, data.classes)
-        return data, test
-    if config.test_fraction == 0:
-        return data, None
-    train, test = stratified_split(data, config.test_fraction, config.seed)
-    return train, test
+    elif config.test_fraction == 0:
+        test = None
+    else:
+        data, test = stratified_split(data, config.test_fraction, config.seed)
+    if config.fine_tune and not len(stratified_split(data, config.fine_tune.validation_fraction, config.seed)[1]):
+        raise UsageError("no training image is left for validation; raise --validation-fraction or add images")
+    return data, test
 
 
 def _drop_unreadable(data: LabelledImages, features: Features) -> LabelledImages:
@@ -110,6 +112,31 @@ def _drop_unreadable(data: LabelledImages, features: Features) -> LabelledImages
 def _matrix(data: LabelledImages, features: Features) -> np.ndarray:
     row = {path: i for i, path in enumerate(features.paths)}
     return features.vectors[[row[path] for path in data.paths]]
+
+
+def _fit_head(config: TrainConfig, train_data: LabelledImages, features: Features, classes: tuple[str, ...], log):
+    """Method 1's classifier (and method 2's starting head): L2 logistic regression on the pooled features."""
+    head_data = train_data
+    if config.fine_tune:  # the head must not see the images that decide when fine-tuning stops
+        head_data = stratified_split(train_data, config.fine_tune.validation_fraction, config.seed)[0]
+    x_head = _matrix(head_data, features)
+    y_head = np.array([classes.index(label) for label in head_data.labels])
+    cross_validation, l2, chosen_by = None, config.l2, "given"
+    if config.l2 is None:
+        cross_validation = choose_l2(x_head, y_head, len(classes), config.seed)
+        l2 = cross_validation.l2
+        if cross_validation.folds:
+            chosen_by = f"{cross_validation.folds}-fold cross-validation"
+            log(f"L2 strength {l2:.3g} chosen by {chosen_by}", file=sys.stderr)
+        else:
+            chosen_by = "default"
+            log(f"a class has a single image, too few to cross-validate: L2 strength {l2:.3g}", file=sys.stderr)
+    head, _ = fit_logistic(x_head, y_head, len(classes), l2)
+    if not head.converged:
+        log(f"warning: L-BFGS stopped after {head.iterations} iterations before converging", file=sys.stderr)
+    hyperparameters = {"l2": l2, "l2_chosen_by": chosen_by, "iterations": head.iterations,
+                       "converged": head.converged, "seed": config.seed}
+    return head, hyperparameters, cross_validation
 
 
 def train(config: TrainConfig, log=print) -> TrainResult:
@@ -130,31 +157,9 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     classes = train_data.classes
     x_train = _matrix(train_data, features)
 
-    head_data = train_data
-    if config.fine_tune:  # the head must not see the images that decide when fine-tuning stops
-        head_data = stratified_split(train_data, config.fine_tune.validation_fraction, config.seed)[0]
-    x_head = _matrix(head_data, features)
-    y_head = np.array([classes.index(label) for label in head_data.labels])
-    if config.l2 is None:
-        cross_validation = choose_l2(x_head, y_head, len(classes), config.seed)
-        l2 = cross_validation.l2
-        if cross_validation.folds:
-            log(f"L2 strength {l2:.3g} chosen by {cross_validation.folds}-fold cross-validation", file=sys.stderr)
-        else:
-            log(f"a class has a single image, too few to cross-validate: L2 strength {l2:.3g}", file=sys.stderr)
-    else:
-        cross_validation, l2 = None, config.l2
-    head, _ = fit_logistic(x_head, y_head, len(classes), l2)
-    if not head.converged:
-        log(f"warning: L-BFGS stopped after {head.iterations} iterations before converging", file=sys.stderr)
-
+    head, hyperparameters, cross_validation = _fit_head(config, train_data, features, classes, log)
     base = base_network(config.base_model)
     model = classifier(base, len(classes), head.weights, head.bias)
-    chosen_by = "given"
-    if cross_validation:
-        chosen_by = f"{cross_validation.folds}-fold cross-validation" if cross_validation.folds else "default"
-    hyperparameters = {"l2": l2, "l2_chosen_by": chosen_by, "iterations": head.iterations,
-                       "converged": head.converged, "seed": config.seed}
     if config.fine_tune:
         from .finetune import fine_tune
 
