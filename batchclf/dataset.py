@@ -37,8 +37,12 @@ class LabelledImages:
 
     def subset(self, indices) -> LabelledImages:
         keep = [int(i) for i in indices]
-        return LabelledImages(self.source, tuple(self.paths[i] for i in keep), tuple(self.labels[i] for i in keep),
-                              tuple(self.lines[i] for i in keep))
+        return LabelledImages(
+            self.source,
+            tuple(self.paths[i] for i in keep),
+            tuple(self.labels[i] for i in keep),
+            tuple(self.lines[i] for i in keep),
+        )
 
 
 def read_dataset(source: Path, images: Path | None = None) -> LabelledImages:
@@ -79,8 +83,10 @@ def _read_tsv(tsv: Path, image_root: Path) -> LabelledImages:
             raise UsageError(f"{where}: image {relative} not found in {image_root}; fix the path or pass --images DIR")
         if path in entries and entries[path][0] != label:
             previous_label, previous_where = entries[path]
-            raise UsageError(f"{where}: {relative} is labelled {label!r} here but {previous_label!r} at "
-                             f"{previous_where}; give each image one label")
+            raise UsageError(
+                f"{where}: {relative} is labelled {label!r} here but {previous_label!r} at "
+                f"{previous_where}; give each image one label"
+            )
         entries.setdefault(path, (label, where))
     if not entries:
         raise UsageError(f"{tsv} lists no images; write one image_path<TAB>label a line")
@@ -99,8 +105,9 @@ def _read_class_folders(folder: Path) -> LabelledImages:
             labels.append(entry.name)
             lines.append(f"{folder}/{entry.name}")
     if not paths:
-        raise UsageError(f"{folder} has no class folders with images; give one sub-folder of images per class, "
-                         "or a tags.tsv file")
+        raise UsageError(
+            f"{folder} has no class folders with images; give one sub-folder of images per class, or a tags.tsv file"
+        )
     return LabelledImages(folder, tuple(paths), tuple(labels), tuple(lines))
 
 
@@ -113,8 +120,10 @@ def check_trainable(data: LabelledImages, what: str = "training data") -> None:
     single = sorted(label for label, count in counts.items() if count == 1)
     if single:
         where = data.lines[data.labels.index(single[0])]
-        raise UsageError(f"{where}: label {single[0]!r} has a single image in the {what}; give every class at "
-                         "least two images (or remove it)")
+        raise UsageError(
+            f"{where}: label {single[0]!r} has a single image in the {what}; give every class at "
+            "least two images (or remove it)"
+        )
 
 
 def check_known_labels(test: LabelledImages, classes: tuple[str, ...]) -> None:

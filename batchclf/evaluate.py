@@ -99,9 +99,17 @@ def predict_files(paths: list[str], config: EvaluateConfig, labels: tuple[str, .
     """Class probabilities for each readable path (rows in order), and path → error for the others."""
     from .features import score_files
 
-    rows = score_files(paths, ["status", "error", "topk"], model=config.model, backend=config.backend,
-                       batch_size=config.batch_size, top_k=len(labels), workers=config.workers,
-                       scheduler=config.scheduler, progress=config.progress)
+    rows = score_files(
+        paths,
+        ["status", "error", "topk"],
+        model=config.model,
+        backend=config.backend,
+        batch_size=config.batch_size,
+        top_k=len(labels),
+        workers=config.workers,
+        scheduler=config.scheduler,
+        progress=config.progress,
+    )
     index = {label: i for i, label in enumerate(labels)}
     probabilities, errors = [], {}
     for path, row in zip(paths, rows):
@@ -128,13 +136,20 @@ def evaluate(config: EvaluateConfig, log=print) -> dict:
     kept = [i for i, path in enumerate(data.paths) if path not in errors]
     if not kept:
         raise UsageError(f"no image of {config.data} could be read; nothing to evaluate")
-    report = {"model": spec.id, "data": str(config.data),
-              **compute_metrics([truth[i] for i in kept], probabilities, spec.labels)}
+    report = {
+        "model": spec.id,
+        "data": str(config.data),
+        **compute_metrics([truth[i] for i in kept], probabilities, spec.labels),
+    }
     root = Path(config.data if config.data.is_dir() else (config.images or config.data.resolve().parent)).resolve()
     report["unreadable"] = {_relative(p, root): e for p, e in errors.items()}
     report["predictions"] = [
-        {"path": _relative(data.paths[i], root), "truth": truth[i], "predicted": spec.labels[int(row.argmax())],
-         "score": float(row.max())}
+        {
+            "path": _relative(data.paths[i], root),
+            "truth": truth[i],
+            "predicted": spec.labels[int(row.argmax())],
+            "score": float(row.max()),
+        }
         for i, row in zip(kept, probabilities)
     ]
     return report
@@ -152,8 +167,8 @@ def format_report(report: dict, verbose: bool = False) -> str:
     lines = [
         f"model: {report['model']}",
         f"data: {report['data']}",
-        f"images: {report['images']}" + (f" ({len(report['unreadable'])} unreadable, skipped)"
-                                         if report.get("unreadable") else ""),
+        f"images: {report['images']}"
+        + (f" ({len(report['unreadable'])} unreadable, skipped)" if report.get("unreadable") else ""),
         f"micro accuracy: {report['micro_accuracy']:.4f}",
         f"macro accuracy: {report['macro_accuracy']:.4f}",
         f"log-loss: {report['log_loss']:.4f}",
@@ -166,18 +181,24 @@ def format_report(report: dict, verbose: bool = False) -> str:
 
     lines.append(f"{'class':<{width}}  support  precision  recall      f1  log-loss")
     for label, row in report["per_class"].items():
-        lines.append(f"{label:<{width}}  {row['support']:7d}     {number(row['precision'])}  {number(row['recall'])}"
-                     f"  {number(row['f1'])}    {number(row['log_loss'])}")
+        lines.append(
+            f"{label:<{width}}  {row['support']:7d}     {number(row['precision'])}  {number(row['recall'])}"
+            f"  {number(row['f1'])}    {number(row['log_loss'])}"
+        )
     labels, matrix = report["confusion"]["labels"], report["confusion"]["matrix"]
     cell = max(5, *(len(label) for label in labels))
-    lines += ["", "confusion matrix (rows: truth, columns: predicted)",
-              " " * width + "  " + " ".join(f"{label:>{cell}}" for label in labels)]
+    lines += [
+        "",
+        "confusion matrix (rows: truth, columns: predicted)",
+        " " * width + "  " + " ".join(f"{label:>{cell}}" for label in labels),
+    ]
     for label, row in zip(labels, matrix):
         lines.append(f"{label:<{width}}  " + " ".join(f"{count:>{cell}d}" for count in row))
     if verbose:
         lines += ["", "predictions:"]
-        lines += [f"  {p['path']}: {p['predicted']} ({p['score']:.3f}), truth {p['truth']}"
-                  for p in report["predictions"]]
+        lines += [
+            f"  {p['path']}: {p['predicted']} ({p['score']:.3f}), truth {p['truth']}" for p in report["predictions"]
+        ]
         lines += [f"  unreadable {path}: {error}" for path, error in report.get("unreadable", {}).items()]
     return "\n".join(lines)
 

@@ -131,9 +131,18 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
 
 def _run_job(missing: list[tuple[str, str]], config: ExtractionConfig, folder: Path) -> dict[str, str]:
     """Run the scoring job on the uncached images; store their features; return digest → error."""
-    rows = score_files([path for _, path in missing], ["status", "error", "embedding"], model=config.model,
-                       backend=config.backend, batch_size=config.batch_size, top_k=1, embeddings=True,
-                       workers=config.workers, scheduler=config.scheduler, progress=config.progress)
+    rows = score_files(
+        [path for _, path in missing],
+        ["status", "error", "embedding"],
+        model=config.model,
+        backend=config.backend,
+        batch_size=config.batch_size,
+        top_k=1,
+        embeddings=True,
+        workers=config.workers,
+        scheduler=config.scheduler,
+        progress=config.progress,
+    )
     failed = {}
     for (digest, _), row in zip(missing, rows):
         if row["status"] == "ok":

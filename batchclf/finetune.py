@@ -46,13 +46,21 @@ def _set_trainable(model, unfreeze: int) -> list[str]:
     """Train the top ``unfreeze`` blocks, the head convolution and the classifier; freeze the rest and all BN."""
     import keras
 
-    blocks = sorted({int(layer.name[5:].split("_")[0]) for layer in model.layers
-                     if layer.name.startswith("block") and layer.name[5:].split("_")[0].isdigit()})
-    retrained = {f"block{i}_" for i in blocks[len(blocks) - unfreeze:]} if unfreeze else set()
+    blocks = sorted(
+        {
+            int(layer.name[5:].split("_")[0])
+            for layer in model.layers
+            if layer.name.startswith("block") and layer.name[5:].split("_")[0].isdigit()
+        }
+    )
+    retrained = {f"block{i}_" for i in blocks[len(blocks) - unfreeze :]} if unfreeze else set()
     names = []
     for layer in model.layers:
-        trainable = (layer.name == "predictions" or layer.name.startswith("head_")
-                     or any(layer.name.startswith(prefix) for prefix in retrained))
+        trainable = (
+            layer.name == "predictions"
+            or layer.name.startswith("head_")
+            or any(layer.name.startswith(prefix) for prefix in retrained)
+        )
         layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
         if layer.trainable and layer.weights:
             names.append(layer.name)
@@ -74,12 +82,12 @@ def _batches(pixels: np.ndarray, targets: np.ndarray, batch_size: int, size: int
 
         def __getitem__(self, index):
             rng = np.random.default_rng([seed, self.epoch, index, 1])
-            chosen = self.order[index * batch_size:(index + 1) * batch_size]
+            chosen = self.order[index * batch_size : (index + 1) * batch_size]
             margin = pixels.shape[1] - size
             batch = np.empty((len(chosen), size, size, 3), np.float32)
             for row, i in enumerate(chosen):
                 top, left = rng.integers(0, margin + 1, size=2)
-                image = pixels[i, top:top + size, left:left + size]
+                image = pixels[i, top : top + size, left : left + size]
                 batch[row] = image[:, ::-1] if rng.random() < 0.5 else image
             return batch, targets[chosen]
 
@@ -90,8 +98,9 @@ def _batches(pixels: np.ndarray, targets: np.ndarray, batch_size: int, size: int
     return AugmentedBatches()
 
 
-def fine_tune(model, data: LabelledImages, classes: tuple[str, ...], settings, seed: int,
-              base_model_name: str = "", log=print) -> list[dict]:
+def fine_tune(
+    model, data: LabelledImages, classes: tuple[str, ...], settings, seed: int, base_model_name: str = "", log=print
+) -> list[dict]:
     """Fine-tune ``model`` in place on ``data``; return the per-epoch history."""
     import keras
     import tensorflow as tf
@@ -108,11 +117,16 @@ def fine_tune(model, data: LabelledImages, classes: tuple[str, ...], settings, s
     train_targets = np.array([classes.index(label) for label in train.labels])
     validation_targets = np.array([classes.index(label) for label in validation.labels])
     retrained = _set_trainable(model, settings.unfreeze)
-    log(f"fine-tuning {len(retrained)} layers of {base_model_name or model.name} on {len(train)} images "
-        f"(validation: {len(validation)}), up to {settings.epochs} epochs")
+    log(
+        f"fine-tuning {len(retrained)} layers of {base_model_name or model.name} on {len(train)} images "
+        f"(validation: {len(validation)}), up to {settings.epochs} epochs"
+    )
     model.get_layer(FEATURE_LAYER)  # the saved model must keep its feature layer
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
     history: list[dict] = []
 
     class EpochLog(keras.callbacks.Callback):
@@ -123,15 +137,21 @@ def fine_tune(model, data: LabelledImages, classes: tuple[str, ...], settings, s
             entry = {k: round(float(logs[k]), 6) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
             entry["seconds"] = round(time.perf_counter() - self.started, 1)
             history.append(entry)
-            log(f"epoch {epoch + 1}/{settings.epochs}: train loss {entry['loss']:.4f} accuracy {entry['accuracy']:.3f}"
+            log(
+                f"epoch {epoch + 1}/{settings.epochs}: train loss {entry['loss']:.4f} accuracy {entry['accuracy']:.3f}"
                 f", validation loss {entry['val_loss']:.4f} accuracy {entry['val_accuracy']:.3f} "
-                f"({entry['seconds']:.0f} s)")
+                f"({entry['seconds']:.0f} s)"
+            )
 
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True)
     with quiet_native_stderr():  # tf.data's C++ runtime complains about graph attributes on every fit
-        model.fit(_batches(train_pixels, train_targets, settings.batch_size, size, seed),
-                  validation_data=(validation_pixels.astype(np.float32), validation_targets),
-                  epochs=settings.epochs, callbacks=[EpochLog(), stop], verbose=0)
+        model.fit(
+            _batches(train_pixels, train_targets, settings.batch_size, size, seed),
+            validation_data=(validation_pixels.astype(np.float32), validation_targets),
+            epochs=settings.epochs,
+            callbacks=[EpochLog(), stop],
+            verbose=0,
+        )
     for layer in model.layers:
         layer.trainable = True
     return history

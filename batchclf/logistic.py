@@ -40,7 +40,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def _objective(params: np.ndarray, x: np.ndarray, onehot: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
     features, classes = x.shape[1], onehot.shape[1]
     weights = params[: features * classes].reshape(features, classes)
-    bias = params[features * classes:]
+    bias = params[features * classes :]
     logits = x @ weights + bias
     logits -= logits.max(axis=1, keepdims=True)
     log_normaliser = np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -83,10 +83,16 @@ def _fit(minimize, features, targets, classes, l2, max_iterations, start) -> tup
     onehot = np.eye(classes)[targets]
     d = x.shape[1]
     initial = np.zeros(d * classes + classes) if start is None else start
-    result = minimize(_objective, initial, args=(x, onehot, l2), jac=True, method="L-BFGS-B",
-                      options={"maxiter": max_iterations, "maxfun": 2 * max_iterations, "gtol": 1e-6, "ftol": 1e-12})
+    result = minimize(
+        _objective,
+        initial,
+        args=(x, onehot, l2),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iterations, "maxfun": 2 * max_iterations, "gtol": 1e-6, "ftol": 1e-12},
+    )
     weights = result.x[: d * classes].reshape(d, classes)
-    bias = result.x[d * classes:]
+    bias = result.x[d * classes :]
     if basis is not None:
         weights = basis @ weights
     raw_weights = weights / scale[:, None]
@@ -106,8 +112,14 @@ class CrossValidation:
     scores: dict[float, float]  # strength → pooled validation log-loss
 
 
-def choose_l2(features: np.ndarray, targets: np.ndarray, classes: int, seed: int,
-              grid: tuple[float, ...] = L2_GRID, max_folds: int = 5) -> CrossValidation:
+def choose_l2(
+    features: np.ndarray,
+    targets: np.ndarray,
+    classes: int,
+    seed: int,
+    grid: tuple[float, ...] = L2_GRID,
+    max_folds: int = 5,
+) -> CrossValidation:
     """The strength with the lowest validation log-loss in stratified k-fold CV (ties: the stronger).
 
     With fewer than two images in some class there is nothing to validate on: ``DEFAULT_L2``, zero folds.

@@ -67,8 +67,11 @@ class TrainConfig:
             raise UsageError(f"--l2 must not be negative, got {self.l2}")
         if self.fine_tune:
             settings = self.fine_tune
-            for option, value in (("--epochs", settings.epochs), ("--batch-size", settings.batch_size),
-                                  ("--unfreeze", settings.unfreeze + 1)):
+            for option, value in (
+                ("--epochs", settings.epochs),
+                ("--batch-size", settings.batch_size),
+                ("--unfreeze", settings.unfreeze + 1),
+            ):
                 if value < 1:
                     raise UsageError(f"{option} must be a positive number, got {value}")
             if settings.learning_rate <= 0:
@@ -134,8 +137,13 @@ def _fit_head(config: TrainConfig, train_data: LabelledImages, features: Feature
     head, _ = fit_logistic(x_head, y_head, len(classes), l2)
     if not head.converged:
         log(f"warning: L-BFGS stopped after {head.iterations} iterations before converging", file=sys.stderr)
-    hyperparameters = {"l2": l2, "l2_chosen_by": chosen_by, "iterations": head.iterations,
-                       "converged": head.converged, "seed": config.seed}
+    hyperparameters = {
+        "l2": l2,
+        "l2_chosen_by": chosen_by,
+        "iterations": head.iterations,
+        "converged": head.converged,
+        "seed": config.seed,
+    }
     return head, hyperparameters, cross_validation
 
 
@@ -163,10 +171,16 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     if config.fine_tune:
         from .finetune import fine_tune
 
-        history = fine_tune(model, train_data, classes, config.fine_tune, config.seed,
-                            base_model_name=config.base_model, log=log)
-        hyperparameters = {**asdict(config.fine_tune), "seed": config.seed, "head_initialised_by": hyperparameters,
-                           "epochs_run": len(history), "history": history}
+        history = fine_tune(
+            model, train_data, classes, config.fine_tune, config.seed, base_model_name=config.base_model, log=log
+        )
+        hyperparameters = {
+            **asdict(config.fine_tune),
+            "seed": config.seed,
+            "head_initialised_by": hyperparameters,
+            "epochs_run": len(history),
+            "history": history,
+        }
         train_probabilities = _predict_pixels(model, train_data, log)
     else:
         train_probabilities = head.probabilities(x_train)
@@ -199,7 +213,9 @@ def train(config: TrainConfig, log=print) -> TrainResult:
         "metrics": metrics,
         "data": {
             "train": _describe(config.data, train_data, features),
-            "test": None if test_data is None else {
+            "test": None
+            if test_data is None
+            else {
                 **_describe(config.test or config.data, test_data, features, test_digests),
                 "split": None if config.test else {"test_fraction": config.test_fraction, "seed": config.seed},
             },
@@ -250,11 +266,15 @@ def _rounded(metrics: dict) -> dict:
 
 def summary_lines(result: TrainResult) -> list[str]:
     metadata = result.metadata
-    lines = [f"trained {metadata['method']} on {metadata['data']['train']['images']} images, "
-             f"{len(result.classes)} classes ({', '.join(result.classes)}) in {result.seconds:.1f} s"]
+    lines = [
+        f"trained {metadata['method']} on {metadata['data']['train']['images']} images, "
+        f"{len(result.classes)} classes ({', '.join(result.classes)}) in {result.seconds:.1f} s"
+    ]
     for split in ("train", "test"):
         if split in metadata["metrics"]:
             m = metadata["metrics"][split]
-            lines.append(f"{split}: {m['images']} images, micro accuracy {m['micro_accuracy']:.4f}, "
-                         f"macro accuracy {m['macro_accuracy']:.4f}, log-loss {m['log_loss']:.4f}")
+            lines.append(
+                f"{split}: {m['images']} images, micro accuracy {m['micro_accuracy']:.4f}, "
+                f"macro accuracy {m['macro_accuracy']:.4f}, log-loss {m['log_loss']:.4f}"
+            )
     return lines

@@ -20,8 +20,9 @@ def _add_cluster_options(parser) -> None:
     group.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="attach to a running Dask scheduler")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument("--verbose", action="store_true", help="list unreadable images (and, for evaluate, every "
-                        "prediction)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="list unreadable images (and, for evaluate, every prediction)"
+    )
 
 
 def _add_train(subparsers) -> None:
@@ -42,22 +43,35 @@ def _add_train(subparsers) -> None:
     split = train.add_argument_group("test set")
     split.add_argument("--test", type=Path, default=None, metavar="DATA", help="a separate labelled test set")
     split.add_argument("--test-images", type=Path, default=None, help="folder the test TSV's paths are relative to")
-    split.add_argument("--test-fraction", type=float, default=None,
-                       help="hold out this fraction of each class for testing (default 0.2 without --test)")
+    split.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="hold out this fraction of each class for testing (default 0.2 without --test)",
+    )
     split.add_argument("--seed", type=int, default=0, help="seed of the split, the cross-validation and training")
     method = train.add_argument_group("method 1: logistic regression on frozen features")
-    method.add_argument("--l2", type=float, default=None,
-                        help="L2 regularisation strength (default: chosen by cross-validation)")
+    method.add_argument(
+        "--l2", type=float, default=None, help="L2 regularisation strength (default: chosen by cross-validation)"
+    )
     tune = train.add_argument_group("method 2: fine-tuning")
     tune.add_argument("--fine-tune", action="store_true", help="also retrain the top blocks of the network")
     tune.add_argument("--unfreeze", type=int, default=defaults.unfreeze, help="blocks retrained, from the top")
     tune.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs (early stopping may end sooner)")
     tune.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per training step")
     tune.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam learning rate")
-    tune.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
-                      help="fraction of the training images used to stop early")
-    tune.add_argument("--patience", type=int, default=defaults.patience,
-                      help="epochs without a better validation loss before stopping")
+    tune.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=defaults.validation_fraction,
+        help="fraction of the training images used to stop early",
+    )
+    tune.add_argument(
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="epochs without a better validation loss before stopping",
+    )
     _add_cluster_options(train)
     train.set_defaults(handler=_train)
 
@@ -71,14 +85,23 @@ def _train(args) -> int:
         raise UsageError("give --test or --test-fraction, not both")
     fine_tune = None
     if args.fine_tune:
-        fine_tune = FineTuneSettings(args.unfreeze, args.epochs, args.batch_size, args.learning_rate,
-                                     args.validation_fraction, args.patience)
+        fine_tune = FineTuneSettings(
+            args.unfreeze, args.epochs, args.batch_size, args.learning_rate, args.validation_fraction, args.patience
+        )
     config = TrainConfig(
-        data=args.data, model_dir=args.model_dir, images=args.images, test=args.test, test_images=args.test_images,
-        test_fraction=0.2 if args.test_fraction is None else args.test_fraction, seed=args.seed, l2=args.l2,
-        fine_tune=fine_tune, verbose=args.verbose,
-        extraction=ExtractionConfig(backend=args.backend, workers=args.workers, scheduler=args.scheduler,
-                                    progress=args.progress),
+        data=args.data,
+        model_dir=args.model_dir,
+        images=args.images,
+        test=args.test,
+        test_images=args.test_images,
+        test_fraction=0.2 if args.test_fraction is None else args.test_fraction,
+        seed=args.seed,
+        l2=args.l2,
+        fine_tune=fine_tune,
+        verbose=args.verbose,
+        extraction=ExtractionConfig(
+            backend=args.backend, workers=args.workers, scheduler=args.scheduler, progress=args.progress
+        ),
     )
     result = train(config, log=print)
     for line in summary_lines(result):
@@ -113,9 +136,16 @@ def _evaluate(args) -> int:
 
     if args.json is not None and not (args.json.parent if str(args.json.parent) else Path(".")).is_dir():
         raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    config = EvaluateConfig(data=args.data, model=args.model, images=args.images, backend=args.backend,
-                            batch_size=args.batch_size, workers=args.workers, scheduler=args.scheduler,
-                            progress=args.progress)
+    config = EvaluateConfig(
+        data=args.data,
+        model=args.model,
+        images=args.images,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=args.progress,
+    )
     report = evaluate(config, log=print)
     print(format_report(report, args.verbose))
     if args.json is not None:

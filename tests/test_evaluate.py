@@ -15,13 +15,15 @@ from batchclf.evaluate import EPSILON, compute_metrics, format_report, truth_lab
 
 CLASSES = ("cat", "dog", "fox")
 # Five images. Rows: probabilities of cat, dog, fox. Predicted: cat, cat, dog, dog, fox.
-PROBABILITIES = np.array([
-    [0.7, 0.2, 0.1],  # truth cat -> cat
-    [0.5, 0.4, 0.1],  # truth dog -> cat
-    [0.2, 0.6, 0.2],  # truth dog -> dog
-    [0.1, 0.8, 0.1],  # truth dog -> dog
-    [0.3, 0.3, 0.4],  # truth cat -> fox
-])
+PROBABILITIES = np.array(
+    [
+        [0.7, 0.2, 0.1],  # truth cat -> cat
+        [0.5, 0.4, 0.1],  # truth dog -> cat
+        [0.2, 0.6, 0.2],  # truth dog -> dog
+        [0.1, 0.8, 0.1],  # truth dog -> dog
+        [0.3, 0.3, 0.4],  # truth cat -> fox
+    ]
+)
 TRUTH = ["cat", "dog", "dog", "dog", "cat"]
 
 
@@ -52,8 +54,13 @@ def test_metrics_match_hand_computed_values():
 def test_a_class_never_predicted_has_undefined_precision_and_zero_f1():
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2]])
     metrics = compute_metrics(["a", "b"], probabilities, ("a", "b"))
-    assert metrics["per_class"]["b"] == {"support": 1, "precision": None, "recall": 0.0, "f1": 0.0,
-                                         "log_loss": pytest.approx(-math.log(0.2))}
+    assert metrics["per_class"]["b"] == {
+        "support": 1,
+        "precision": None,
+        "recall": 0.0,
+        "f1": 0.0,
+        "log_loss": pytest.approx(-math.log(0.2)),
+    }
     assert metrics["macro_accuracy"] == pytest.approx(0.5)
 
 
@@ -76,15 +83,27 @@ def test_many_classes_report_only_those_seen():
 
 
 def test_report_text_is_labelled():
-    text = format_report({"model": "m", "data": "d", "unreadable": {"x.jpg": "empty file"}, "predictions": [],
-                          **compute_metrics(TRUTH, PROBABILITIES, CLASSES)}, verbose=True)
+    text = format_report(
+        {
+            "model": "m",
+            "data": "d",
+            "unreadable": {"x.jpg": "empty file"},
+            "predictions": [],
+            **compute_metrics(TRUTH, PROBABILITIES, CLASSES),
+        },
+        verbose=True,
+    )
     assert "images: 5 (1 unreadable, skipped)" in text
     assert "micro accuracy: 0.6000" in text and "macro accuracy: 0.5833" in text and "log-loss: 0.6422" in text
     assert "confusion matrix (rows: truth, columns: predicted)" in text
     lines = text.splitlines()
     header = lines.index("confusion matrix (rows: truth, columns: predicted)")
-    assert [line.split() for line in lines[header + 1:header + 5]] == [
-        ["cat", "dog", "fox"], ["cat", "1", "0", "1"], ["dog", "1", "2", "0"], ["fox", "0", "0", "0"]]
+    assert [line.split() for line in lines[header + 1 : header + 5]] == [
+        ["cat", "dog", "fox"],
+        ["cat", "1", "0", "1"],
+        ["dog", "1", "2", "0"],
+        ["fox", "0", "0", "0"],
+    ]
     assert "unreadable x.jpg: empty file" in text
 
 
@@ -102,8 +121,15 @@ def test_truth_labels_accept_imagenet_synonyms(datasets, tmp_path):
 @pytest.mark.slow
 def test_evaluate_command_with_the_builtin_model(datasets, tmp_path):
     report_file = tmp_path / "report.json"
-    result = run_cli("evaluate", str(datasets / "imagenet_objects" / "tags.tsv"), "--json", str(report_file),
-                     "--workers", "1", "--no-progress")
+    result = run_cli(
+        "evaluate",
+        str(datasets / "imagenet_objects" / "tags.tsv"),
+        "--json",
+        str(report_file),
+        "--workers",
+        "1",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(report_file.read_text())
     assert report["images"] == 19 and report["model"] == "efficientnet-lite0"

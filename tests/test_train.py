@@ -39,16 +39,26 @@ def food(datasets) -> Path:
 def food_model(food, scheduler, tmp_path_factory) -> tuple[Path, str]:
     """The tutorial: train on tags.tsv, test on test-tags.tsv; trained once for the module."""
     model_dir = tmp_path_factory.mktemp("food") / "model"
-    result = run_cli("train", str(food / "tags.tsv"), str(model_dir), "--test", str(food / "test-tags.tsv"),
-                     "--scheduler", scheduler, "--no-progress")
+    result = run_cli(
+        "train",
+        str(food / "tags.tsv"),
+        str(model_dir),
+        "--test",
+        str(food / "test-tags.tsv"),
+        "--scheduler",
+        scheduler,
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     return model_dir, result.stdout
 
 
 @pytest.fixture(scope="module")
 def food_report(food, food_model, scheduler) -> dict:
-    return evaluate(EvaluateConfig(food / "test-tags.tsv", str(food_model[0]), scheduler=scheduler, progress=False),
-                    log=lambda *a, **k: None)
+    return evaluate(
+        EvaluateConfig(food / "test-tags.tsv", str(food_model[0]), scheduler=scheduler, progress=False),
+        log=lambda *a, **k: None,
+    )
 
 
 def _quiet(*args, **kwargs):
@@ -106,8 +116,17 @@ def test_run_with_the_trained_model(food, food_model, food_report, scheduler, tm
     """``run --model MODEL_DIR`` needs no other option, classifies an image in neither file, and agrees with
     ``evaluate``; its embeddings are the featurizer's pooled features."""
     output = tmp_path / "food.parquet"
-    result = run_cli("run", str(food), str(output), "--model", str(food_model[0]), "--embeddings",
-                     "--scheduler", scheduler, "--no-progress")
+    result = run_cli(
+        "run",
+        str(food),
+        str(output),
+        "--model",
+        str(food_model[0]),
+        "--embeddings",
+        "--scheduler",
+        scheduler,
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     table = pq.read_table(output).to_pydict()
     labels = dict(zip(table["path"], table["label"]))
@@ -125,8 +144,12 @@ def test_feature_cache_is_keyed_by_content(food, scheduler, tmp_path, monkeypatc
     monkeypatch.setenv("BATCHCLF_CACHE", str(tmp_path / "cache"))
     shutil.copy(food / "pizza.jpg", tmp_path / "renamed pizza.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    paths = [str(food / "pizza.jpg"), str(food / "teddy2.jpg"), str(tmp_path / "renamed pizza.jpg"),
-             str(tmp_path / "broken.jpg")]
+    paths = [
+        str(food / "pizza.jpg"),
+        str(food / "teddy2.jpg"),
+        str(tmp_path / "renamed pizza.jpg"),
+        str(tmp_path / "broken.jpg"),
+    ]
     config = ExtractionConfig(scheduler=scheduler, progress=False)
     first = extract_features(paths, config, log=_quiet)
     assert first.decoded == 3  # the renamed copy has the same content as pizza.jpg
@@ -149,8 +172,14 @@ def test_training_is_deterministic_and_skips_unreadable_images(food, scheduler, 
     messages = []
     weights = []
     for run in ("a", "b"):
-        config = TrainConfig(data / "tags.tsv", tmp_path / run, test_fraction=0, seed=7, verbose=True,
-                             extraction=ExtractionConfig(scheduler=scheduler, progress=False))
+        config = TrainConfig(
+            data / "tags.tsv",
+            tmp_path / run,
+            test_fraction=0,
+            seed=7,
+            verbose=True,
+            extraction=ExtractionConfig(scheduler=scheduler, progress=False),
+        )
         result = train(config, log=lambda *args, **kwargs: messages.append(" ".join(map(str, args))))
         assert list(result.unreadable) == [str(data / "broken.jpg")]
         assert result.metadata["data"]["unreadable"] == 1 and result.metadata["data"]["train"]["images"] == 8
@@ -193,8 +222,13 @@ def test_fine_tuning_writes_a_working_model(food, scheduler, tmp_path):
 
     messages = []
     settings = FineTuneSettings(unfreeze=1, epochs=2, batch_size=4, validation_fraction=0.3)
-    config = TrainConfig(food / "tags.tsv", tmp_path / "tuned", test=food / "test-tags.tsv", fine_tune=settings,
-                         extraction=ExtractionConfig(scheduler=scheduler, progress=False))
+    config = TrainConfig(
+        food / "tags.tsv",
+        tmp_path / "tuned",
+        test=food / "test-tags.tsv",
+        fine_tune=settings,
+        extraction=ExtractionConfig(scheduler=scheduler, progress=False),
+    )
     result = train(config, log=lambda *args, **kwargs: messages.append(" ".join(map(str, args))))
     epochs = [m for m in messages if m.startswith("epoch ")]
     assert 1 <= len(epochs) <= 2 and "train loss" in epochs[0] and "validation loss" in epochs[0]
