@@ -5,8 +5,9 @@ instead of tearing the network apart with the gradients of a random head. Batch 
 frozen (its statistics are estimated from a handful of images otherwise). Augmentation is light: a
 random 87.5 % crop (the same scale as the evaluation centre crop) and a horizontal flip. Training
 stops early when the validation loss has not improved for ``patience`` epochs, keeping the best
-weights. Everything is seeded, and TensorFlow's deterministic ops are enabled, so a seed gives the
-same model on a CPU.
+weights. The head is then refit (logistic regression again) on the fine-tuned features of all the
+training images, the validation ones included. Everything is seeded, and TensorFlow's deterministic
+ops are enabled, so a seed gives the same model on a CPU.
 """
 
 from __future__ import annotations
@@ -155,3 +156,23 @@ def fine_tune(
     for layer in model.layers:
         layer.trainable = True
     return history
+
+
+def refit_head(model, data: LabelledImages, classes: tuple[str, ...], seed: int) -> dict:
+    """Refit the head on the fine-tuned features of every training image, validation images included.
+
+    Early stopping needed held-out images; once the network is fixed, the linear head can use them all.
+    """
+    import keras
+
+    from .logistic import choose_l2, fit_logistic
+
+    pixels, _ = decode_all(list(data.paths), int(model.inputs[0].shape[1]))
+    featurizer = keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output)
+    with quiet_native_stderr():
+        features = np.asarray(featurizer.predict(pixels.astype(np.float32), batch_size=32, verbose=0))
+    targets = np.array([classes.index(label) for label in data.labels])
+    cross_validation = choose_l2(features, targets, len(classes), seed)
+    head, _ = fit_logistic(features, targets, len(classes), cross_validation.l2)
+    model.get_layer("predictions").set_weights([head.weights.astype(np.float32), head.bias.astype(np.float32)])
+    return {"l2": cross_validation.l2, "folds": cross_validation.folds, "images": len(data)}

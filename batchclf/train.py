@@ -169,17 +169,19 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     base = base_network(config.base_model)
     model = classifier(base, len(classes), head.weights, head.bias)
     if config.fine_tune:
-        from .finetune import fine_tune
+        from .finetune import fine_tune, refit_head
 
         history = fine_tune(
             model, train_data, classes, config.fine_tune, config.seed, base_model_name=config.base_model, log=log
         )
+        final_head = refit_head(model, train_data, classes, config.seed)
         hyperparameters = {
             **asdict(config.fine_tune),
             "seed": config.seed,
             "head_initialised_by": hyperparameters,
             "epochs_run": len(history),
             "history": history,
+            "final_head": final_head,
         }
         train_probabilities = _predict_pixels(model, train_data, log)
     else:
