@@ -191,11 +191,12 @@ def _inference_process(tflite, tensors_file, indices, threads, repeat, barrier, 
     backend.predict(np.asarray(tensors[indices[:BATCH_SIZE]]))
     batches = [np.asarray(tensors[indices[i : i + BATCH_SIZE]]) for i in range(0, len(indices), BATCH_SIZE)]
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     top1 = []
     for _ in range(repeat):
         top1 = [backend.predict(batch)[0].argmax(axis=1) for batch in batches]
-    results.put((list(indices), np.concatenate(top1).tolist(), len(indices) * repeat, time.perf_counter() - started))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    results.put((list(indices), np.concatenate(top1).tolist(), len(indices) * repeat, elapsed, cpu))
 
 
 def _decode_process(paths, preprocessing, barrier, results) -> None:
@@ -209,11 +210,11 @@ def _decode_process(paths, preprocessing, barrier, results) -> None:
             decode_image(path, preprocessing)
         except ImageDecodeError:
             pass
-    results.put((None, None, len(paths), time.perf_counter() - started))
+    results.put((None, None, len(paths), time.perf_counter() - started, None))
 
 
-def run_in_parallel(target, per_process_args: list[tuple], env: dict | None = None) -> tuple[float, dict]:
-    """Start one process per entry, line them up on a barrier, and return (images/s, top-1 by index)."""
+def run_in_parallel(target, per_process_args: list[tuple], env: dict | None = None) -> tuple[float, dict, float]:
+    """Start one process per entry, line them up on a barrier; return images/s, top-1 by index, CPU ms/image."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(per_process_args))
     results = context.Queue()
@@ -232,10 +233,11 @@ def run_in_parallel(target, per_process_args: list[tuple], env: dict | None = No
     images = sum(o[2] for o in outputs)
     seconds = max(o[3] for o in outputs)
     top1 = {i: t for o in outputs if o[0] is not None for i, t in zip(o[0], o[1])}
-    return images / seconds, top1
+    cpu_ms = 1000 * sum(o[4] for o in outputs) / images if outputs[0][4] is not None else float("nan")
+    return images / seconds, top1, cpu_ms
 
 
-def inference_alone(tflite: Path, tensors_file: Path, count: int, plan, repeat: int) -> tuple[float, dict]:
+def inference_alone(tflite: Path, tensors_file: Path, count: int, plan, repeat: int) -> tuple[float, dict, float]:
     shares = np.array_split(np.arange(count), plan.workers)
     args = [(str(tflite), str(tensors_file), share, plan.inference_threads, repeat) for share in shares]
     return run_in_parallel(_inference_process, args)
@@ -394,8 +396,8 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
     tensors_file = save_tensors(web_paths[:tensor_count], preprocessing, workdir / "tensors.npy")
 
     step(f"(a) inference alone: {plan.workers} process(es) x {plan.inference_threads} thread(s), batch {BATCH_SIZE}")
-    a, a_top1 = inference_alone(tflite["fp32"], tensors_file, tensor_count, plan, args.repeat)
-    a_int8, int8_top1 = inference_alone(tflite["int8"], tensors_file, tensor_count, plan, args.repeat)
+    a, a_top1, a_cpu_ms = inference_alone(tflite["fp32"], tensors_file, tensor_count, plan, args.repeat)
+    a_int8, int8_top1, int8_cpu_ms = inference_alone(tflite["int8"], tensors_file, tensor_count, plan, args.repeat)
     step("(a') decoding alone")
     decode_web = decode_alone(web_paths, preprocessing, plan)
     decode_large = decode_alone(large_paths, preprocessing, plan)
@@ -463,6 +465,9 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
     results["int8"] = {
         "a_inference_alone": a_int8,
         "speed_ratio_int8_over_fp32": a_int8 / a,
+        "cpu_ms_per_image_fp32": a_cpu_ms,
+        "cpu_ms_per_image_int8": int8_cpu_ms,
+        "cpu_speed_ratio_int8_over_fp32": a_cpu_ms / int8_cpu_ms,
         "top1_agreement_with_fp32_same_tensors": int8_vs_fp32,
         "tensors": tensor_count,
         "calibration_images": len(calibration),
@@ -581,6 +586,11 @@ def table(results: dict) -> str:
         add(
             "int8 inference alone; speed ratio int8/fp32",
             f"{int8['a_inference_alone']:.1f} img/s; {int8['speed_ratio_int8_over_fp32']:.2f}",
+        )
+        add(
+            "CPU ms per image fp32 / int8 (ratio; load-independent)",
+            f"{int8['cpu_ms_per_image_fp32']:.1f} / {int8['cpu_ms_per_image_int8']:.1f} "
+            f"({int8['cpu_speed_ratio_int8_over_fp32']:.2f})",
         )
         add(
             "int8 top-1 agreement with fp32 (same tensors)",
