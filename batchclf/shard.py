@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 MIN_SHARDS = 16
-SMALLEST_SHARD = 64
+SHARD_MULTIPLE = 32  # the default batch size: a shard of 25 images would pay for a padded batch of 32
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ def balanced_shard_size(count: int, shard_size: int) -> int:
     """Cut small inputs into at least ``MIN_SHARDS`` shards so no worker idles while another finishes.
 
     With 3,000 images and 1,024-image shards, two workers would split 2 + 1 shards and the run would
-    take a third longer than it needs. The result depends only on the inputs, so resume still works.
+    take a third longer than it needs. Sizes are whole batches, so no shard pays for a padded one it
+    could have avoided. The result depends only on the inputs, so resume still works.
     """
-    return max(1, min(shard_size, max(SMALLEST_SHARD, math.ceil(count / MIN_SHARDS))))
+    size = SHARD_MULTIPLE * max(1, math.ceil(count / MIN_SHARDS / SHARD_MULTIPLE))
+    return max(1, min(shard_size, size))

@@ -111,7 +111,15 @@ def test_auto_backend_asks_tensorflow_only_when_a_gpu_is_visible(monkeypatch):
 
 @pytest.mark.parametrize(
     ("count", "shard_size", "expected"),
-    [(1000, 1024, 64), (3000, 1024, 188), (20000, 1024, 1024), (100, 1024, 64), (1000, 8, 8), (0, 1024, 64)],
+    [
+        (1000, 1024, 64),
+        (3000, 1024, 192),
+        (400, 1024, 32),
+        (20000, 1024, 1024),
+        (100, 1024, 32),
+        (1000, 8, 8),
+        (0, 1024, 32),
+    ],
 )
 def test_small_inputs_are_cut_into_enough_shards(count, shard_size, expected):
     assert balanced_shard_size(count, shard_size) == expected
