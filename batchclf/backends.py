@@ -173,7 +173,10 @@ def conversion_key(model_id: str, with_features: bool, quantize: str | None = No
         tf_version = version("tensorflow")  # without importing TensorFlow
     except PackageNotFoundError:
         tf_version = "unknown"
-    text = f"{model_id}|features={with_features}|tf={tf_version}"
+    from . import __version__
+
+    # batchclf's version too: a change to the model builders must not reuse an old conversion.
+    text = f"{model_id}|features={with_features}|tf={tf_version}|batchclf={__version__}"
     if quantize:
         text += f"|quantize={quantize}|calibration={calibration}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
