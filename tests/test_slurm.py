@@ -111,6 +111,18 @@ def test_sbatch_script_classifies_the_shared_images(slurm, tmp_path):
     assert not (tmp_path / "objects.parquet.parts").exists()
 
 
+def _jobqueue_config(folder: Path, job_name: str, jobs: int) -> Path:
+    """A dask-jobqueue file for one-core worker jobs on the local SLURM, logs in ``folder``."""
+    config = folder / "jobqueue.yaml"
+    config.write_text(
+        f"batchclf: {{jobs: {jobs}}}\n"
+        f"jobqueue:\n  slurm:\n    name: {job_name}\n    cores: 1\n    processes: 1\n    memory: 2GiB\n"
+        f"    python: {sys.executable}\n    walltime: '00:10:00'\n    log-directory: {folder}\n"
+        f"    local-directory: {folder}\n    scheduler-options: {{host: 127.0.0.1, dashboard_address: ':0'}}\n"
+    )
+    return config
+
+
 def test_jobqueue_slurm_cluster_runs_workers_as_jobs(slurm, tmp_path):
     """``distribute.slurm_cluster``: dask-jobqueue submits the workers as SLURM jobs; a run attaches to them."""
     pytest.importorskip("dask_jobqueue", reason="pip install 'batchclf[slurm]' to test the --cluster slurm path")
@@ -119,13 +131,7 @@ def test_jobqueue_slurm_cluster_runs_workers_as_jobs(slurm, tmp_path):
     from batchclf.distribute import slurm_cluster
 
     folder, environment = slurm
-    config = tmp_path / "jobqueue.yaml"
-    config.write_text(
-        "batchclf: {jobs: 2}\n"
-        "jobqueue:\n  slurm:\n    name: batchclf-test-worker\n    cores: 1\n    processes: 1\n    memory: 2GiB\n"
-        f"    python: {sys.executable}\n    walltime: '00:10:00'\n    log-directory: {tmp_path}\n"
-        f"    local-directory: {tmp_path}\n    scheduler-options: {{host: 127.0.0.1, dashboard_address: ':0'}}\n"
-    )
+    config = _jobqueue_config(tmp_path, "batchclf-test-worker", jobs=2)
     output = tmp_path / "objects.parquet"
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = environment["SLURM_CONF"]  # read by the sbatch dask-jobqueue calls
@@ -163,17 +169,11 @@ def test_jobqueue_slurm_cluster_runs_workers_as_jobs(slurm, tmp_path):
     assert table.num_rows == 19 and set(table["status"].to_pylist()) == {"ok"}
 
 
-def test_cluster_slurm_option_runs_the_job_on_jobqueue_workers(slurm, tmp_path, monkeypatch):
+def test_cluster_slurm_option_runs_the_job_on_jobqueue_workers(slurm, tmp_path):
     """``batchclf run --cluster slurm --cluster-config FILE``: the run submits its own worker jobs."""
     pytest.importorskip("dask_jobqueue", reason="pip install 'batchclf[slurm]' to test the --cluster slurm path")
     _, environment = slurm
-    config = tmp_path / "jobqueue.yaml"
-    config.write_text(
-        "batchclf: {jobs: 1}\n"
-        "jobqueue:\n  slurm:\n    name: batchclf-cli-worker\n    cores: 1\n    processes: 1\n    memory: 2GiB\n"
-        f"    python: {sys.executable}\n    walltime: '00:10:00'\n    log-directory: {tmp_path}\n"
-        f"    local-directory: {tmp_path}\n    scheduler-options: {{host: 127.0.0.1, dashboard_address: ':0'}}\n"
-    )
+    config = _jobqueue_config(tmp_path, "batchclf-cli-worker", jobs=1)
     output = tmp_path / "objects.parquet"
     result = subprocess.run(
         [

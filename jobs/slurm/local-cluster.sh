@@ -34,7 +34,8 @@ start() {
     mkdir -p "$dir/state" "$dir/spool"
     local host cpus memory
     host=$(hostname)
-    cpus=$(nproc)
+    # nproc honours OMP_NUM_THREADS, which Dask sets to 1 in any process that started a LocalCluster.
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
     cat > "$dir/slurm.conf" <<CONF
 ClusterName=batchclf-local
