@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .config import RunConfig
 from .discover import discover_images, path_text
-from .distribute import connect, submit_shards, worker_hosts
+from .distribute import connect, submit_shards, threads_for_worker, worker_hosts
 from .errors import AllFilesFailedError, UsageError
 from .incremental import file_signatures, plan_incremental
 from .isolate import isolate_failing_shard
@@ -90,17 +90,20 @@ def _fingerprint(spec: ModelSpec, options: ScoringOptions, root: str, paths: lis
     return digest.hexdigest()[:24]
 
 
-def _scoring_options(config: RunConfig, spec: ModelSpec, client, plan, root: str, paths: list[str]) -> ScoringOptions:
+def _scoring_options(
+    config: RunConfig, allowed: tuple[int, ...] | None, client, plan, root: str, paths: list[str]
+) -> ScoringOptions:
     if plan is not None:
         threads, decode_threads = plan.inference_threads, plan.decode_threads
     else:  # attached cluster: the smallest share any worker has of its host
-        shares = [max(1, cores // count) for cores, count in worker_hosts(client).values()] or [1]
-        threads = decode_threads = min(shares)
+        threads, decode_threads = min(
+            (threads_for_worker(cores, count) for cores, count in worker_hosts(client).values()), default=(1, 1)
+        )
     return ScoringOptions(
         batch_size=config.batch_size,
         top_k=config.top_k,
         threshold=config.threshold,
-        allowed=_class_filter(spec, config.allow, config.deny),
+        allowed=allowed,
         backend=config.backend,
         threads=threads,
         decode_threads=decode_threads,
@@ -121,7 +124,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
     started = time.perf_counter()
     config.validate()
     spec = resolve_model(config.model, config.labels)
-    _class_filter(spec, config.allow, config.deny)  # refuse unknown labels before starting a cluster
+    allowed = _class_filter(spec, config.allow, config.deny)  # unknown labels are refused before any work
     with output_lock(config.output, config.wait):
         root_path, paths = discover_images(config.input, config.include, config.exclude, config.include_hidden)
         if not paths:
@@ -150,7 +153,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
             hashes = dict(zip(map(path_text, paths), (s[0] for s in file_signatures(root, paths, use_hash=True))))
         shards = make_shards(root, to_score, balanced_shard_size(len(to_score), config.shard_size))
         summary.shards = len(shards)
-        store = _score(config, spec, root, shards, summary, log) if shards else None
+        store = _score(config, spec, allowed, root, shards, summary, log) if shards else None
         parts = [store.part_path(s.name) for s in shards] if store else []
         tables = [pq.read_table(p, columns=["status", "error"]) for p in parts]
         if carried is not None:
@@ -184,7 +187,9 @@ def run(config: RunConfig, log=print) -> RunSummary:
     return summary
 
 
-def _score(config: RunConfig, spec: ModelSpec, root: str, shards, summary: RunSummary, log) -> PartsStore:
+def _score(
+    config: RunConfig, spec: ModelSpec, allowed: tuple[int, ...] | None, root: str, shards, summary: RunSummary, log
+) -> PartsStore:
     """Score the shards not already done on a Dask cluster; every result lands in the parts store."""
     paths = [p for shard in shards for p in shard.paths]
     scheduler_file = config.scheduler_file and str(config.scheduler_file)
@@ -195,7 +200,7 @@ def _score(config: RunConfig, spec: ModelSpec, root: str, shards, summary: RunSu
     ):
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-        options = _scoring_options(config, spec, client, plan, root, paths)
+        options = _scoring_options(config, allowed, client, plan, root, paths)
         store = PartsStore(config.output, _fingerprint(spec, options, root, paths, config))
         message = store.open()
         if message:
