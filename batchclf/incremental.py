@@ -32,6 +32,7 @@ class IncrementalPlan:
     changed: int = 0
     dropped: int = 0
     reason: str | None = None  # why nothing could be reused
+    hashes: dict[str, str | None] | None = None  # content hash by output path, when they were computed
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -99,7 +100,7 @@ def plan_incremental(
         old = dict(zip(previous_paths, zip(table.column("bytes").to_pylist(), mtimes)))
     current = dict(zip(map(path_text, paths), file_signatures(root, paths, use_hash)))
     text_to_path = dict(zip(map(path_text, paths), paths))
-    plan = IncrementalPlan(to_score=[])
+    plan = IncrementalPlan(to_score=[], hashes={p: s[0] for p, s in current.items()} if use_hash else None)
     keep = []
     for path, signature in current.items():
         before = old.get(path)

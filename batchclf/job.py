@@ -149,7 +149,8 @@ def run(config: RunConfig, log=print) -> RunSummary:
                 "dropped": plan.dropped,
                 "reason": plan.reason,
             }
-        if config.hash:
+            hashes = plan.hashes  # already read every file when it compared content
+        if config.hash and hashes is None:
             hashes = dict(zip(map(path_text, paths), (s[0] for s in file_signatures(root, paths, use_hash=True))))
         shards = make_shards(root, to_score, balanced_shard_size(len(to_score), config.shard_size))
         summary.shards = len(shards)
