@@ -210,11 +210,11 @@ def _score(
         summary.reused_shards = len(shards) - len(pending)
         if summary.reused_shards:
             log(f"resuming: {summary.reused_shards} of {len(shards)} shards already done", file=sys.stderr)
-        _score_pending(client, pending, spec, options, config, store, summary, len(paths))
+        _score_pending(client, pending, spec, options, config, store, summary, len(paths), log)
     return store
 
 
-def _score_pending(client, pending, spec, options, config, store, summary, total) -> None:
+def _score_pending(client, pending, spec, options, config, store, summary, total, log) -> None:
     from distributed import as_completed
 
     bar = _progress_bar(total, config.progress)
@@ -231,9 +231,7 @@ def _score_pending(client, pending, spec, options, config, store, summary, total
             try:
                 table, timings = future.result()
             except Exception as error:  # failed on every try: find the file that kills the worker
-                print(
-                    f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr
-                )
+                log(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr)
                 table, timings = isolate_failing_shard(client, shard, spec, options, error), None
             store.write(shard.name, table)
             if timings:
