@@ -48,7 +48,7 @@ class ImageDecodeError(Exception):
     """The file is not an image we can score; the message is what goes in the ``error`` column."""
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Every mode to 8-bit RGB; transparency is composited on white, 16-bit data scaled down."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
@@ -73,8 +73,10 @@ def decode_image(path: str, preprocessing: Preprocessing) -> DecodedImage:
             width, height = image.size
             # Checked here rather than through Pillow's warning filter, which is not thread-safe.
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):
-                raise ImageDecodeError(f"decompression bomb refused: {width}x{height} pixels is more than "
-                                       f"{Image.MAX_IMAGE_PIXELS} (Pillow's limit)")
+                raise ImageDecodeError(
+                    f"decompression bomb refused: {width}x{height} pixels is more than "
+                    f"{Image.MAX_IMAGE_PIXELS} (Pillow's limit)"
+                )
             orientation = _orientation(image)
             # Draft reduces by powers of two while keeping at least the requested size.
             needed = math.ceil(size / preprocessing.crop_fraction)
@@ -83,7 +85,7 @@ def decode_image(path: str, preprocessing: Preprocessing) -> DecodedImage:
             image.seek(0)
             image.load()
             image = _upright(image, orientation)
-            image = _to_rgb(image)
+            image = to_rgb(image)
             w, h = image.size
             crop = min(w, h) * preprocessing.crop_fraction
             box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
@@ -121,8 +123,13 @@ def _check_regular_file(path: str) -> None:
     mode = os.stat(path).st_mode
     if stat.S_ISREG(mode):
         return
-    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket",
-             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
     kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
     raise ImageDecodeError(f"not a regular file: {kind}")
 

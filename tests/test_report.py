@@ -278,7 +278,8 @@ def test_thumbnail_handles_modes_orientation_and_bad_files(tmp_path):
         assert thumbnail.uri.startswith("data:image/jpeg;base64,")
         with Image.open(io.BytesIO(base64.b64decode(thumbnail.uri.split(",", 1)[1]))) as image:
             assert image.size == size
-    assert make_thumbnail(str(deep)).uri
+    with Image.open(io.BytesIO(base64.b64decode(make_thumbnail(str(deep)).uri.split(",", 1)[1]))) as image:
+        assert abs(image.convert("L").getpixel((10, 10)) - round(40000 / 65535 * 255)) <= 3  # scaled, not clipped
     (tmp_path / "text.jpg").write_text("hello")
     assert make_thumbnail(str(tmp_path / "text.jpg")).problem == "unreadable"
     assert make_thumbnail(str(tmp_path / "nope.jpg")).problem == "missing"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from ..decode import to_rgb
+
 THUMBNAIL_SIZE = 112  # longest side, in pixels
 JPEG_QUALITY = 70
 
@@ -25,16 +27,6 @@ JPEG_QUALITY = 70
 class Thumbnail:
     uri: str | None  # data:image/jpeg;base64,... or None
     problem: str | None = None  # "missing" or "unreadable" when there is no image to show
-
-
-def _rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        image = image.point(lambda v: v / 256).convert("L") if image.mode.startswith("I;16") else image.convert("L")
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def make_thumbnail(path: str, size: int = THUMBNAIL_SIZE) -> Thumbnail:
@@ -47,7 +39,7 @@ def make_thumbnail(path: str, size: int = THUMBNAIL_SIZE) -> Thumbnail:
             with Image.open(path) as image:
                 image.draft("RGB", (size, size))
                 image = ImageOps.exif_transpose(image)
-                image = _rgb(image)
+                image = to_rgb(image)  # the same conversion the model's input gets
                 image.thumbnail((size, size), Image.Resampling.BILINEAR)
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
