@@ -47,15 +47,23 @@ class _StorageRef:
         self.array: np.ndarray | None = None
 
 
+MAX_TENSOR_BYTES = 1 << 32  # far above any weights tensor; a crafted shape must not allocate without bound
+
+
 class _TensorRef:
     def __init__(self, storage: _StorageRef, offset: int, shape: tuple, stride: tuple):
         self.storage, self.offset, self.shape, self.stride = storage, offset, shape, stride
 
     def materialise(self) -> np.ndarray:
         base = self.storage.array
+        if base is None:
+            raise UnsafeCheckpointError("checkpoint names a storage whose bytes it does not hold")
+        _check_bounds(self.offset, self.shape, self.stride, len(base), base.dtype.itemsize)
         itemsize = base.dtype.itemsize
         if not self.shape:
             return base[self.offset].copy()
+        if 0 in self.shape:
+            return np.zeros(self.shape, base.dtype)
         view = np.lib.stride_tricks.as_strided(
             base[self.offset :],
             shape=self.shape,
@@ -65,7 +73,35 @@ class _TensorRef:
         return np.ascontiguousarray(view)
 
 
+def _check_bounds(offset: int, shape: tuple, stride: tuple, storage_size: int, itemsize: int) -> None:
+    """Refuse a tensor that would reach outside its storage: ``as_strided`` itself checks nothing."""
+    numbers = (offset, *shape, *stride)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise UnsafeCheckpointError("checkpoint tensor has a non-integer offset, size or stride")
+    if len(shape) != len(stride):
+        raise UnsafeCheckpointError(f"checkpoint tensor has {len(shape)} sizes but {len(stride)} strides")
+    if min(numbers) < 0:
+        raise UnsafeCheckpointError(f"checkpoint tensor has a negative offset, size or stride: {numbers}")
+    elements = 1
+    for size in shape:
+        elements *= size
+    if elements * itemsize > MAX_TENSOR_BYTES:
+        raise UnsafeCheckpointError(f"checkpoint tensor of shape {shape} is larger than {MAX_TENSOR_BYTES} bytes")
+    if elements == 0:
+        if offset > storage_size:
+            raise UnsafeCheckpointError(f"checkpoint tensor starts at {offset}, past its storage of {storage_size}")
+        return
+    last = offset + sum((size - 1) * step for size, step in zip(shape, stride))
+    if last >= storage_size:
+        raise UnsafeCheckpointError(
+            f"checkpoint tensor reaches element {last} of a storage of {storage_size}: the file is corrupt or crafted"
+        )
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *_):
+    sequences = (tuple, list)
+    if not (isinstance(storage, _StorageRef) and isinstance(size, sequences) and isinstance(stride, sequences)):
+        raise UnsafeCheckpointError("checkpoint tensor is not built from a storage, a size and a stride")
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
@@ -91,8 +127,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, size = pid[:5]
         if not isinstance(storage_type, _StorageType):
             raise UnsafeCheckpointError(f"unexpected storage type {storage_type!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise UnsafeCheckpointError(f"checkpoint storage has an invalid size {size!r}")
         if key not in self._storages:
-            self._storages[key] = _StorageRef(storage_type.dtype, int(size))
+            self._storages[key] = _StorageRef(storage_type.dtype, size)
         return self._storages[key]
 
 
@@ -111,9 +149,14 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         storages: dict[str, _StorageRef] = {}
         state = RestrictedUnpickler(stream, storages).load()
         keys = _load_plain(stream)
+        if not isinstance(keys, list) or any(key not in storages for key in keys):
+            raise UnsafeCheckpointError(f"{path} lists storages its state_dict does not use")
         for key in keys:
             ref = storages[key]
-            count = int(np.frombuffer(stream.read(8), dtype="<i8")[0])
+            header = stream.read(8)
+            count = int(np.frombuffer(header, dtype="<i8")[0]) if len(header) == 8 else -1
+            if count != ref.size:
+                raise UnsafeCheckpointError(f"{path} holds {count} elements for a storage of {ref.size}")
             raw = stream.read(count * ref.dtype.itemsize)
             if len(raw) != count * ref.dtype.itemsize:
                 raise ValueError(f"{path} is truncated")
