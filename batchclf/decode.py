@@ -35,6 +35,7 @@ ORIENTATION_TRANSPOSE = {
 class Preprocessing:
     image_size: int
     crop_fraction: float = 0.875
+    interpolation: str = "bicubic"  # a Pillow resampling filter, by name: what the model was trained with
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def decode_image(path: str, preprocessing: Preprocessing) -> DecodedImage:
             w, h = image.size
             crop = min(w, h) * preprocessing.crop_fraction
             box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
-            resized = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+            resized = image.resize((size, size), Image.Resampling[preprocessing.interpolation.upper()], box=box)
             pixels = np.asarray(resized, dtype=np.uint8)
     except ImageDecodeError:
         raise
