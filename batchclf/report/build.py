@@ -52,8 +52,22 @@ class ReportConfig:
                 continue
             if target.is_dir():
                 raise UsageError(f"{option} {target} is a folder; give a file name such as {target}/report.html")
-            if not target.absolute().parent.is_dir():
-                raise UsageError(f"{option}: folder {target.absolute().parent} does not exist; create it first")
+            _check_writable_folder(option, target.absolute().parent)
+
+
+def _check_writable_folder(option: str, folder: Path) -> None:
+    """Refuse a report that could not be written before reading anything: try making a file there."""
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"{option}: {folder} {state}; create the folder first or choose another")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".batchclf-report-", dir=folder)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        message = f"{option}: cannot write in folder {folder} ({reason}); choose a folder you can write to"
+        raise UsageError(message) from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 @dataclass
