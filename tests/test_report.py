@@ -217,6 +217,20 @@ def test_truth_gives_confusion_matrix_and_per_class_metrics(tmp_path):
     assert 'id="truth"' in page and "outside the input root" in page
 
 
+def test_truth_paths_are_matched_in_the_runs_spelling_through_a_linked_root(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    rows = [("back\\\\slash.jpg", "cat", 0.9), ("..dots.jpg", "dog", 0.8), ("plain.jpg", "cat", 0.7)]
+    output = write_run(tmp_path / "out.parquet", tmp_path / "linked", rows)  # path text of back\\slash.jpg
+    tsv = real / "tags.tsv"
+    tsv.write_text("back\\slash.jpg\tcat\n..dots.jpg\tcat\nplain.jpg\tcat\n../up.jpg\tcat\n")
+    _, document = report(output, tmp_path / "r.html", truth=tsv, json=tmp_path / "r.json")
+    truth = document["truth"]
+    assert truth["matched"] == 3 and truth["unmatched_truth"] == 0 and truth["unlabelled_rows"] == 0
+    assert truth["accuracy"] == pytest.approx(2 / 3)
+
+
 def test_missing_and_unreadable_images_are_placeholders_and_text_is_escaped(tmp_path):
     root = tmp_path / "images"
     save_image(root / "ok.jpg", size=(300, 200))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..discover import path_text
 from ..errors import UsageError
 from .run import Run
 
@@ -34,7 +35,7 @@ def read_truth(tsv: Path, root: Path) -> tuple[dict[str, str], list[str]]:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read --truth {tsv}: {error}; it must be UTF-8 text") from None
     folder = tsv.resolve().parent
-    root_text = os.path.normpath(os.path.abspath(root))
+    root_text = os.path.realpath(root)  # resolved like the TSV's folder, so a linked root still matches
     labels: dict[str, str] = {}
     outside: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -46,10 +47,10 @@ def read_truth(tsv: Path, root: Path) -> tuple[dict[str, str], list[str]]:
             raise UsageError(f"--truth {tsv} line {number}: expected 'path<TAB>label', got {line.strip()[:60]!r}")
         absolute = os.path.normpath(os.path.join(folder, path.strip()))
         relative = os.path.relpath(absolute, root_text)
-        if relative.startswith(".."):
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
             outside.append(path.strip())
             continue
-        labels[relative.replace(os.sep, "/")] = label
+        labels[path_text(relative.replace(os.sep, "/"))] = label  # the run's spelling of the name
     return labels, outside
 
 
