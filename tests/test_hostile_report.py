@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, save_image
-from PIL import Image
+from PIL import Image, ImageCms
 
 from batchclf import cli, writer
 
@@ -112,7 +112,7 @@ def test_root_option_confines_thumbnails_to_that_folder(tmp_path):
 # --- thumbnails carry pixels only ------------------------------------------------------------------
 
 
-def test_thumbnails_drop_exif_comments_and_xmp_of_the_source(tmp_path):
+def test_thumbnails_drop_exif_comments_xmp_and_icc_of_the_source(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
     exif = Image.Exif()
@@ -120,9 +120,11 @@ def test_thumbnails_drop_exif_comments_and_xmp_of_the_source(tmp_path):
     exif[0x013B] = f"{SECRET}-exif-artist"  # Artist
     xmp = f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF>{SECRET}-xmp</rdf:RDF></x:xmpmeta>'.encode()
     source = root / "tagged.jpg"
-    Image.new("RGB", (300, 200), (20, 120, 200)).save(source, exif=exif, comment=f"{SECRET}-comment", xmp=xmp)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = Image.new("RGB", (300, 200), (20, 120, 200))
+    image.save(source, exif=exif, comment=f"{SECRET}-comment", xmp=xmp, icc_profile=icc)
     raw = source.read_bytes()
-    assert raw.count(SECRET.encode()) == 4 and {0xE1, 0xFE} <= set(jpeg_segments(raw))  # the source has them all
+    assert raw.count(SECRET.encode()) == 4 and {0xE1, 0xE2, 0xFE} <= set(jpeg_segments(raw))  # it has them all
 
     output = write_output(tmp_path / "out.parquet", [{"path": "tagged.jpg"}], {"input_root": str(root)})
     result = run_cli("report", str(output), str(tmp_path / "r.html"))
