@@ -22,6 +22,7 @@ from conftest import run_cli, save_image
 from PIL import Image, ImageCms
 
 from batchclf import cli, writer
+from batchclf.report import thumbnails
 
 SECRET = "SECRET-7f3a"
 DATA_URI = re.compile(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)")
@@ -107,6 +108,33 @@ def test_root_option_confines_thumbnails_to_that_folder(tmp_path):
     assert cli.main(["report", str(output), str(tmp_path / "r.html"), "--root", str(images)]) == 0
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert page.count("<img ") == 1 and page.count('<div class="ph">outside the input root</div>') == 1
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_caught_by_what_was_opened(tmp_path, monkeypatch):
+    secret_folder = tmp_path / "secret"
+    save_image(secret_folder / "outside.jpg")
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "linked").symlink_to(secret_folder, target_is_directory=True)
+    # As if "linked" was a real folder when the path was resolved and became a link just before the open:
+    monkeypatch.setattr(thumbnails.os.path, "realpath", os.path.normpath)
+    assert thumbnails.thumbnail_inside(str(root), "linked/outside.jpg") == thumbnails.Thumbnail(
+        None, "outside the input root"
+    )
+    assert thumbnails.thumbnail_inside(str(secret_folder), "outside.jpg").uri  # the same file from its own folder
+
+
+def test_a_fifo_or_folder_named_like_an_image_is_a_placeholder_and_never_read(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    os.mkfifo(root / "pipe.jpg")  # opening it for a blocking read would hang the report
+    (root / "folder.jpg").mkdir()
+    output = write_output(
+        tmp_path / "out.parquet", [{"path": "pipe.jpg"}, {"path": "folder.jpg"}], {"input_root": str(root)}
+    )
+    assert cli.main(["report", str(output), str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count('<div class="ph">unreadable</div>') == 1 and page.count('<div class="ph">missing</div>') == 1
 
 
 # --- thumbnails carry pixels only ------------------------------------------------------------------

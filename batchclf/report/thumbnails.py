@@ -60,19 +60,20 @@ def open_inside(root: str, name: str) -> BinaryIO | str:
         return MISSING
     except (OSError, ValueError):  # permission denied, a link swapped in, an embedded NUL byte
         return UNREADABLE
-    stream = os.fdopen(handle, "rb")
     try:
         opened = os.readlink(f"/proc/self/fd/{handle}")
     except OSError:
         opened = real  # no /proc: the resolved path is what was opened
-    if not _inside(root, opened):
-        stream.close()
-        return OUTSIDE
     mode = os.fstat(handle).st_mode
-    if not stat.S_ISREG(mode):  # a folder, a FIFO, a device: never read
-        stream.close()
-        return MISSING if stat.S_ISDIR(mode) else UNREADABLE
-    return stream
+    problem = None
+    if not _inside(root, opened):
+        problem = OUTSIDE
+    elif not stat.S_ISREG(mode):  # a folder, a FIFO, a device: never read
+        problem = MISSING if stat.S_ISDIR(mode) else UNREADABLE
+    if problem:
+        os.close(handle)
+        return problem
+    return os.fdopen(handle, "rb")
 
 
 def _pixels_only(image: Image.Image) -> Image.Image:
