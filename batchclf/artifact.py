@@ -2,22 +2,32 @@
 
 The folder is self-contained: ``batchclf run --model MODEL_DIR`` reads the input size, crop and feature
 layer from ``metadata.json`` and needs nothing else. The model is built from serialisable layers only
-(no ``Lambda``), so it loads with Keras ``safe_mode``.
+(no ``Lambda``), so it loads with Keras ``safe_mode``. With several featurizers it is still one model:
+one RGB input at the largest input size, each network behind a ``Resizing`` layer to its own size, their
+pooled features concatenated before the head, so a worker builds every network once, as one model.
+
+The folder is written as a unit: built in a hidden sibling, then renamed into place (an existing model
+is renamed aside first and removed after), so a reader sees the old model or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UsageError
 from .models.efficientnet_lite import FEATURE_LAYER
-from .models.registry import KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
+from .models.registry import BUILTIN_MODELS, KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
 
 HEAD_LAYER = "predictions"
+CONCATENATED_FEATURES_LAYER = "features"  # the feature layer of a model with several featurizers
+_STAGING, _ASIDE = "partial", "old"
 
 
 def check_model_dir(model_dir: Path) -> None:
@@ -29,6 +39,8 @@ def check_model_dir(model_dir: Path) -> None:
     existing = next((p for p in [model_dir, *model_dir.parents] if p.exists()), Path("."))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {model_dir}: {existing} is not writable")
+    if existing == model_dir and not os.access(model_dir.absolute().parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot replace {model_dir}: its folder {model_dir.absolute().parent} is not writable")
 
 
 def base_network(model_name: str):
@@ -52,17 +64,121 @@ def classifier(base, classes: int, weights: np.ndarray | None = None, bias: np.n
     return model
 
 
+def input_size(featurizers: tuple[str, ...]) -> int:
+    """The model's input size: the largest of the featurizers' (each branch scales down to its own)."""
+    return max(BUILTIN_MODELS[name].image_size for name in featurizers)
+
+
+def combined_classifier(featurizers: tuple[str, ...], classes: int, weights: np.ndarray, bias: np.ndarray):
+    """Several networks in one model: one input, a resize per branch, concatenated pooled features, one head."""
+    import keras
+
+    size = input_size(featurizers)
+    pixels = keras.Input((size, size, 3), name="pixels")
+    branches = []
+    for name in featurizers:
+        base = base_network(name)
+        own = BUILTIN_MODELS[name].image_size
+        network = keras.Model(base.inputs, base.get_layer(FEATURE_LAYER).output, name=name.replace("-", "_"))
+        # bilinear without antialiasing: a TFLite built-in op, so the LiteRT backend runs it natively
+        resized = (
+            pixels if own == size else keras.layers.Resizing(own, own, name=f"resize_{name.replace('-', '_')}")(pixels)
+        )
+        branches.append(network(resized))
+    features = keras.layers.Concatenate(name=CONCATENATED_FEATURES_LAYER)(branches)
+    head = keras.layers.Dense(classes, activation="softmax", name=HEAD_LAYER)
+    model = keras.Model(pixels, head(features), name="batchclf_classifier")
+    head.set_weights([weights.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
 def save_model_dir(model, model_dir: Path, classes: tuple[str, ...], metadata: dict) -> None:
-    """Write the three files, each through a temporary name, so a reader never sees a half-written file."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    temporary = model_dir / f".model.{os.getpid()}.keras"
-    model.save(temporary)
-    os.replace(temporary, model_dir / KERAS_MODEL_FILE)
-    _write_text(model_dir / LABELS_FILE, "".join(f"{label}\n" for label in classes))
-    _write_text(model_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+    """Write the folder as one unit: a reader, or a kill at any point, leaves the old model or the new one."""
+    parent = model_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(parent, model_dir.name)
+    staging = Path(tempfile.mkdtemp(prefix=_sibling_prefix(model_dir.name, _STAGING), dir=parent))
+    try:
+        model.save(staging / KERAS_MODEL_FILE)
+        (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in classes), encoding="utf-8")
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        for name in (KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE):
+            _fsync(staging / name)
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the folder is an ordinary output
+        _move_into_place(staging, model_dir.absolute())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+def _move_into_place(staging: Path, model_dir: Path) -> None:
+    if not model_dir.exists():
+        os.rename(staging, model_dir)
+    elif _exchange(staging, model_dir):  # one atomic swap: no moment without a model folder
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        aside = Path(tempfile.mkdtemp(prefix=_sibling_prefix(model_dir.name, _ASIDE), dir=model_dir.parent))
+        os.rename(model_dir, aside)  # onto the empty folder mkdtemp made: an atomic replace
+        try:
+            os.rename(staging, model_dir)
+        except BaseException:
+            os.rename(aside, model_dir)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync(model_dir.parent)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically with Linux ``renameat2(RENAME_EXCHANGE)``; False where that is unavailable."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(error, os.strerror(error), os.fspath(second))
+
+
+def _sibling_prefix(name: str, role: str) -> str:
+    return f".{name}.{role}-{os.getpid()}-"
+
+
+def _remove_abandoned(parent: Path, name: str) -> None:
+    """Remove the hidden siblings that a killed save of this folder left (their process is gone)."""
+    for role in (_STAGING, _ASIDE):
+        for path in parent.glob(f".{name}.{role}-*-*"):
+            pid = path.name[len(f".{name}.{role}-") :].split("-")[0]
+            if pid.isdigit() and path.is_dir() and not path.is_symlink() and not _process_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -45,13 +45,18 @@ class LabelledImages:
         )
 
 
-def read_dataset(source: Path, images: Path | None = None) -> LabelledImages:
-    """Read ``source``: a TSV of ``image_path<TAB>label`` lines, or a folder with one sub-folder per class."""
+def read_dataset(source: Path, images: Path | None = None, images_option: str = "--images") -> LabelledImages:
+    """Read ``source``: a TSV of ``image_path<TAB>label`` lines, or a folder with one sub-folder per class.
+
+    ``images_option`` names the option that gave ``images``, for the messages.
+    """
     if images is not None and not images.is_dir():
-        raise UsageError(f"--images {images} is not a folder; give the folder the TSV paths are relative to")
+        raise UsageError(f"{images_option} {images} is not a folder; give the folder the TSV paths are relative to")
     if source.is_dir():
         if images is not None:
-            raise UsageError("--images only applies to a TSV file; a folder of class folders holds its own images")
+            raise UsageError(
+                f"{images_option} only applies to a TSV file; a folder of class folders holds its own images"
+            )
         return _read_class_folders(source)
     if source.is_file():
         return _read_tsv(source, images or source.resolve().parent)

@@ -8,7 +8,9 @@ so what it reports is what ``run`` predicts.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,24 @@ class EvaluateConfig:
     scheduler: str | None = None
     progress: bool = True
 
+    def validate(self) -> None:
+        """The numeric options, before the model or the data are read."""
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be a positive number, got {self.workers}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be a positive number, got {self.batch_size}")
+
+
+def check_json_target(path: Path) -> None:
+    """Refuse, before any work, a ``--json`` file that could not be written once the images are scored."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a folder; give the name of a file to write the report to")
+    if not folder.is_dir():
+        raise UsageError(f"--json {path}: folder {folder} does not exist; create it or choose another file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--json {path}: folder {folder} is not writable; choose another file")
+
 
 def truth_labels(data: LabelledImages, labels: tuple[str, ...], builtin: bool) -> list[str]:
     """The truth labels in the model's vocabulary; ImageNet synonyms are accepted for the built-in model."""
@@ -127,6 +147,7 @@ def evaluate(config: EvaluateConfig, log=print) -> dict:
     """Score the labelled images of ``config.data`` with ``config.model`` and return the report."""
     from .models.registry import resolve_model
 
+    config.validate()
     spec = resolve_model(config.model)
     data = read_dataset(config.data, config.images)
     truth = truth_labels(data, spec.labels, spec.kind == "builtin")
@@ -204,4 +225,20 @@ def format_report(report: dict, verbose: bool = False) -> str:
 
 
 def write_json(report: dict, path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    """Write through a private temporary file beside ``path``, so a reader never sees half a report."""
+    folder = path.parent if str(path.parent) else Path(".")
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(report, indent=2) + "\n")
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

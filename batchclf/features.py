@@ -13,7 +13,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,30 @@ def featurizer_id(config: ExtractionConfig) -> str:
     size = spec.preprocessing.image_size if spec.preprocessing else "model"
     crop = spec.preprocessing.crop_fraction if spec.preprocessing else "model"
     return f"{spec.id}:{spec.feature_layer}:{size}px:crop{crop}:v{FEATURES_FORMAT}"
+
+
+def extract_concatenated(
+    paths: list[str], config: ExtractionConfig, featurizers: tuple[str, ...], log=print
+) -> Features:
+    """Each featurizer's features (each cached under its own key), concatenated image by image.
+
+    An image unreadable by any network is left out, with the first reason given.
+    """
+    parts = [extract_features(paths, replace(config, model=name), log=log) for name in featurizers]
+    if len(parts) == 1:
+        return parts[0]
+    errors: dict[str, str] = {}
+    for part in parts:
+        for path, error in part.errors.items():
+            errors.setdefault(path, error)
+    kept = [path for path in parts[0].paths if path not in errors]
+    blocks = []
+    for part in parts:
+        row = {path: i for i, path in enumerate(part.paths)}
+        blocks.append(part.vectors[[row[path] for path in kept]] if kept else np.zeros((0, 0), np.float32))
+    digest = dict(zip(parts[0].paths, parts[0].digests))
+    vectors = np.concatenate(blocks, axis=1) if kept else np.zeros((0, 0), np.float32)
+    return Features(vectors, kept, [digest[path] for path in kept], errors, sum(part.decoded for part in parts))
 
 
 def _cache_folder(featurizer: str) -> Path:

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import base_network, check_model_dir, classifier, save_model_dir
+from .artifact import (
+    CONCATENATED_FEATURES_LAYER,
+    base_network,
+    check_model_dir,
+    classifier,
+    combined_classifier,
+    input_size,
+    save_model_dir,
+)
 from .backends import quiet_native_stderr
 from .dataset import (
     LabelledImages,
@@ -29,10 +37,12 @@ from .dataset import (
 )
 from .errors import UsageError
 from .evaluate import compute_metrics
-from .features import ExtractionConfig, Features, extract_features, featurizer_id
+from .features import ExtractionConfig, Features, extract_concatenated, featurizer_id
 from .logistic import choose_l2, fit_logistic
 from .models.efficientnet_lite import FEATURE_LAYER
-from .models.registry import DEFAULT_MODEL, resolve_model
+from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model
+
+LARGEST_SEED = 2**32 - 1  # NumPy's and Keras's global seeds are 32-bit
 
 
 @dataclass(frozen=True)
@@ -56,31 +66,60 @@ class TrainConfig:
     seed: int = 0
     l2: float | None = None  # None: chosen by cross-validation
     fine_tune: FineTuneSettings | None = None
-    base_model: str = DEFAULT_MODEL
+    featurizers: tuple[str, ...] = (DEFAULT_MODEL,)  # built-in networks whose pooled features are concatenated
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     verbose: bool = False
 
     def validate(self) -> None:
+        """Every option checked before any work, each message naming the value given."""
+        if not 0 <= self.seed <= LARGEST_SEED:
+            raise UsageError(f"--seed must be a whole number from 0 to {LARGEST_SEED}, got {self.seed}")
+        if self.extraction.workers is not None and self.extraction.workers < 1:
+            raise UsageError(f"--workers must be a positive number, got {self.extraction.workers}")
+        if self.test_images is not None and self.test is None:
+            raise UsageError("--test-images gives the folder of the --test TSV's images; it needs --test")
         if not 0.0 <= self.test_fraction < 1.0:
             raise UsageError(f"--test-fraction must be at least 0 and below 1, got {self.test_fraction}")
         if self.l2 is not None and self.l2 < 0:
             raise UsageError(f"--l2 must not be negative, got {self.l2}")
         if self.fine_tune:
             settings = self.fine_tune
-            for option, value in (
-                ("--epochs", settings.epochs),
-                ("--batch-size", settings.batch_size),
-                ("--unfreeze", settings.unfreeze + 1),
-            ):
+            for option, value in (("--epochs", settings.epochs), ("--batch-size", settings.batch_size)):
                 if value < 1:
                     raise UsageError(f"{option} must be a positive number, got {value}")
+            for option, value in (("--unfreeze", settings.unfreeze), ("--patience", settings.patience)):
+                if value < 0:
+                    raise UsageError(f"{option} must be 0 or more, got {value}")
             if settings.learning_rate <= 0:
                 raise UsageError(f"--learning-rate must be positive, got {settings.learning_rate}")
             if not 0.0 < settings.validation_fraction < 1.0:
                 raise UsageError(f"--validation-fraction must be between 0 and 1, got {settings.validation_fraction}")
-        if resolve_model(self.base_model).kind != "builtin":
-            raise UsageError(f"--base-model must be a built-in model, got {self.base_model}")
+        check_featurizers(self.featurizers)
+        if self.fine_tune and len(self.featurizers) > 1:
+            raise UsageError(
+                f"--fine-tune retrains one network; got --featurizer {','.join(self.featurizers)}: give one"
+            )
         check_model_dir(self.model_dir)
+
+
+def parse_featurizers(text: str) -> tuple[str, ...]:
+    """``--featurizer lite0,lite2`` → the network names, in order (the order of the concatenated features)."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise UsageError(f"--featurizer takes built-in model names separated by commas, got {text!r}")
+    return names
+
+
+def check_featurizers(featurizers: tuple[str, ...]) -> None:
+    if not featurizers:
+        raise UsageError("--featurizer needs at least one built-in model name")
+    for name in featurizers:
+        if name not in BUILTIN_MODELS:
+            raise UsageError(f"--featurizer {name!r} is not a built-in model; choose from {', '.join(BUILTIN_MODELS)}")
+        resolve_model(name)  # its weights package is installed
+    repeated = sorted({name for name in featurizers if featurizers.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--featurizer names {repeated[0]} twice; give each network once")
 
 
 @dataclass
@@ -96,7 +135,7 @@ def _load_data(config: TrainConfig) -> tuple[LabelledImages, LabelledImages | No
     data = read_dataset(config.data, config.images)
     check_trainable(data)
     if config.test is not None:
-        test = read_dataset(config.test, config.test_images)
+        test = read_dataset(config.test, config.test_images, "--test-images")
         check_known_labels(test, data.classes)
     elif config.test_fraction == 0:
         test = None
@@ -152,9 +191,8 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     started = time.perf_counter()
     config.validate()
     train_data, test_data = _load_data(config)
-    extraction = ExtractionConfig(**{**asdict(config.extraction), "model": config.base_model})
     paths = list(dict.fromkeys(train_data.paths + (test_data.paths if test_data else ())))
-    features = extract_features(paths, extraction, log=log)
+    features = extract_concatenated(paths, config.extraction, config.featurizers, log=log)
     if features.errors:
         log(f"skipped {len(features.errors)} unreadable images", file=sys.stderr)
         if config.verbose:
@@ -166,13 +204,15 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     x_train = _matrix(train_data, features)
 
     head, hyperparameters, cross_validation = _fit_head(config, train_data, features, classes, log)
-    base = base_network(config.base_model)
-    model = classifier(base, len(classes), head.weights, head.bias)
+    if len(config.featurizers) == 1:
+        model = classifier(base_network(config.featurizers[0]), len(classes), head.weights, head.bias)
+    else:
+        model = combined_classifier(config.featurizers, len(classes), head.weights, head.bias)
     if config.fine_tune:
         from .finetune import fine_tune, refit_head
 
         history = fine_tune(
-            model, train_data, classes, config.fine_tune, config.seed, base_model_name=config.base_model, log=log
+            model, train_data, classes, config.fine_tune, config.seed, base_model_name=config.featurizers[0], log=log
         )
         final_head = refit_head(model, train_data, classes, config.seed)
         hyperparameters = {
@@ -198,18 +238,22 @@ def train(config: TrainConfig, log=print) -> TrainResult:
                 test_probabilities = head.probabilities(_matrix(test_data, features))
             metrics["test"] = _rounded(compute_metrics(test_data.labels, test_probabilities, classes))
             test_digests = _digests(test_data, features)
-    spec = resolve_model(config.base_model)
     metadata = {
         "format": "batchclf-model",
         "batchclf_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "classes": list(classes),
-        "image_size": spec.preprocessing.image_size,
-        "crop_fraction": spec.preprocessing.crop_fraction,
+        "image_size": input_size(config.featurizers),
+        "crop_fraction": resolve_model(config.featurizers[0]).preprocessing.crop_fraction,
         "input": "RGB pixels 0..255, float32, shape (batch, size, size, 3); normalisation is inside the model",
-        "feature_layer": FEATURE_LAYER,
-        "base_model": config.base_model,
-        "featurizer": featurizer_id(extraction),
+        "feature_layer": FEATURE_LAYER if len(config.featurizers) == 1 else CONCATENATED_FEATURES_LAYER,
+        "base_model": ",".join(config.featurizers),
+        "featurizers": list(config.featurizers),
+        "featurizer": "+".join(
+            featurizer_id(ExtractionConfig(**{**asdict(config.extraction), "model": name}))
+            for name in config.featurizers
+        ),
+        "feature_size": int(features.vectors.shape[1]),
         "method": "fine-tune" if config.fine_tune else "logistic-regression",
         "hyperparameters": hyperparameters,
         "metrics": metrics,

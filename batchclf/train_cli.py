@@ -26,6 +26,7 @@ def _add_cluster_options(parser) -> None:
 
 
 def _add_train(subparsers) -> None:
+    from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL
     from .train import FineTuneSettings
 
     defaults = FineTuneSettings()
@@ -40,9 +41,22 @@ def _add_train(subparsers) -> None:
     train.add_argument("data", type=Path, help=DATA_HELP)
     train.add_argument("model_dir", type=Path, help="folder to write the trained model to")
     train.add_argument("--images", type=Path, default=None, help="folder the TSV's image paths are relative to")
+    train.add_argument(
+        "--featurizer",
+        default=DEFAULT_MODEL,
+        metavar="NAME[,NAME]",
+        help=f"the pretrained network ({', '.join(BUILTIN_MODELS)}), or several separated by commas whose "
+        "pooled features are concatenated",
+    )
     split = train.add_argument_group("test set")
     split.add_argument("--test", type=Path, default=None, metavar="DATA", help="a separate labelled test set")
-    split.add_argument("--test-images", type=Path, default=None, help="folder the test TSV's paths are relative to")
+    split.add_argument(
+        "--test-images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder the --test TSV's image paths are relative to (default: the TSV's folder)",
+    )
     split.add_argument(
         "--test-fraction",
         type=float,
@@ -79,7 +93,7 @@ def _add_train(subparsers) -> None:
 def _train(args) -> int:
     from .errors import UsageError
     from .features import ExtractionConfig
-    from .train import FineTuneSettings, TrainConfig, summary_lines, train
+    from .train import FineTuneSettings, TrainConfig, parse_featurizers, summary_lines, train
 
     if args.test is not None and args.test_fraction is not None:
         raise UsageError("give --test or --test-fraction, not both")
@@ -98,6 +112,7 @@ def _train(args) -> int:
         seed=args.seed,
         l2=args.l2,
         fine_tune=fine_tune,
+        featurizers=parse_featurizers(args.featurizer),
         verbose=args.verbose,
         extraction=ExtractionConfig(
             backend=args.backend, workers=args.workers, scheduler=args.scheduler, progress=args.progress
@@ -131,11 +146,10 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
-    from .errors import UsageError
-    from .evaluate import EvaluateConfig, evaluate, format_report, write_json
+    from .evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
 
-    if args.json is not None and not (args.json.parent if str(args.json.parent) else Path(".")).is_dir():
-        raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.json is not None:
+        check_json_target(args.json)
     config = EvaluateConfig(
         data=args.data,
         model=args.model,
