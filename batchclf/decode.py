@@ -10,6 +10,8 @@ only so the benchmark can measure what ``draft`` saves.
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import math
 import os
 import stat
@@ -43,10 +45,56 @@ class DecodedImage:
     pixels: np.ndarray  # (size, size, 3) uint8
     width: int  # upright size of the original image
     height: int
+    size: int | None = None  # the size and mtime (µs) of the bytes decoded, read with them
+    mtime: int | None = None
+    content_hash: str | None = None  # BLAKE2b-128 of those bytes, when asked for
 
 
 class ImageDecodeError(Exception):
-    """The file is not an image we can score; the message is what goes in the ``error`` column."""
+    """The file is not an image we can score; the message is what goes in the ``error`` column.
+
+    ``size`` and ``mtime`` describe the bytes that were read, when the file could be read at all.
+    """
+
+    def __init__(self, message: str, size: int | None = None, mtime: int | None = None):
+        super().__init__(message)
+        self.size, self.mtime = size, mtime
+
+
+READ_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class FileContent:
+    data: bytes
+    size: int
+    mtime: int  # µs
+
+
+def read_file(path: str) -> FileContent:
+    """The file's bytes with the size and mtime they were read at.
+
+    The file is checked before it is opened (a FIFO would block) and its status is taken from the
+    open descriptor before and after reading: a file rewritten while it is read is read again, so
+    the size and mtime recorded always describe the bytes that are scored.
+    """
+    _check_regular_file(path)
+    for _ in range(READ_ATTEMPTS):
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(descriptor, "rb") as stream:
+            before = os.fstat(descriptor)
+            if not stat.S_ISREG(before.st_mode):
+                raise ImageDecodeError("not a regular file: it changed kind while being opened")
+            data = stream.read()
+            after = os.fstat(descriptor)
+        signature = (after.st_size, after.st_mtime_ns, after.st_ino)
+        if signature == (before.st_size, before.st_mtime_ns, before.st_ino) and len(data) == after.st_size:
+            return FileContent(data, after.st_size, after.st_mtime_ns // 1000)
+    raise ImageDecodeError(
+        f"the file kept changing while being read ({READ_ATTEMPTS} tries); it is scored again on the next run",
+        after.st_size,
+        after.st_mtime_ns // 1000,
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -65,12 +113,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode_image(path: str, preprocessing: Preprocessing) -> DecodedImage:
-    """Decode, orient, crop and resize one image; raise ``ImageDecodeError`` with a reason."""
+def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = False) -> DecodedImage:
+    """Read, decode, orient, crop and resize one image; raise ``ImageDecodeError`` with a reason."""
     size = preprocessing.image_size
+    content = None
     try:
-        _check_regular_file(path)
-        with Image.open(path) as image:
+        content = read_file(path)
+        with Image.open(io.BytesIO(content.data)) as image:
             width, height = image.size
             # Checked here rather than through Pillow's warning filter, which is not thread-safe.
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):
@@ -92,31 +141,52 @@ def decode_image(path: str, preprocessing: Preprocessing) -> DecodedImage:
             box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
             resized = image.resize((size, size), Image.Resampling[preprocessing.interpolation.upper()], box=box)
             pixels = np.asarray(resized, dtype=np.uint8)
-    except ImageDecodeError:
-        raise
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found (deleted during the run, or a broken symlink)") from None
-    except PermissionError:
-        raise ImageDecodeError("permission denied; make the file readable") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("not a regular file: a directory") from None
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"decompression bomb refused: {error}") from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(_unidentified_reason(path)) from None
-    except MemoryError:
-        raise ImageDecodeError("out of memory while decoding") from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise ImageDecodeError("symlink loop (the link points back to itself)") from None
-        if "truncated" in str(error):
-            raise ImageDecodeError(f"truncated file: {error}") from None
-        raise ImageDecodeError(f"cannot decode: {error.strerror or error}") from None
-    except Exception as error:  # a malformed file can make a decoder raise almost anything
-        raise ImageDecodeError(f"cannot decode: {type(error).__name__}: {error}") from None
+    except ImageDecodeError as error:
+        if content is None:
+            raise
+        raise ImageDecodeError(str(error), content.size, content.mtime) from None
+    except Exception as error:
+        raise _reason(error, path, content) from None
     if orientation in TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    return DecodedImage(pixels=pixels, width=width, height=height)
+    digest = hashlib.blake2b(content.data, digest_size=16).hexdigest() if content_hash else None
+    return DecodedImage(pixels, width, height, content.size, content.mtime, digest)
+
+
+def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDecodeError:
+    """The ``error`` column's text for an exception raised while reading or decoding."""
+    message = _message(error, content)
+    if content is not None:
+        return ImageDecodeError(message, content.size, content.mtime)
+    try:  # the file could not be read: still record what it is, when it can be stat'ed
+        status = os.stat(path)
+        return ImageDecodeError(message, status.st_size, status.st_mtime_ns // 1000)
+    except OSError:
+        return ImageDecodeError(message)
+
+
+def _message(error: Exception, content: FileContent | None) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file not found (deleted during the run, or a broken symlink)"
+    if isinstance(error, PermissionError):
+        return "permission denied; make the file readable"
+    if isinstance(error, IsADirectoryError):
+        return "not a regular file: a directory"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"decompression bomb refused: {error}"
+    if isinstance(error, UnidentifiedImageError):
+        if content is not None and not content.data:
+            return "empty file (0 bytes)"
+        return "not a recognised image format (corrupt, or another kind of file with an image extension)"
+    if isinstance(error, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(error, OSError):
+        if error.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself)"
+        if "truncated" in str(error):
+            return f"truncated file: {error}"
+        return f"cannot decode: {error.strerror or error}"
+    return f"cannot decode: {type(error).__name__}: {error}"  # a malformed file can make a decoder raise anything
 
 
 def _check_regular_file(path: str) -> None:
@@ -147,17 +217,6 @@ def _orientation(image: Image.Image) -> int:
 def _upright(image: Image.Image, orientation: int) -> Image.Image:
     method = ORIENTATION_TRANSPOSE.get(orientation)
     return image.transpose(method) if method is not None else image
-
-
-def _unidentified_reason(path: str) -> str:
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(512)
-    except OSError as error:
-        return f"cannot read file: {error.strerror}"
-    if not head:
-        return "empty file (0 bytes)"
-    return "not a recognised image format (corrupt, or another kind of file with an image extension)"
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import pyarrow as pa
 
 from .errors import UsageError
 
@@ -45,13 +49,44 @@ def _matches(relative: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(relative if "/" in p else name, p) for p in patterns)
 
 
-def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
-    """Yield image paths relative to ``root`` (``/``-separated), following symlinks without looping.
+LISTING_BATCH_ROWS = 65536
+LISTING_SCHEMA = pa.schema([("path", pa.string()), ("bytes", pa.int64()), ("mtime", pa.int64())])
+
+
+@dataclass
+class Listing:
+    """The images under the input, streamed in output order as Arrow batches of path, bytes and mtime (µs).
+
+    Nothing holds the whole list: at ten million files a Python list of names alone would take
+    about a gigabyte. ``unreadable`` (folder text ending in ``/``, reason) and ``files`` are complete
+    once ``batches`` is exhausted.
+    """
+
+    root: Path
+    batches: Iterator[pa.Table]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+
+
+def _signature(entry_or_path) -> tuple[int | None, int | None]:
+    try:
+        stat = entry_or_path.stat() if isinstance(entry_or_path, os.DirEntry) else os.stat(entry_or_path)
+    except OSError:  # a broken link: still a row, whose error says so
+        return None, None
+    return stat.st_size, stat.st_mtime_ns // 1000
+
+
+def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -> Iterator[tuple]:
+    """Yield (relative name, size, mtime) in output order, following symlinks without looping.
 
     Directories are identified by (device, inode) so a symlink loop, or two links to one folder,
     is entered once; the folders above ``root`` count as visited, so a link to one of them (a loop
-    that would otherwise walk the whole disk) is not followed. Unreadable folders are skipped;
-    broken links are reported as files so that they become error rows rather than vanish.
+    that would otherwise walk the whole disk) is not followed. Broken links are reported as files so
+    that they become error rows rather than vanish. A folder that cannot be listed is recorded in
+    ``unreadable`` (never silently skipped: a nightly run must not take its files for deleted).
+
+    Entries are sorted by their path text, folders as ``name/``: a depth-first walk in that order
+    yields exactly the sorted order of the full path texts, so no global sort is needed.
     """
     visited: set[tuple[int, int]] = set()
     for ancestor in Path(os.path.realpath(root)).parents:
@@ -61,60 +96,140 @@ def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
             continue
         visited.add((stat.st_dev, stat.st_ino))
 
-    def listing(directory: str) -> list[os.DirEntry]:
+    def listing(directory: str, prefix: str) -> list[tuple[str, os.DirEntry, bool]]:
         try:
             stat = os.stat(directory)
-        except OSError:
+            key = (stat.st_dev, stat.st_ino)
+            if key in visited:
+                return []
+            visited.add(key)
+            with os.scandir(directory) as scan:
+                entries = [e for e in scan if include_hidden or not e.name.startswith(".")]
+        except OSError as error:
+            if not prefix:
+                reason = error.strerror or str(error)
+                raise UsageError(f"cannot read the input folder {root}: {reason}; check its permissions") from None
+            unreadable.append((path_text(prefix), error.strerror or str(error)))
             return []
-        key = (stat.st_dev, stat.st_ino)
-        if key in visited:
-            return []
-        visited.add(key)
-        try:
-            with os.scandir(directory) as entries:
-                return sorted(entries, key=lambda e: e.name)
-        except OSError:
-            return []
-
-    # An explicit stack rather than recursion: a deep tree must not hit Python's recursion limit.
-    stack = [(os.fspath(root), "")]
-    while stack:
-        directory, prefix = stack.pop()
-        subfolders = []
-        for entry in listing(directory):
-            if not include_hidden and entry.name.startswith("."):
-                continue
-            relative = prefix + entry.name
+        keyed = []
+        for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
-            if is_dir:
-                subfolders.append((entry.path, relative + "/"))
-            elif is_image_name(entry.name):
-                yield relative
-        stack.extend(reversed(subfolders))
+            if is_dir or is_image_name(entry.name):
+                keyed.append((path_text(entry.name) + ("/" if is_dir else ""), entry, is_dir))
+        keyed.sort(key=lambda item: item[0])
+        return keyed
+
+    # An explicit stack of open listings rather than recursion: a deep tree must not hit Python's
+    # recursion limit, and a folder is entered where it sorts, between the files around it.
+    stack = [("", iter(listing(os.fspath(root), "")))]
+    while stack:
+        prefix, entries = stack[-1]
+        item = next(entries, None)
+        if item is None:
+            stack.pop()
+            continue
+        _, entry, is_dir = item
+        relative = prefix + entry.name
+        if is_dir:
+            stack.append((relative + "/", iter(listing(entry.path, relative + "/"))))
+        elif with_stat:
+            yield (relative, *_signature(entry))
+        else:
+            yield relative, None, None
+
+
+def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
+    """Image paths relative to ``root`` (``/``-separated), in output order."""
+    for relative, _, _ in _walk(root, include_hidden, [], with_stat=False):
+        yield relative
 
 
 def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
     """Read a text file of image paths, one a line (``#`` comments and blank lines ignored).
 
-    Relative paths are taken from the list file's folder. The input root, against which the output's
-    ``path`` column is written, is the deepest folder holding every listed file.
+    Lines are path texts as the output writes them (so a ``path`` column can be fed back, odd bytes
+    as ``\\xNN``), relative to the list file's folder or absolute. The input root, against which the
+    output's ``path`` column is written, is the deepest folder holding every listed file. A file that
+    is not UTF-8 text of image paths is refused: it is more likely the wrong file than a list.
     """
     base = list_file.resolve().parent
     absolute = []
-    with open(list_file, encoding="utf-8") as lines:
-        for line in lines:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                absolute.append(os.path.normpath(os.path.join(base, line)))
+    try:
+        with open(list_file, encoding="utf-8-sig") as lines:
+            for number, line in enumerate(lines, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if not is_image_name(line):
+                    shown = line if len(line) <= 60 else line[:57] + "..."
+                    raise UsageError(
+                        f"{list_file} line {number} is not an image path ({shown!r}); give a folder, or a text "
+                        "file with one image path a line"
+                    )
+                absolute.append(os.path.normpath(os.path.join(base, fs_path(line))))
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"{list_file} is not UTF-8 text; give a folder, or a UTF-8 text file with one image path a line"
+        ) from None
+    except OSError as error:
+        raise UsageError(f"cannot read {list_file}: {error.strerror}") from None
     if not absolute:
         return base, []
     root = os.path.commonpath(absolute)
     if len(set(absolute)) == 1 or os.path.isfile(root):
         root = os.path.dirname(root)
-    return Path(root), sorted({Path(p).relative_to(root).as_posix() for p in absolute})
+    relative = {os.path.relpath(p, root).replace(os.sep, "/") for p in absolute}
+    return Path(root), sorted(relative, key=path_text)
+
+
+def _filtered(names: Iterator[tuple], include: Sequence[str], exclude: Sequence[str]) -> Iterator[tuple]:
+    for item in names:
+        if include and not _matches(item[0], include):
+            continue
+        if exclude and _matches(item[0], exclude):
+            continue
+        yield item
+
+
+def list_images(
+    source: Path,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    batch_rows: int = LISTING_BATCH_ROWS,
+) -> Listing:
+    """Stream the images under ``source`` (a folder to walk, or a text file listing image paths)."""
+    if source.is_dir():
+        listing = Listing(root=source.resolve(), batches=iter(()))
+        names = _walk(source, include_hidden, listing.unreadable, with_stat=True)
+    elif source.is_file():
+        root, relative = read_path_list(source)
+        listing = Listing(root=root, batches=iter(()))
+        names = ((name, *_signature(os.path.join(root, name))) for name in relative)
+    else:
+        raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
+    listing.batches = _batches(_filtered(names, include, exclude), listing, batch_rows)
+    return listing
+
+
+def _batches(names: Iterator[tuple], listing: Listing, batch_rows: int) -> Iterator[pa.Table]:
+    while True:
+        chunk = list(itertools.islice(names, batch_rows))
+        if not chunk:
+            return
+        listing.files += len(chunk)
+        paths, sizes, mtimes = zip(*chunk)
+        yield pa.table(
+            [
+                pa.array([path_text(p) for p in paths], pa.string()),
+                pa.array(sizes, pa.int64()),
+                pa.array(mtimes, pa.int64()),
+            ],
+            schema=LISTING_SCHEMA,
+        )
 
 
 def discover_images(
@@ -123,18 +238,16 @@ def discover_images(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Return the input root and the sorted relative paths of the images under ``source``.
+    """The input root and the relative names of its images, in output order, as one list.
 
-    ``source`` is a folder to walk or a text file listing image paths.
+    For small inputs (training sets, tests); a run streams ``list_images`` instead.
     """
     if source.is_dir():
-        root, paths = source.resolve(), list(walk_images(source, include_hidden))
+        names = ((name, None, None) for name in walk_images(source, include_hidden))
+        root = source.resolve()
     elif source.is_file():
-        root, paths = read_path_list(source)
+        root, relative = read_path_list(source)
+        names = ((name, None, None) for name in relative)
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
-    if include:
-        paths = [p for p in paths if _matches(p, include)]
-    if exclude:
-        paths = [p for p in paths if not _matches(p, exclude)]
-    return root, sorted(paths)
+    return root, [item[0] for item in _filtered(names, include, exclude)]

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from .discover import path_text
+from .discover import fs_path
 from .models.registry import ModelSpec
 from .shard import Shard
 from .worker import ScoringOptions, score_shard
@@ -91,14 +91,15 @@ def _crash_rows(shard: Shard, start: int, stop: int, spec: ModelSpec, schema: pa
     reason = CRASH_MESSAGE
     if error is not None and type(error).__name__ != "KilledWorker":
         reason = f"{CRASH_MESSAGE} ({type(error).__name__}: {error})"
-    stats = [_stat(os.path.join(shard.root, p)) for p in paths]
+    stats = [_stat(os.path.join(shard.root, fs_path(p))) for p in paths]
     known = {
-        "path": [path_text(p) for p in paths],
+        "path": paths,
         "status": ["error"] * len(paths),
         "error": [reason] * len(paths),
         "bytes": [s[0] for s in stats],
         "mtime": pa.array([s[1] for s in stats], pa.timestamp("ns", tz="UTC")),
         "model": [spec.id] * len(paths),
+        "unverified": [False] * len(paths),
     }
     columns = [
         pa.array(known[field.name]).cast(field.type, safe=False) if field.name in known

@@ -6,6 +6,8 @@ This is the engine behind both ``batchclf run`` and ``batchclf.classify``.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,39 +18,43 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .config import RunConfig
-from .discover import discover_images, path_text
+from .discover import list_images
 from .distribute import connect, submit_shards, threads_for_worker, worker_hosts
-from .errors import AllFilesFailedError, UsageError
-from .incremental import file_signatures, plan_incremental
+from .errors import AllFilesFailedError, FoldersUnreadableError, UsageError
 from .isolate import isolate_failing_shard
+from .merge import newest_rows
 from .models.registry import ModelSpec, resolve_model
-from .shard import balanced_shard_size, make_shards
+from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
+from .shard import balanced_shard_size, iter_shards
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, score_shard
-from .writer import PartsStore, merge_parts, output_lock, output_schema
+from .writer import METADATA_KEY, PartsStore, atomic_parquet, output_lock, output_schema
+
+ROW_GROUP_ROWS = 65536
 
 
 @dataclass
 class RunSummary:
-    files: int = 0
+    files: int = 0  # rows in the output
+    scored: int = 0  # of which this run scored; the rest were reused
     ok: int = 0
     errors: int = 0
     seconds: float = 0.0
     shards: int = 0
-    reused_shards: int = 0
     errors_by_kind: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     dashboard: str | None = None
     incremental: dict | None = None
+    unreadable: list = field(default_factory=list)  # folders that could not be listed
 
     @property
     def images_per_second(self) -> float:
-        return self.files / self.seconds if self.seconds else 0.0
+        """Images scored per second: reused rows cost nothing and are not counted."""
+        return self.scored / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
-        return (
-            f"{self.files} files, {self.ok} ok, {self.errors} errors, {self.seconds:.1f} s, "
-            f"{self.images_per_second:.1f} images/s"
-        )
+        speed = f"{self.images_per_second:.1f} images/s" if self.scored else "nothing needed scoring"
+        scored = f" ({self.scored} scored)" if self.scored != self.files else ""
+        return f"{self.files} files{scored}, {self.ok} ok, {self.errors} errors, {self.seconds:.1f} s, {speed}"
 
 
 def _class_filter(spec: ModelSpec, allow: tuple[str, ...], deny: tuple[str, ...]) -> tuple[int, ...] | None:
@@ -71,23 +77,39 @@ def _class_filter(spec: ModelSpec, allow: tuple[str, ...], deny: tuple[str, ...]
     return kept
 
 
-def _fingerprint(spec: ModelSpec, options: ScoringOptions, root: str, paths: list[str], config: RunConfig) -> str:
-    digest = hashlib.sha256()
-    scoring = (
-        spec.fingerprint,
-        options.top_k,
-        options.threshold,
-        options.allowed,
-        options.backend,
-        options.quantize,
-        options.embeddings,
-        config.shard_size,
-        root,
-    )
-    digest.update(repr(scoring).encode())
-    for path in paths:
-        digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
-    return digest.hexdigest()[:24]
+PATH_FORMAT = 2  # path texts with the backslash escaped (discover.path_text)
+
+
+def reuse_key(spec: ModelSpec, config: RunConfig, root: str) -> str:
+    """What a reusable row must have been made with: model, weights, class names, result options, root.
+
+    Checked for last night's output and for every part file, so no row made by another model or
+    with other options is ever carried into an output.
+    """
+    record = {
+        "model": spec.id,
+        "weights": _weights_version(spec),
+        "labels": hashlib.sha256("\n".join(spec.labels).encode()).hexdigest(),
+        "options": config.result_options(),
+        "input_root": root,
+        "path_format": PATH_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _weights_version(spec: ModelSpec) -> str | None:
+    """A built-in model's weights come from a pip package: its version names them (user models are hashed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .models.registry import BUILTIN_MODELS
+
+    builtin = BUILTIN_MODELS.get(spec.source) if spec.kind == "builtin" else None
+    if builtin is None:
+        return None
+    try:
+        return version(builtin.package)
+    except PackageNotFoundError:
+        return None
 
 
 def _scoring_options(
@@ -110,6 +132,7 @@ def _scoring_options(
         embeddings=config.embeddings,
         quantize=config.quantize,
         calibration=calibration_sample(root, paths) if config.quantize else (),
+        content_hash=config.hash,
     )
 
 
@@ -123,60 +146,58 @@ def run(config: RunConfig, log=print) -> RunSummary:
     """Classify every image ``config`` names and write ``config.output``; return the summary."""
     started = time.perf_counter()
     config.validate()
-    spec = resolve_model(config.model, config.labels)
+    spec = resolve_model(config.model, config.labels, config.trust_model)
     allowed = _class_filter(spec, config.allow, config.deny)  # unknown labels are refused before any work
     with output_lock(config.output, config.wait):
-        root_path, paths = discover_images(config.input, config.include, config.exclude, config.include_hidden)
-        if not paths:
+        listing = list_images(config.input, config.include, config.exclude, config.include_hidden)
+        root = str(listing.root)
+        key = reuse_key(spec, config, root)
+        store = PartsStore(config.output, key)
+        message = store.open()
+        if message:
+            log(message, file=sys.stderr)
+        plan = _plan(config, listing, store, key)
+        if plan.files == 0 and not plan.kept:
             raise UsageError(
                 f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
                 ".tif .tiff); check the path and --include/--exclude"
             )
-        root = str(root_path)
-        summary = RunSummary(files=len(paths))
-        labels_digest = hashlib.sha256("\n".join(spec.labels).encode()).hexdigest()[:16]
-        result_options = {"model": spec.id, "labels": labels_digest, **config.result_options()}
-        carried, hashes, to_score = None, None, paths
+        for folder, reason in plan.unreadable:
+            log(
+                f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified",
+                file=sys.stderr,
+            )
         if config.incremental:
-            plan = plan_incremental(config.output, root, paths, result_options, config.hash)
             log(plan.line(), file=sys.stderr)
-            to_score, carried = plan.to_score, plan.kept
-            summary.incremental = {
-                "reused": plan.reused,
-                "scored": len(plan.to_score),
-                "new": plan.new,
-                "changed": plan.changed,
-                "dropped": plan.dropped,
-                "reason": plan.reason,
-            }
-            hashes = plan.hashes  # already read every file when it compared content
-        if config.hash and hashes is None:
-            hashes = dict(zip(map(path_text, paths), (s[0] for s in file_signatures(root, paths, use_hash=True))))
-        shards = make_shards(root, to_score, balanced_shard_size(len(to_score), config.shard_size))
+        if plan.resumed:
+            log(f"resuming: {plan.resumed} rows reused from the parts of an interrupted run", file=sys.stderr)
+        summary = RunSummary(files=plan.files + plan.kept_unverified, scored=len(plan.to_score))
+        summary.incremental = plan.record() if config.incremental else None
+        summary.unreadable = [folder for folder, _ in plan.unreadable]
+        shards = list(iter_shards(root, plan.to_score, balanced_shard_size(len(plan.to_score), config.shard_size)))
         summary.shards = len(shards)
-        store = _score(config, spec, allowed, root, shards, summary, log) if shards else None
-        parts = [store.part_path(s.name) for s in shards] if store else []
-        tables = [pq.read_table(p, columns=["status", "error"]) for p in parts]
-        if carried is not None:
-            tables.append(carried.select(["status", "error"]))
-        _count_statuses(tables, summary)
-        embedding_size = _embedding_size(parts[0] if parts else None, carried)
+        if shards:
+            _score(config, spec, allowed, root, plan, shards, store, summary, log)
+        parts = [store.part_path(shard.name) for shard in shards]
+        _count_statuses(plan.kept_errors, parts, summary)
         metadata = {
             "model": spec.id,
             "batchclf_version": __version__,
             "run_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "input_root": root,
             "options": config.recorded_options(),
-            "result_options": result_options,
+            "result_options": config.result_options(),
+            "reuse_key": key,
             "files": summary.files,
-            "scored": len(to_score),  # the rest were carried over by --incremental
+            "scored": summary.scored,  # the rest were reused from the previous output or earlier parts
             "ok": summary.ok,
             "errors": summary.errors,
+            "unreadable_folders": summary.unreadable,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        schema = output_schema(embedding_size, content_hash=config.hash)
-        merge_parts(parts, config.output, schema, metadata, carried=carried, hashes=hashes)
-        if store and not config.keep_parts:
+        schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash)
+        write_output(config.output, schema, metadata, [*plan.sources, parts_source(parts)], plan)
+        if not config.keep_parts:
             store.remove()
     summary.seconds = time.perf_counter() - started
     if summary.ok == 0:
@@ -185,49 +206,98 @@ def run(config: RunConfig, log=print) -> RunSummary:
         )
         error.summary = summary
         raise error
+    if summary.unreadable:
+        error = FoldersUnreadableError(
+            f"{len(summary.unreadable)} folder(s) could not be read ({summary.unreadable[0]} ...); their previous "
+            f"rows were kept and marked unverified in {config.output}: fix their permissions and run again"
+        )
+        error.summary = summary
+        raise error
     return summary
 
 
-def _score(
-    config: RunConfig, spec: ModelSpec, allowed: tuple[int, ...] | None, root: str, shards, summary: RunSummary, log
-) -> PartsStore:
-    """Score the shards not already done on a Dask cluster; every result lands in the parts store."""
-    paths = [p for shard in shards for p in shard.paths]
+def _plan(config: RunConfig, listing, store: PartsStore, key: str) -> RunPlan:
+    """Compare the listing with what may be reused: last night's output (incremental) and earlier parts."""
+    sources, files, reason = [], [], None
+    if config.incremental:
+        source, reason = previous_output_source(config.output, key, config.hash)
+        if source is not None:
+            sources.append(source)
+            files.append(config.output)
+    for parts in store.earlier_attempts():
+        sources.append(parts_source(parts))
+        files.extend(parts)
+    plan = plan_run(
+        listing, sources, config.hash, config.keep_error_rows, first_is_output=bool(files[:1] == [config.output])
+    )
+    plan.reason = reason
+    plan.source_files = files
+    return plan
+
+
+def write_output(output: Path, schema, metadata: dict, sources: list, plan: RunPlan) -> None:
+    """Merge the reusable rows and this run's parts into ``output``, streaming, newest row winning.
+
+    Rows of files that are gone are dropped; rows under a folder that could not be read are kept
+    and marked ``unverified``. Memory stays at a few batches whatever the number of rows.
+    """
+    plain = schema.remove_metadata()
+    unreadable = [folder for folder, _ in plan.unreadable]
+    metadata_bytes = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    with atomic_parquet(output, plain.with_metadata(metadata_bytes)) as writer:
+        for table in newest_rows([source(None) for source in sources], plain):
+            if len(plan.dropped):
+                table = table.filter(pc.invert(pc.is_in(table["path"], value_set=plan.dropped)))
+            if unreadable:
+                marked = pc.or_(pc.fill_null(table["unverified"], False), under_folders(table["path"], unreadable))
+            else:
+                marked = pc.fill_null(table["unverified"], False)
+            table = table.set_column(table.schema.get_field_index("unverified"), "unverified", marked)
+            writer.write_table(table.cast(plain).replace_schema_metadata(metadata_bytes), row_group_size=ROW_GROUP_ROWS)
+
+
+def _score(config, spec, allowed, root, plan, shards, store, summary, log) -> None:
+    """Score the shards on a Dask cluster; every result lands in the parts store as it finishes."""
     scheduler_file = config.scheduler_file and str(config.scheduler_file)
     cluster_config = config.cluster_config if config.cluster == "slurm" else None
-    with connect(config.scheduler, scheduler_file, config.workers, config.dashboard_address, cluster_config) as (
-        client,
-        plan,
-    ):
+    with connect(
+        config.scheduler,
+        scheduler_file,
+        config.workers,
+        config.dashboard_address,
+        cluster_config,
+        backend=config.backend,
+        quantize=config.quantize,
+    ) as (client, worker_plan):
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
-        options = _scoring_options(config, allowed, client, plan, root, paths)
-        store = PartsStore(config.output, _fingerprint(spec, options, root, paths, config))
-        message = store.open()
-        if message:
-            log(message, file=sys.stderr)
-        pending = [s for s in shards if not store.is_done(s.name)]
-        summary.reused_shards = len(shards) - len(pending)
-        if summary.reused_shards:
-            log(f"resuming: {summary.reused_shards} of {len(shards)} shards already done", file=sys.stderr)
-        _score_pending(client, pending, spec, options, config, store, summary, len(paths), log)
-    return store
+        options = _scoring_options(config, allowed, client, worker_plan, root, plan.to_score)
+        _score_pending(client, shards, spec, options, config, store, summary, log)
 
 
-def _score_pending(client, pending, spec, options, config, store, summary, total, log) -> None:
+def _score_pending(client, shards, spec, options, config, store, summary, log) -> None:
+    """Keep a bounded window of shards in flight: ten thousand shards are never all futures at once."""
     from distributed import as_completed
 
-    bar = _progress_bar(total, config.progress)
-    bar.update(total - sum(len(s.paths) for s in pending))
+    bar = _progress_bar(summary.scored, config.progress)
     client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(min(event[1], bar.total - bar.n)))
-    try:
-        token = hashlib.sha256(f"{time.time()}{id(store)}".encode()).hexdigest()[:8]
+    token = hashlib.sha256(f"{time.time()}{id(store)}".encode()).hexdigest()[:8]
+    window = max(8, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
+    pending = iter(shards)
+    by_key = {}
+
+    def submit(count: int) -> list:
+        batch = list(itertools.islice(pending, count))
         futures = submit_shards(
-            client, score_shard, pending, spec, options, retries=config.retries, key_prefix=f"batchclf-{token}"
+            client, score_shard, batch, spec, options, retries=config.retries, key_prefix=f"batchclf-{token}"
         )
-        shards = {f.key: s for f, s in zip(futures, pending)}
-        for future in as_completed(futures):
-            shard = shards[future.key]
+        by_key.update({f.key: s for f, s in zip(futures, batch)})
+        return futures
+
+    try:
+        running = as_completed(submit(window))
+        for future in running:
+            shard = by_key.pop(future.key)
             try:
                 table, timings = future.result()
             except Exception as error:  # failed on every try: find the file that kills the worker
@@ -239,27 +309,32 @@ def _score_pending(client, pending, spec, options, config, store, summary, total
                     summary.timings[key] = summary.timings.get(key, 0.0) + timings[key]
                 summary.timings["backend"] = timings["backend"]
             future.release()
+            for new in submit(1):
+                running.add(new)
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
 
 
-def _count_statuses(tables, summary: RunSummary) -> None:
-    """Count ok and error rows, and errors by kind (the message up to its first colon)."""
-    for table in tables:
-        errors = table.filter(pc.equal(table["status"], "error"))
-        summary.errors += errors.num_rows
-        for message in errors["error"].to_pylist():
-            kind = message.split(":")[0].split(";")[0].split(" (")[0]
-            summary.errors_by_kind[kind] = summary.errors_by_kind.get(kind, 0) + 1
+def _count_statuses(kept_errors: list[str], parts: list[Path], summary: RunSummary) -> None:
+    """Count error rows, by kind (the message up to its first colon), over kept rows and new parts."""
+    messages = list(kept_errors)
+    for part in parts:
+        table = pq.read_table(part, columns=["status", "error"])
+        messages += table.filter(pc.equal(table["status"], "error"))["error"].to_pylist()
+    for message in messages:
+        kind = (message or "unknown").split(":")[0].split(";")[0].split(" (")[0]
+        summary.errors_by_kind[kind] = summary.errors_by_kind.get(kind, 0) + 1
+    summary.errors = len(messages)
     summary.ok = summary.files - summary.errors
 
 
-def _embedding_size(part: Path | None, carried) -> int | None:
-    schema = pq.read_schema(part) if part else carried.schema if carried is not None else None
-    if schema is None or "embedding" not in schema.names:
-        return None
-    return schema.field("embedding").type.list_size
+def _embedding_size(files: list[Path]) -> int | None:
+    for file in files[:1]:
+        schema = pq.read_schema(file)
+        if "embedding" in schema.names:
+            return schema.field("embedding").type.list_size
+    return None
 
 
 def versions() -> dict[str, str]:
@@ -287,8 +362,9 @@ def summary_record(summary: RunSummary, config: RunConfig, exit_code: int, error
         "ok": summary.ok,
         "errors": summary.errors,
         "errors_by_kind": summary.errors_by_kind,
+        "scored": summary.scored,
         "shards": summary.shards,
-        "reused_shards": summary.reused_shards,
+        "unreadable_folders": summary.unreadable,
         "incremental": summary.incremental,
         "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 2),

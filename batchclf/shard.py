@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import pyarrow as pa
 
 MIN_SHARDS = 16
 SHARD_MULTIPLE = 32  # the default batch size: a shard of 25 images would pay for a padded batch of 32
@@ -20,12 +23,18 @@ class Shard:
         return f"shard-{self.index:06d}"
 
 
-def make_shards(root: str, paths: list[str], shard_size: int) -> list[Shard]:
-    """Consecutive slices of the sorted paths, so concatenating shards in order keeps the sort."""
-    return [
-        Shard(index=i, root=root, paths=tuple(paths[start : start + shard_size]))
-        for i, start in enumerate(range(0, len(paths), shard_size))
-    ]
+def iter_shards(root: str, paths: Sequence[str] | pa.ChunkedArray, shard_size: int) -> Iterator[Shard]:
+    """Consecutive slices of the sorted path texts, so concatenating shards in order keeps the sort.
+
+    Made one at a time: a run over ten million files never holds them all as Python strings.
+    """
+    for index, start in enumerate(range(0, len(paths), shard_size)):
+        piece = paths[start : start + shard_size]
+        yield Shard(index=index, root=root, paths=tuple(piece.to_pylist() if hasattr(piece, "to_pylist") else piece))
+
+
+def make_shards(root: str, paths: Sequence[str] | pa.ChunkedArray, shard_size: int) -> list[Shard]:
+    return list(iter_shards(root, paths, shard_size))
 
 
 def balanced_shard_size(count: int, shard_size: int) -> int:

@@ -31,7 +31,7 @@ from .backends import (
     scoring_model,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
-from .discover import path_text
+from .discover import fs_path
 from .models.registry import ModelSpec, load_keras_model
 from .shard import Shard
 from .writer import output_schema
@@ -51,6 +51,7 @@ class ScoringOptions:
     embeddings: bool = False
     quantize: str | None = None  # "int8": full-integer LiteRT model calibrated on ``calibration``
     calibration: tuple[str, ...] = ()  # full paths of a sample of the input, the same for every worker
+    content_hash: bool = False  # add the BLAKE2b of the bytes scored (``--hash``)
 
 
 @dataclass
@@ -107,7 +108,22 @@ def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
 
 
 def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
-    """LiteRT needs the Keras model (and TensorFlow) only when its converted file is not cached yet."""
+    """LiteRT needs the Keras model (and TensorFlow) only when its converted file is not cached yet.
+
+    A user's ``.tflite`` runs on LiteRT and an ``.onnx`` on onnxruntime as they are: neither imports TensorFlow.
+    """
+    from .backends import OnnxBackend
+
+    if spec.kind in ("tflite", "onnx"):
+        if options.embeddings:
+            raise ValueError(f"a {spec.kind} model has no known feature layer, so it cannot produce embeddings")
+        if spec.kind == "tflite":
+            backend = LiteRTBackend(
+                spec.source, options.batch_size, options.threads, len(spec.labels), False, spec.input_format
+            )
+        else:
+            backend = OnnxBackend(spec.source, options.threads, spec.input_format, spec.preprocessing.image_size)
+        return Scorer(backend, spec.preprocessing, ThreadPoolExecutor(options.decode_threads), None)
 
     def build_model():
         _configure_tensorflow(options.threads)
@@ -130,10 +146,10 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
     return Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
 
 
-def calibration_sample(root: str, paths: list[str], size: int = 64) -> tuple[str, ...]:
-    """Evenly spaced input files: the same calibration set for every worker, and for a rerun."""
+def calibration_sample(root: str, paths, size: int = 64) -> tuple[str, ...]:
+    """Evenly spaced input files (path texts): the same calibration set for every worker, and for a rerun."""
     step = max(1, len(paths) // size)
-    return tuple(os.path.join(root, path) for path in paths[::step][:size])
+    return tuple(os.path.join(root, fs_path(str(paths[i]))) for i in range(0, len(paths), step)[:size])
 
 
 def _calibration_images(spec: ModelSpec, paths: tuple[str, ...], model) -> Iterator[np.ndarray]:
@@ -150,24 +166,26 @@ def _calibration_images(spec: ModelSpec, paths: tuple[str, ...], model) -> Itera
         raise ValueError("int8 quantization needs at least one decodable image to calibrate on")
 
 
-def _decode_one(path: str, preprocessing: Preprocessing) -> DecodedImage | str:
+def _decode_one(path: str, preprocessing: Preprocessing, content_hash: bool) -> DecodedImage | ImageDecodeError:
     try:
-        return decode_image(path, preprocessing)
+        return decode_image(path, preprocessing, content_hash)
     except ImageDecodeError as error:
-        return str(error)
+        return error
 
 
-def _decode_ahead(paths: list[str], scorer: Scorer, window: int) -> Iterator[DecodedImage | str]:
+def _decode_ahead(
+    paths: list[str], scorer: Scorer, window: int, content_hash: bool
+) -> Iterator[DecodedImage | ImageDecodeError]:
     """Decode in the pool, at most ``window`` images ahead of the consumer, in order."""
     pending: deque = deque()
     source = iter(paths)
     for path in itertools.islice(source, window):
-        pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing))
+        pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash))
     while pending:
         result = pending.popleft().result()
         path = next(source, None)
         if path is not None:
-            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing))
+            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash))
         yield result
 
 
@@ -178,14 +196,6 @@ def _report_progress(count: int) -> None:
         get_worker().log_event(PROGRESS_TOPIC, count)
     except ValueError:  # not running inside a Dask worker
         pass
-
-
-def _file_stats(path: str) -> tuple[int | None, int | None]:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None, None
-    return stat.st_size, stat.st_mtime_ns // 1000  # microseconds: exact enough, and readable without pandas
 
 
 def top_k(probabilities: np.ndarray, k: int, allowed: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,11 +211,15 @@ def top_k(probabilities: np.ndarray, k: int, allowed: tuple[int, ...] | None) ->
 
 
 def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple[pa.Table, dict]:
-    """Score every image of ``shard``; one row per path, failures included as error rows."""
+    """Score every image of ``shard``; one row per path, failures included as error rows.
+
+    ``bytes`` and ``mtime`` (and ``content_hash``) describe the very bytes that were decoded: they
+    are taken from the open file as it is read, never from a later look at the path.
+    """
     started = time.perf_counter()
     scorer = get_scorer(spec, options)
     build_seconds = time.perf_counter() - started
-    full_paths = [os.path.join(shard.root, p) for p in shard.paths]
+    full_paths = [os.path.join(shard.root, fs_path(p)) for p in shard.paths]
     n = len(full_paths)
     labels = [None] * n
     scores = [None] * n
@@ -213,6 +227,9 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     errors: list[str | None] = [None] * n
     widths = [None] * n
     heights = [None] * n
+    sizes = [None] * n
+    mtimes = [None] * n
+    hashes = [None] * n
     embeddings = [None] * n
     timings = {"decode_wait": 0.0, "inference": 0.0}
 
@@ -232,15 +249,17 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
 
     batch_positions: list[int] = []
     batch_pixels: list[np.ndarray] = []
-    decoded = _decode_ahead(full_paths, scorer, window=2 * options.batch_size)
+    decoded = _decode_ahead(full_paths, scorer, 2 * options.batch_size, options.content_hash)
     for position in range(n):
         tick = time.perf_counter()
         result = next(decoded)
         timings["decode_wait"] += time.perf_counter() - tick
-        if isinstance(result, str):
-            errors[position] = result
+        sizes[position], mtimes[position] = result.size, result.mtime
+        if isinstance(result, ImageDecodeError):
+            errors[position] = str(result)
             continue
         widths[position], heights[position] = result.width, result.height
+        hashes[position] = result.content_hash
         batch_positions.append(position)
         batch_pixels.append(result.pixels)
         if len(batch_positions) == options.batch_size:
@@ -250,9 +269,8 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
         flush(batch_positions, batch_pixels)
     _report_progress(sum(e is not None for e in errors))
 
-    stats = [_file_stats(p) for p in full_paths]
     columns = {
-        "path": [path_text(p) for p in shard.paths],
+        "path": list(shard.paths),
         "label": labels,
         "score": scores,
         "topk": topks,
@@ -260,12 +278,15 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
         "error": errors,
         "width": widths,
         "height": heights,
-        "bytes": [s[0] for s in stats],
-        "mtime": [s[1] for s in stats],
+        "bytes": sizes,
+        "mtime": mtimes,
         "model": [spec.id] * n,
+        "unverified": [False] * n,
     }
     if options.embeddings:
         columns["embedding"] = embeddings
-    table = pa.table(columns, schema=output_schema(scorer.embedding_size))
+    if options.content_hash:
+        columns["content_hash"] = hashes
+    table = pa.table(columns, schema=output_schema(scorer.embedding_size, options.content_hash))
     timings.update(build=build_seconds, total=time.perf_counter() - started, images=n, backend=scorer.backend.name)
     return table, timings

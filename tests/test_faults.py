@@ -207,10 +207,10 @@ class CrashOnFile(WorkerPlugin):
         original = batchclf.worker.decode_image
         file_name = self.file_name
 
-        def decode_or_crash(path, preprocessing):
+        def decode_or_crash(path, preprocessing, *args):
             if os.path.basename(path) == file_name:
                 os._exit(1)
-            return original(path, preprocessing)
+            return original(path, preprocessing, *args)
 
         batchclf.worker.decode_image = decode_or_crash
 

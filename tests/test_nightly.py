@@ -54,7 +54,7 @@ def reference(corpus, tmp_path_factory):
 
 def _count_parts(parts_folder) -> int:
     try:
-        return sum(1 for name in os.listdir(parts_folder) if name.startswith("shard-") and name.endswith(".parquet"))
+        return sum(1 for name in os.listdir(parts_folder) if name.startswith("attempt-") and name.endswith(".parquet"))
     except FileNotFoundError:
         return -1
 
@@ -85,11 +85,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(corpus, reference, tmp_path, ki
     assert not output.exists()
     done_before = _count_parts(parts)
     assert done_before >= kill_after_parts
+    rows_before = sum(pq.read_metadata(parts / n).num_rows for n in os.listdir(parts) if n.startswith("attempt-"))
 
     result = run_cli("run", str(corpus), str(output), "--shard-size", SHARD_SIZE, "--no-progress")
     assert result.returncode == 0, result.stderr
     if done_before:
-        assert f"resuming: {done_before} of" in result.stderr
+        assert f"resuming: {rows_before} rows reused" in result.stderr
     assert _plain(output).equals(_plain(reference))
     assert not parts.exists()
 
@@ -121,7 +122,7 @@ def test_changed_command_does_not_reuse_parts(corpus, tmp_path):
         "batch00/*",
     )
     assert second.returncode == 0, second.stderr
-    assert "not reusing" in second.stderr and "different command" in second.stderr
+    assert "not reusing" in second.stderr and "another model, options or input" in second.stderr
     assert "resuming" not in second.stderr
     assert {len(t) for t in pq.read_table(output).column("topk").to_pylist()} == {2}
 
@@ -147,7 +148,7 @@ def test_incremental_scores_only_new_and_changed(datasets, tmp_path):
     assert second.returncode == 0, second.stderr
     counts = json.loads(summary.read_text())["incremental"]
     assert (counts["reused"], counts["scored"], counts["new"], counts["changed"], counts["dropped"]) == (15, 3, 1, 2, 2)
-    assert "15 unchanged rows reused, 3 to score (1 new, 2 changed), 2 dropped" in second.stderr
+    assert "15 unchanged rows reused, 3 to score (1 new, 2 changed, 0 errors retried), 2 dropped" in second.stderr
 
     full = tmp_path / "full.parquet"
     assert run_cli("run", str(images), str(full), "--no-progress").returncode == 0
@@ -166,7 +167,7 @@ def test_incremental_with_other_options_rescores(datasets, tmp_path):
     assert run_cli("run", str(images), str(output), "--incremental", "--no-progress").returncode == 0
     again = run_cli("run", str(images), str(output), "--incremental", "--top-k", "3", "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert "scoring everything (the previous output was made with another model or other options)" in again.stderr
+    assert "scoring everything (the previous output was made with another model, other options" in again.stderr
 
 
 def test_incremental_hash_ignores_touch_but_sees_content(datasets, tmp_path):
@@ -179,7 +180,7 @@ def test_incremental_hash_ignores_touch_but_sees_content(datasets, tmp_path):
     shutil.copy(images / "toaster.jpg", images / "broccoli.jpg")  # new content
     again = run_cli("run", str(images), str(output), "--incremental", "--hash", "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert "11 unchanged rows reused, 1 to score (0 new, 1 changed), 0 dropped" in again.stderr
+    assert "11 unchanged rows reused, 1 to score (0 new, 1 changed, 0 errors retried), 0 dropped" in again.stderr
 
 
 def test_lock_refuses_second_run_then_wait_queues(datasets, tmp_path):

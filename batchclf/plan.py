@@ -1,0 +1,221 @@
+"""What a run must score, given the rows it may reuse: last night's output, and parts of killed attempts.
+
+One rule serves resume and nightly runs alike: a row is reused only when it was made by the same
+model, class names, result options and input root (the *reuse key*, checked per file and per part)
+and its file is unchanged: same path, size and modification time, or with ``--hash`` the same
+content. Error rows are scored again unless ``--keep-error-rows``. A row whose file is gone is
+dropped, except under a folder that could not be listed: there the file may well exist, so its row
+is kept and marked ``unverified``.
+
+The listing and every source are sorted by path text, so the comparison is a merge-join that walks
+them in step (``merge.aligned``), one bounded batch at a time, whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .discover import Listing, fs_path
+from .merge import SOURCE_COLUMN, aligned, newest_rows
+from .writer import read_output, read_parts, read_run_metadata
+
+HASH_THREADS = 8
+SIGNATURE_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("bytes", pa.int64()),
+        ("mtime", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("content_hash", pa.string()),
+    ]
+)
+
+Source = Callable[[list[str] | None], Iterable[pa.Table]]  # columns -> path-sorted tables
+
+
+@dataclass
+class RunPlan:
+    to_score: pa.ChunkedArray  # path texts, in output order
+    sources: list[Source] = field(default_factory=list)  # reusable rows, oldest first
+    dropped: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # rows whose file is gone
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder text ending in /, reason)
+    files: int = 0
+    reused: int = 0  # rows reused from last night's output
+    resumed: int = 0  # rows reused from parts of an earlier attempt
+    new: int = 0
+    changed: int = 0
+    retried: int = 0  # unchanged files whose row was an error
+    kept_unverified: int = 0
+    reason: str | None = None  # why last night's output could not be used
+    kept_errors: list[str] = field(default_factory=list)  # the error column of kept rows that are errors
+    source_files: list[Path] = field(default_factory=list)  # the files behind ``sources``
+
+    @property
+    def kept(self) -> int:
+        """Rows the output takes from the sources rather than from this run's scoring."""
+        return self.reused + self.resumed + self.kept_unverified
+
+    def line(self) -> str:
+        if self.reason:
+            return f"incremental: scoring everything ({self.reason})"
+        return (
+            f"incremental: {self.reused} unchanged rows reused, {len(self.to_score)} to score "
+            f"({self.new} new, {self.changed} changed, {self.retried} errors retried), {len(self.dropped)} dropped"
+            + (f", {self.kept_unverified} kept unverified" if self.kept_unverified else "")
+        )
+
+    def record(self) -> dict:
+        return {
+            "reused": self.reused,
+            "resumed": self.resumed,
+            "scored": len(self.to_score),
+            "new": self.new,
+            "changed": self.changed,
+            "errors_retried": self.retried,
+            "dropped": len(self.dropped),
+            "kept_unverified": self.kept_unverified,
+            "reason": self.reason,
+        }
+
+
+def content_hash(path: str) -> str | None:
+    """BLAKE2b-128 of the file's bytes (fast, and in the standard library); None when unreadable."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def previous_output_source(previous: Path, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:
+    """Last night's output as a source of rows, or the reason it cannot be one."""
+    if not previous.exists():
+        return None, f"{previous} does not exist yet"
+    try:
+        metadata = read_run_metadata(previous)
+        names = pq.read_schema(previous).names
+    except (OSError, ValueError, pa.ArrowInvalid) as error:
+        return None, f"cannot read {previous}: {error}"
+    if metadata.get("reuse_key") != reuse_key:
+        return None, "the previous output was made with another model, other options, another folder or batchclf"
+    if use_hash and "content_hash" not in names:
+        return None, "the previous output has no content hashes"
+    return (lambda columns: read_output(previous, columns)), None
+
+
+def parts_source(parts: list[Path]) -> Source:
+    return lambda columns: read_parts(parts, columns)
+
+
+def _with_hashes(batches: Iterator[pa.Table], root: str) -> Iterator[pa.Table]:
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for batch in batches:
+            full = [os.path.join(root, fs_path(p)) for p in batch["path"].to_pylist()]
+            yield batch.append_column("content_hash", pa.array(list(pool.map(content_hash, full)), pa.string()))
+
+
+def under_folders(paths, folders: list[str]):
+    """A mask of the paths inside any of the folders (texts ending in ``/``)."""
+    mask = pc.is_null(paths)  # all false: a path is never null
+    for folder in folders:
+        mask = pc.or_(mask, pc.starts_with(paths, folder))
+    return mask
+
+
+def plan_run(
+    listing: Listing,
+    sources: list[Source],
+    use_hash: bool = False,
+    keep_error_rows: bool = False,
+    first_is_output: bool = False,
+) -> RunPlan:
+    """Walk the listing and the reusable rows in step; decide for each file: reuse its row, or score it.
+
+    ``sources`` are oldest first; ``first_is_output`` says the first is last night's output (its
+    reused rows are counted as ``reused``, those of parts as ``resumed``).
+    """
+    plan = RunPlan(to_score=pa.chunked_array([], pa.string()), sources=list(sources))
+    batches = listing.batches
+    if not sources:  # nothing to reuse: every file is scored, no file needs hashing here
+        to_score = [batch["path"] for batch in batches]
+        plan.to_score = pa.chunked_array([c for chunk in to_score for c in chunk.chunks], pa.string())
+        plan.new, plan.files, plan.unreadable = len(plan.to_score), listing.files, listing.unreadable
+        return plan
+    if use_hash:
+        batches = _with_hashes(batches, str(listing.root))
+    columns = [n for n in SIGNATURE_SCHEMA.names if use_hash or n != "content_hash"]
+    schema = pa.schema([SIGNATURE_SCHEMA.field(n) for n in columns])
+    reusable = newest_rows([source(columns) for source in sources], schema, with_source=True)
+    to_score, dropped = [], []
+    for current, previous in aligned([batches, reusable]):
+        if current is not None and current.num_rows:
+            _compare(current, previous, use_hash, keep_error_rows, first_is_output, plan, to_score)
+        if previous is not None and previous.num_rows:
+            listed = current["path"] if current is not None else pa.array([], pa.string())
+            gone = previous["path"].filter(pc.invert(pc.is_in(previous["path"], value_set=listed)))
+            if len(gone):
+                unverified = under_folders(gone.combine_chunks(), [folder for folder, _ in listing.unreadable])
+                kept = previous.filter(pc.is_in(previous["path"], value_set=gone.filter(unverified)))
+                plan.kept_unverified += kept.num_rows
+                plan.kept_errors += _errors(kept)
+                dropped.append(gone.filter(pc.invert(unverified)).combine_chunks())
+    plan.to_score = pa.chunked_array([c for array in to_score for c in array.chunks], pa.string())
+    plan.dropped = pa.concat_arrays(dropped) if dropped else plan.dropped
+    plan.files, plan.unreadable = listing.files, listing.unreadable
+    return plan
+
+
+def _compare(
+    current: pa.Table,
+    previous: pa.Table | None,
+    use_hash: bool,
+    keep_errors: bool,
+    first_is_output: bool,
+    plan,
+    to_score,
+) -> None:
+    """Count and collect the files of one step whose row cannot be reused."""
+    if previous is None or previous.num_rows == 0:
+        plan.new += current.num_rows
+        to_score.append(current["path"])
+        return
+    index = pc.index_in(current["path"], value_set=previous["path"])
+    found = pc.is_valid(index)
+    before = previous.take(pc.fill_null(index, 0))
+    if use_hash:
+        same = pc.equal(current["content_hash"], before["content_hash"])
+    else:
+        same = pc.and_(pc.equal(current["bytes"], before["bytes"]), pc.equal(current["mtime"], before["mtime"]))
+    same = pc.and_(found, pc.fill_null(same, False))
+    ok = pc.equal(before["status"], "ok")
+    reuse = same if keep_errors else pc.and_(same, pc.fill_null(ok, False))
+
+    def count(mask) -> int:
+        return pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
+
+    plan.new += count(pc.invert(found))
+    plan.changed += count(pc.and_(found, pc.invert(same)))
+    plan.retried += count(pc.and_(same, pc.invert(reuse)))
+    reused = count(reuse)
+    from_output = count(pc.and_(reuse, pc.equal(before[SOURCE_COLUMN], 0))) if first_is_output else 0
+    plan.reused += from_output
+    plan.resumed += reused - from_output
+    plan.kept_errors += _errors(before.filter(reuse))
+    to_score.append(current["path"].filter(pc.invert(reuse)))
+
+
+def _errors(rows: pa.Table) -> list[str]:
+    return rows.filter(pc.equal(rows["status"], "error"))["error"].to_pylist()
