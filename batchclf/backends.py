@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .models.sidecar import InputFormat
+
 BACKENDS = ("auto", "tf", "litert")
 QUANTIZATIONS = ("int8",)
 
@@ -165,6 +167,21 @@ def _converter(model, representative):
     return converter
 
 
+# The code that builds the Keras model and converts it: an edit to any of them makes a new conversion.
+BUILDER_SOURCES = tuple(
+    Path(__file__).parent / name
+    for name in ("models/efficientnet_lite.py", "models/torch_weights.py", "models/registry.py", "backends.py")
+)
+
+
+def builder_digest(sources: Iterable[Path] = ()) -> str:
+    """A hash of the builder and converter source files, read now (a version number misses unreleased edits)."""
+    digest = hashlib.sha256()
+    for source in sources or BUILDER_SOURCES:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def conversion_key(model_id: str, with_features: bool, quantize: str | None = None, calibration: str = "") -> str:
     """A hash of what determines the converted file: model, outputs, quantization and its calibration set."""
     from importlib.metadata import PackageNotFoundError, version
@@ -175,8 +192,7 @@ def conversion_key(model_id: str, with_features: bool, quantize: str | None = No
         tf_version = "unknown"
     from . import __version__
 
-    # batchclf's version too: a change to the model builders must not reuse an old conversion.
-    text = f"{model_id}|features={with_features}|tf={tf_version}|batchclf={__version__}"
+    text = f"{model_id}|features={with_features}|tf={tf_version}|batchclf={__version__}|builder={builder_digest()}"
     if quantize:
         text += f"|quantize={quantize}|calibration={calibration}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -186,12 +202,22 @@ class LiteRTBackend:
     """A LiteRT interpreter with a fixed batch size; short batches are padded.
 
     Quantized models take integer input and may give integer outputs: pixels are quantized and outputs
-    dequantized here with the tensors' own scale and zero point.
+    dequantized here with the tensors' own scale and zero point. A user's ``.tflite`` comes with an
+    ``input_format``: float and int8 inputs get its normalisation, uint8 inputs the raw pixels (the
+    convention of quantized image models, whose input quantization undoes the normalisation).
     """
 
     name = "litert"
 
-    def __init__(self, tflite_path: Path, batch_size: int, threads: int, num_classes: int, with_features: bool):
+    def __init__(
+        self,
+        tflite_path: Path | str,
+        batch_size: int,
+        threads: int,
+        num_classes: int,
+        with_features: bool,
+        input_format: InputFormat | None = None,
+    ):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = tflite_path
@@ -212,9 +238,14 @@ class LiteRTBackend:
         self.feature_size = int(outputs[1]["shape"][-1]) if with_features else None
         self.quantized = np.issubdtype(self.input["dtype"], np.integer)
         self.batch = np.zeros(shape, self.input["dtype"])
+        self.input_format = input_format
         self.lock = threading.Lock()
 
     def _to_input(self, pixels: np.ndarray) -> np.ndarray:
+        if self.input_format is not None:
+            if self.batch.dtype == np.uint8:
+                return pixels
+            pixels = self.input_format.apply(pixels)
         if not self.quantized:
             return pixels
         scale, zero_point = self.input["quantization"]
@@ -242,3 +273,33 @@ def _dequantize(values: np.ndarray, quantization: tuple[float, int]) -> np.ndarr
         return values.astype(np.float32)  # a copy: the interpreter reuses its buffers
     scale, zero_point = quantization
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class OnnxBackend:
+    """An onnxruntime session on the CPU; normalisation and layout come from the model's ``InputFormat``."""
+
+    name = "onnx"
+
+    def __init__(self, onnx_path: Path | str, threads: int, input_format: InputFormat, image_size: int):
+        from .models.onnx import session
+
+        self.session = session(onnx_path, threads)
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.output_name = self.session.get_outputs()[0].name
+        self.raw_pixels = model_input.type == "tensor(uint8)"
+        self.one_at_a_time = model_input.shape[0] == 1  # a fixed batch of one
+        self.input_format = input_format
+        self.image_size = image_size
+        self.with_features = False
+
+    def _to_input(self, pixels: np.ndarray) -> np.ndarray:
+        if self.raw_pixels:
+            return pixels if self.input_format.layout == "NHWC" else np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        return self.input_format.apply(pixels)
+
+    def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, None]:
+        batch = self._to_input(pixels)
+        chunks = [batch[i : i + 1] for i in range(len(batch))] if self.one_at_a_time else [batch]
+        outputs = [self.session.run([self.output_name], {self.input_name: chunk})[0] for chunk in chunks]
+        return to_probabilities(np.concatenate(outputs).reshape(len(pixels), -1)), None

@@ -55,6 +55,11 @@ def _add_run(subparsers) -> None:
         "--labels", type=Path, default=None, help="class names, one a line (default: labels.txt beside a user model)"
     )
     model.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow a SavedModel folder, whose loading runs the code it holds: only for models from people you trust",
+    )
+    model.add_argument(
         "--backend",
         default="auto",
         choices=("auto", "tf", "litert"),
@@ -173,6 +178,7 @@ def _run(args) -> int:
         output=args.output,
         model=args.model,
         labels=args.labels,
+        trust_model=args.trust_model,
         backend=args.backend,
         quantize=args.quantize,
         batch_size=args.batch_size,

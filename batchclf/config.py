@@ -30,6 +30,7 @@ class RunConfig:
     output: Path
     model: str = DEFAULT_MODEL
     labels: Path | None = None
+    trust_model: bool = False  # load formats that can run code on load (a SavedModel)
     backend: str = "auto"
     quantize: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE

@@ -132,6 +132,25 @@ def test_conversion_key_separates_what_changes_the_file():
     )
 
 
+def test_conversion_key_changes_with_the_builder_source(tmp_path, monkeypatch):
+    """An edit to the code that builds or converts the model, unreleased or not, never reuses an old .tflite."""
+    copies = []
+    for source in backends.BUILDER_SOURCES:
+        copy = tmp_path / source.name
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    assert {s.name for s in backends.BUILDER_SOURCES} >= {"efficientnet_lite.py", "torch_weights.py", "backends.py"}
+    monkeypatch.setattr(backends, "BUILDER_SOURCES", tuple(copies))
+    before = backends.conversion_key("m", False)
+    assert before == backends.conversion_key("m", False)
+    for copy in copies:
+        original = copy.read_bytes()
+        copy.write_bytes(original + b"\n# an edit\n")
+        assert backends.conversion_key("m", False) != before, copy.name
+        copy.write_bytes(original)
+    assert backends.conversion_key("m", False) == before
+
+
 def test_int8_model_takes_uint8_and_mostly_agrees_with_fp32(litert_scorer, spec, decoded, datasets, record_property):
     """Calibrated on 16 inputs; the ImageNet-class images keep most of their top-1 predictions."""
     paths, pixels = decoded

@@ -1,7 +1,8 @@
 """Which models exist and how to load them: the one place that knows built-in and user models.
 
 The driver resolves a model name or path into a ``ModelSpec``: small, picklable, cheap, and free of
-TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, once per process.
+TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, once per process;
+``.tflite`` and ``.onnx`` files are run as they are, by LiteRT and onnxruntime.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from ..decode import Preprocessing
 from ..errors import UsageError
+from .introspect import keras_output_size
+from .sidecar import ONNX_DEFAULTS, TFLITE_DEFAULTS, InputFormat, read_sidecar, sidecar_path
 
 DEFAULT_MODEL = "efficientnet-lite0"
 LABELS_FILE = "labels.txt"
@@ -70,11 +73,12 @@ class ModelSpec:
     """Everything a worker needs to build the model, and everything the output records about it."""
 
     id: str  # the ``model`` column: a built-in name, or a user model's name and content hash
-    kind: str  # "builtin", "keras" or "savedmodel"
+    kind: str  # "builtin", "keras", "savedmodel", "tflite" or "onnx"
     source: str  # built-in name, or the model path
     labels: tuple[str, ...] = field(repr=False)
     preprocessing: Preprocessing | None  # None: read the input size from the model in the worker
     feature_layer: str | None = None  # pooled features for embeddings, when the model has them
+    input_format: InputFormat | None = None  # normalisation and layout of a .tflite/.onnx model's input
 
     @property
     def fingerprint(self) -> str:
@@ -123,8 +127,11 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None) -> ModelSpec:
-    """Check that ``model`` can be loaded, without loading it, and describe it as a ``ModelSpec``."""
+def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, trust_model: bool = False) -> ModelSpec:
+    """Check that ``model`` can be loaded and that its labels fit its outputs, and describe it as a ``ModelSpec``.
+
+    Formats whose loading can run code (a SavedModel) are refused unless ``trust_model``.
+    """
     if model in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[model]
         if importlib.util.find_spec(builtin.module) is None:
@@ -137,35 +144,87 @@ def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None) -
     if not path.exists():
         names = ", ".join(BUILTIN_MODELS)
         raise UsageError(f"unknown model {model!r}: give a built-in name ({names}) or a path to a model")
+    if path.is_file() and path.suffix.lower() in (".tflite", ".onnx"):
+        return _resolve_portable_model(path, labels_file)
     metadata = {}
     if path.is_dir() and (path / KERAS_MODEL_FILE).is_file():  # a folder written by `batchclf train`
         metadata = json.loads((path / METADATA_FILE).read_text()) if (path / METADATA_FILE).is_file() else {}
         label_dir, kind, source = path, "keras", path / KERAS_MODEL_FILE
     elif path.is_dir() and (path / "saved_model.pb").is_file():
+        if not trust_model:
+            raise UsageError(
+                f"{model} is a SavedModel, which runs the code it holds when loaded (TensorFlow has no safe mode "
+                "for it); pass --trust-model if you trust whoever made it, or convert it to .keras or .tflite"
+            )
         label_dir, kind, source = path, "savedmodel", path
     elif path.is_file() and path.suffix in (".keras", ".h5"):
         label_dir, kind, source = path.parent, "keras", path
     else:
         raise UsageError(
-            f"{model} is not a model: give a .keras or .h5 file, a SavedModel folder or a trained model folder"
+            f"{model} is not a model: give a .keras, .h5, .tflite or .onnx file, a SavedModel folder "
+            "or a trained model folder"
         )
     labels_path = labels_file or label_dir / LABELS_FILE
     if not labels_path.is_file():
         raise UsageError(
             f"model {model} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE"
         )
+    labels = read_labels(labels_path)
+    _check_label_count(model, keras_output_size(kind, source), labels, labels_path)
     preprocessing = None
     if "image_size" in metadata:
         preprocessing = Preprocessing(int(metadata["image_size"]), float(metadata.get("crop_fraction", 0.875)))
     model_id = f"{path.resolve().name}@{_content_hash(path)}"
-    return ModelSpec(
-        model_id,
-        kind,
-        os.fspath(source.resolve()),
-        read_labels(labels_path),
-        preprocessing,
-        metadata.get("feature_layer"),
-    )
+    return ModelSpec(model_id, kind, os.fspath(source.resolve()), labels, preprocessing, metadata.get("feature_layer"))
+
+
+def _check_label_count(model: str, classes: int, labels: tuple[str, ...], source: object) -> None:
+    if classes != len(labels):
+        raise UsageError(
+            f"model {model} outputs {classes} classes but {source} names {len(labels)}; "
+            f"give one class name a line, {classes} in all, in the model's output order"
+        )
+
+
+def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
+    """A ``.tflite`` or ``.onnx`` file: run by its own engine, preprocessing from its sidecar JSON."""
+    if path.suffix.lower() == ".tflite":
+        from . import tflite
+
+        signature = tflite.describe(path)
+        settings = read_sidecar(path, TFLITE_DEFAULTS)
+        kind, layout, image_size = "tflite", "NHWC", signature.image_size
+        if settings["image_size"] not in (None, image_size):
+            given = settings["image_size"]
+            raise UsageError(f"{sidecar_path(path)} says image_size {given} but {path} takes {image_size}")
+        packed = None if labels_file else tflite.packed_labels(path)
+    else:
+        from . import onnx
+
+        settings = read_sidecar(path, ONNX_DEFAULTS)
+        signature = onnx.describe(path, settings["image_size"])
+        kind, layout = "onnx", signature.layout
+        image_size = signature.image_size or settings["image_size"]
+        packed = None
+    if packed is not None:
+        labels, source = packed, f"the label file packed in {path.name}"
+    else:
+        labels_path = labels_file or path.parent / LABELS_FILE
+        if not labels_path.is_file():
+            raise UsageError(
+                f"model {path} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE"
+            )
+        labels, source = read_labels(labels_path), labels_path
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"{source} repeats class names; class names must be unique")
+    _check_label_count(str(path), signature.classes, labels, source)
+    preprocessing = Preprocessing(image_size, float(settings["crop_fraction"]), settings["interpolation"])
+    input_format = InputFormat(layout, float(settings["scale"]), settings["mean"], settings["std"])
+    sidecar = sidecar_path(path)
+    model_id = f"{path.resolve().name}@{_content_hash(path)}"
+    if sidecar.is_file():  # other preprocessing, other results
+        model_id += f"+{_content_hash(sidecar)[:8]}"
+    return ModelSpec(model_id, kind, os.fspath(path.resolve()), labels, preprocessing, None, input_format)
 
 
 def load_keras_model(spec: ModelSpec):

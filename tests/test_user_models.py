@@ -1,0 +1,264 @@
+"""Models people already have: the built-in network exported to .tflite and .onnx, run as user models.
+
+The exports are real conversions of EfficientNet-Lite0 (the TFLite converter, tf2onnx), made once per
+session; each must agree with the built-in model on the shared images. Mismatched label counts and
+untrusted SavedModels are refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from batchclf import worker
+from batchclf.decode import decode_image
+from batchclf.errors import UsageError
+from batchclf.models import registry
+from batchclf.models.sidecar import IMAGENET_MEAN, IMAGENET_STD, InputFormat
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SHARED_SETS = ("imagenet_objects", "food_toy_appliance", "flowers_small")
+RAW_PIXELS = {"interpolation": "bicubic", "scale": 1, "mean": [0, 0, 0], "std": [1, 1, 1]}
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """The built-in Lite0 as a .tflite with its labels packed in, an NHWC .onnx taking 0-255 pixels, and an
+    NCHW .onnx taking ImageNet-normalised input (the usual torchvision export), each in its own folder."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    folder = tmp_path_factory.mktemp("exports")
+    spec = registry.resolve_model()
+    model = registry.load_keras_model(spec)
+    labels = "\n".join(spec.labels) + "\n"
+
+    tflite = folder / "tflite" / "lite0.tflite"
+    tflite.parent.mkdir()
+    tflite.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    with zipfile.ZipFile(tflite, "a") as archive:  # how the TFLite Task Library packs associated files
+        archive.writestr("labels.txt", labels)
+
+    nhwc = folder / "onnx-nhwc" / "lite0.onnx"
+    nhwc.parent.mkdir()
+    signature = (tf.TensorSpec((None, 224, 224, 3), tf.float32, name="pixels"),)
+    tf2onnx.convert.from_keras(model, input_signature=signature, opset=17, output_path=str(nhwc))
+    (nhwc.parent / "labels.txt").write_text(labels)
+    (nhwc.parent / "lite0.onnx.json").write_text(json.dumps(RAW_PIXELS))
+
+    # NCHW, normalised with ImageNet mean/std: the wrapper undoes both, so the network sees what it always sees.
+    nchw = folder / "onnx-nchw" / "lite0.onnx"
+    nchw.parent.mkdir()
+    inputs = keras.Input((3, 224, 224))
+    channels_last = keras.layers.Permute((2, 3, 1))(inputs)
+    std, mean = np.array(IMAGENET_STD, np.float32), np.array(IMAGENET_MEAN, np.float32)
+    pixels = keras.layers.Rescaling(scale=std * 255, offset=mean * 255)(channels_last)
+    wrapped = keras.Model(inputs, model(pixels))
+    signature = (tf.TensorSpec((None, 3, 224, 224), tf.float32, name="input"),)
+    tf2onnx.convert.from_keras(wrapped, input_signature=signature, opset=17, output_path=str(nchw))
+    (nchw.parent / "labels.txt").write_text(labels)
+    (nchw.parent / "lite0.onnx.json").write_text(json.dumps({"interpolation": "bicubic"}))  # other keys: defaults
+    return {"tflite": tflite, "onnx-nhwc": nhwc, "onnx-nchw": nchw}
+
+
+@pytest.fixture(scope="session")
+def shared_images(datasets):
+    paths = [
+        p for name in SHARED_SETS for p in sorted((datasets / name).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    assert len(paths) > 200
+    return paths
+
+
+@pytest.fixture(scope="session")
+def builtin_top1(shared_images, tmp_path_factory):
+    """The built-in model's top-1 class of every shared image (LiteRT, in a private cache)."""
+    saved = os.environ.get("BATCHCLF_CACHE")
+    os.environ["BATCHCLF_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        return _top1(registry.resolve_model(), shared_images)
+    finally:
+        if saved is None:
+            os.environ.pop("BATCHCLF_CACHE")
+        else:
+            os.environ["BATCHCLF_CACHE"] = saved
+
+
+def _top1(spec: registry.ModelSpec, paths: list[Path]) -> list[str]:
+    scorer = worker.get_scorer(spec, worker.ScoringOptions(backend="litert", threads=2, decode_threads=1))
+    found = []
+    for start in range(0, len(paths), 32):
+        pixels = np.stack([decode_image(str(p), scorer.preprocessing).pixels for p in paths[start : start + 32]])
+        probabilities, _ = scorer.backend.predict(pixels)
+        assert probabilities.shape == (len(pixels), 1000)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+        found.extend(spec.labels[i] for i in probabilities.argmax(axis=1))
+    return found
+
+
+@pytest.mark.parametrize("name", ["tflite", "onnx-nhwc", "onnx-nchw"])
+def test_exported_model_agrees_with_the_builtin(name, exports, shared_images, builtin_top1, record_property):
+    spec = registry.resolve_model(str(exports[name]))
+    assert spec.kind == name.split("-")[0] and spec.preprocessing.image_size == 224
+    assert spec.labels == registry.imagenet_labels()  # packed in the .tflite, labels.txt beside the .onnx
+    found = _top1(spec, shared_images)
+    agreement = float(np.mean([a == b for a, b in zip(found, builtin_top1)]))
+    record_property("top1_agreement", agreement)
+    assert agreement >= 0.99, f"{name}: {agreement:.3f} of {len(shared_images)} images"
+
+
+def test_resolved_preprocessing_comes_from_model_and_sidecar(exports):
+    tflite = registry.resolve_model(str(exports["tflite"]))
+    assert (tflite.preprocessing.interpolation, tflite.input_format) == ("bicubic", InputFormat("NHWC"))
+    nhwc = registry.resolve_model(str(exports["onnx-nhwc"]))
+    assert nhwc.input_format == InputFormat("NHWC", 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    nchw = registry.resolve_model(str(exports["onnx-nchw"]))
+    assert nchw.input_format == InputFormat("NCHW", 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+    assert nchw.preprocessing.crop_fraction == 0.875 and nchw.preprocessing.interpolation == "bicubic"
+    assert nchw.id != nhwc.id
+
+
+def test_onnx_defaults_are_a_torchvision_export(tmp_path, exports):
+    """Without a sidecar: 224 px, crop 0.875, bilinear, ImageNet mean/std on 0-1."""
+    model = tmp_path / "plain.onnx"
+    model.write_bytes(exports["onnx-nchw"].read_bytes())
+    (tmp_path / "labels.txt").write_text("\n".join(registry.imagenet_labels()))
+    spec = registry.resolve_model(str(model))
+    assert spec.preprocessing.crop_fraction == 0.875 and spec.preprocessing.interpolation == "bilinear"
+    assert spec.input_format == InputFormat("NCHW", 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_normalisation_and_layout():
+    pixels = np.array([[[[0, 128, 255]]]], np.uint8)  # one 1x1 image, NHWC
+    tensor = InputFormat("NCHW", 1 / 255, IMAGENET_MEAN, IMAGENET_STD).apply(pixels)
+    assert tensor.shape == (1, 3, 1, 1) and tensor.dtype == np.float32
+    expected = (np.array([0, 128, 255]) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(tensor[0, :, 0, 0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(InputFormat().apply(pixels), pixels.astype(np.float32))
+
+
+def test_packed_labels_win_over_a_labels_file_beside_and_lose_to_labels_option(tmp_path, exports):
+    model = tmp_path / "lite0.tflite"
+    model.write_bytes(exports["tflite"].read_bytes())
+    (tmp_path / "labels.txt").write_text("only one\n")
+    assert registry.resolve_model(str(model)).labels == registry.imagenet_labels()
+    with pytest.raises(UsageError, match="outputs 1000 classes but .*names 1"):
+        registry.resolve_model(str(model), tmp_path / "labels.txt")
+
+
+def test_bad_sidecar_is_refused(tmp_path, exports):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exports["onnx-nhwc"].read_bytes())
+    (tmp_path / "labels.txt").write_text("\n".join(registry.imagenet_labels()))
+    for settings, message in (
+        ({"interpolaton": "bicubic"}, "unknown setting interpolaton"),
+        ({"interpolation": "cubic"}, "interpolation must be one of"),
+        ({"mean": [0.5]}, "mean must be three numbers"),
+        ({"std": [1, 0, 1]}, "std must be positive"),
+        ({"crop_fraction": 1.5}, "crop_fraction"),
+    ):
+        (tmp_path / "m.onnx.json").write_text(json.dumps(settings))
+        with pytest.raises(UsageError, match=message):
+            registry.resolve_model(str(model))
+
+
+def test_tflite_run_needs_no_tensorflow(exports, datasets):
+    """A worker scoring a .tflite user model never imports TensorFlow, nor does the driver resolving it."""
+    code = f"""
+import sys
+from batchclf import worker
+from batchclf.decode import decode_image
+from batchclf.models.registry import resolve_model
+spec = resolve_model({str(exports["tflite"])!r})
+scorer = worker.get_scorer(spec, worker.ScoringOptions(threads=1, decode_threads=1))
+image = decode_image({str(datasets / "imagenet_objects" / "pizza.jpg")!r}, scorer.preprocessing).pixels
+probabilities, _ = scorer.backend.predict(image[None])
+print(spec.labels[int(probabilities.argmax())], "tensorflow" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "pizza False"
+
+
+def test_cli_runs_a_tflite_model_with_packed_labels(exports, datasets, tmp_path, builtin_top1, shared_images):
+    import pyarrow.parquet as pq
+
+    output = tmp_path / "out.parquet"
+    result = run_cli(
+        "run", str(datasets / "imagenet_objects"), str(output), "--model", str(exports["tflite"]), "--workers", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(output).to_pylist()
+    expected = {p.name: label for p, label in zip(shared_images, builtin_top1) if p.parent.name == "imagenet_objects"}
+    assert len(table) == 19 and {row["path"]: row["label"] for row in table} == expected
+    assert table[0]["model"].startswith("lite0.tflite@")
+
+
+def _assert_refused_before_work(result, output: Path, message: str):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("batchclf: error: ") and message in lines[0], result.stderr
+    assert not output.exists() and not output.with_name(output.name + ".parts").exists()
+    assert "dashboard" not in result.stderr.lower()
+
+
+@pytest.mark.parametrize("name", ["tflite", "onnx-nhwc"])
+def test_cli_refuses_a_label_count_that_does_not_match(name, exports, datasets, tmp_path):
+    labels = tmp_path / "two.txt"
+    labels.write_text("cat\ndog\n")
+    output = tmp_path / "out.parquet"
+    args = ("run", str(datasets / "imagenet_objects"), str(output), "--model", str(exports[name]))
+    result = run_cli(*args, "--labels", str(labels))
+    _assert_refused_before_work(result, output, "outputs 1000 classes but")
+
+
+def test_cli_refuses_a_two_class_keras_model_with_one_label(tmp_path, datasets):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "tiny.keras")
+    (tmp_path / "labels.txt").write_text("cat\n")
+    output = tmp_path / "out.parquet"
+    result = run_cli("run", str(datasets / "imagenet_objects"), str(output), "--model", str(tmp_path / "tiny.keras"))
+    _assert_refused_before_work(result, output, "outputs 2 classes but")
+
+
+def test_label_count_of_a_model_whose_config_does_not_say_is_probed(tmp_path):
+    """A last layer the config walk does not know (Reshape) is measured by loading it in a subprocess."""
+    import keras
+
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Reshape((3,))(keras.layers.Dense(3)(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "odd.keras")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(UsageError, match="outputs 3 classes but"):
+        registry.resolve_model(str(tmp_path / "odd.keras"))
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    assert registry.resolve_model(str(tmp_path / "odd.keras")).labels == ("a", "b", "c")
+
+
+def test_savedmodel_needs_trust(tmp_path, datasets):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    folder = tmp_path / "saved"
+    keras.Model(inputs, outputs).export(str(folder), verbose=False)
+    (folder / "labels.txt").write_text("cat\n")
+    output = tmp_path / "out.parquet"
+    result = run_cli("run", str(datasets / "imagenet_objects"), str(output), "--model", str(folder))
+    _assert_refused_before_work(result, output, "--trust-model")
+    with pytest.raises(UsageError, match="outputs 2 classes but"):
+        registry.resolve_model(str(folder), trust_model=True)
+    (folder / "labels.txt").write_text("cat\ndog\n")
+    assert registry.resolve_model(str(folder), trust_model=True).kind == "savedmodel"
