@@ -1,0 +1,225 @@
+"""The trainer against failures and bad input: a save that fails midway, and options refused before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from batchclf import artifact
+from batchclf.artifact import check_model_dir, save_model_dir
+from batchclf.features import ExtractionConfig, _cache_folder, featurizer_id
+
+NOWHERE = "tcp://127.0.0.1:9"  # a scheduler that is never reached: any work started would fail differently
+
+
+def _tiny_model(bias: float):
+    import keras
+
+    inputs = keras.Input((4,))
+    head = keras.layers.Dense(2, activation="softmax", name="predictions")
+    model = keras.Model(inputs, head(inputs))
+    head.set_weights([np.zeros((4, 2), np.float32), np.array([bias, -bias], np.float32)])
+    return model
+
+
+def _save(model_dir: Path, version: int) -> None:
+    save_model_dir(_tiny_model(float(version)), model_dir, ("a", "b"), {"format": "batchclf-model", "version": version})
+
+
+def _load(model_dir: Path) -> tuple[int, float]:
+    import keras
+
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    version = json.loads((model_dir / "metadata.json").read_text())["version"]
+    return version, float(model.get_layer("predictions").get_weights()[1][0])
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-swap", "rename-aside"])
+def test_a_failed_save_keeps_the_old_model_and_leaves_nothing_behind(tmp_path, monkeypatch, exchange):
+    model_dir = tmp_path / "model"
+    _save(model_dir, 1)
+    assert _entries(tmp_path) == ["model"]
+    assert _entries(model_dir) == ["labels.txt", "metadata.json", "model.keras"]
+    if not exchange:
+        monkeypatch.setattr(artifact, "_exchange", lambda first, second: False)
+
+    real_fsync = artifact._fsync
+
+    def fsync(path):
+        if path.name == "metadata.json":  # every file is written; flushing the last one fails
+            raise OSError(28, "No space left on device")
+        real_fsync(path)
+
+    monkeypatch.setattr(artifact, "_fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        _save(model_dir, 2)
+    assert _load(model_dir) == (1, 1.0)
+    assert _entries(tmp_path) == ["model"]  # no hidden staging folder
+    assert _entries(model_dir) == ["labels.txt", "metadata.json", "model.keras"]
+    monkeypatch.undo()
+    if not exchange:
+        monkeypatch.setattr(artifact, "_exchange", lambda first, second: False)
+    check_model_dir(model_dir)  # training into it again is allowed
+    _save(model_dir, 2)
+    assert _load(model_dir) == (2, 2.0)
+    assert _entries(tmp_path) == ["model"]
+
+
+def test_a_failed_final_rename_puts_the_old_model_back(tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    _save(model_dir, 1)
+    monkeypatch.setattr(artifact, "_exchange", lambda first, second: False)
+    real_rename = os.rename
+
+    def rename(source, target):
+        if Path(source).name.startswith(".model.partial-"):
+            raise OSError(5, "Input/output error")
+        real_rename(source, target)
+
+    monkeypatch.setattr(artifact.os, "rename", rename)
+    with pytest.raises(OSError, match="Input/output"):
+        _save(model_dir, 2)
+    assert _load(model_dir) == (1, 1.0)
+    assert _entries(tmp_path) == ["model"]
+
+
+def test_the_swap_replaces_every_file_at_once(tmp_path):
+    """A file only the old model had does not survive into the new one: the folder is replaced, not merged."""
+    model_dir = tmp_path / "model"
+    _save(model_dir, 1)
+    (model_dir / "notes.txt").write_text("old")
+    _save(model_dir, 2)
+    assert _entries(model_dir) == ["labels.txt", "metadata.json", "model.keras"]
+    assert _load(model_dir) == (2, 2.0)
+    assert oct(model_dir.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_killed_save_is_cleaned_up_by_the_next(tmp_path):
+    """Hidden siblings of a save whose process is gone are removed; a live process's are left alone."""
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    abandoned = tmp_path / f".model.partial-{dead}-x1"
+    abandoned.mkdir()
+    (abandoned / "model.keras").write_bytes(b"half")
+    live = tmp_path / f".model.partial-{os.getppid()}-x2"
+    live.mkdir()
+    _save(tmp_path / "model", 1)
+    assert not abandoned.exists() and live.is_dir()
+
+
+def test_the_feature_cache_is_keyed_by_featurizer():
+    lite0, lite2 = (
+        featurizer_id(ExtractionConfig(model=name)) for name in ("efficientnet-lite0", "efficientnet-lite2")
+    )
+    assert lite0.startswith("efficientnet-lite0:avg_pool:224px") and lite2.startswith(
+        "efficientnet-lite2:avg_pool:260px"
+    )
+    assert _cache_folder(lite0) != _cache_folder(lite2)
+
+
+@pytest.fixture()
+def food(datasets) -> Path:
+    return datasets / "food_toy_appliance"
+
+
+def _refused(result, *expected: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("batchclf: error: "), result.stderr
+    for text in expected:
+        assert text in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--fine-tune", "--unfreeze", "-3"], "--unfreeze must be 0 or more, got -3"),
+        (["--fine-tune", "--patience", "-1"], "--patience must be 0 or more, got -1"),
+        (["--fine-tune", "--epochs", "0"], "--epochs must be a positive number, got 0"),
+        (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, got -1"),
+        (["--seed", str(2**32)], f"got {2**32}"),
+        (["--featurizer", "efficientnet-lite9"], "--featurizer 'efficientnet-lite9' is not a built-in model"),
+        (["--featurizer", "efficientnet-lite0,"], "--featurizer takes built-in model names separated by commas"),
+        (["--featurizer", "efficientnet-lite0,efficientnet-lite0"], "names efficientnet-lite0 twice"),
+        (
+            ["--featurizer", "efficientnet-lite0,efficientnet-lite2", "--fine-tune"],
+            "--fine-tune retrains one network",
+        ),
+        (["--test-images", "."], "--test-images gives the folder of the --test TSV's images; it needs --test"),
+    ],
+)
+def test_train_refuses_bad_options_before_any_work(food, tmp_path, options, expected):
+    result = run_cli("train", str(food / "tags.tsv"), str(tmp_path / "model"), "--scheduler", NOWHERE, *options)
+    _refused(result, expected)
+    assert not (tmp_path / "model").exists()
+
+
+def test_train_refuses_zero_workers_even_with_every_feature_cached(food, tmp_path, monkeypatch):
+    """With every feature cached no worker would be started, so the check must not depend on starting one."""
+    from batchclf.dataset import file_digest, read_dataset
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BATCHCLF_CACHE", str(cache))
+    folder = _cache_folder(featurizer_id(ExtractionConfig()))
+    assert str(folder).startswith(str(cache))
+    folder.mkdir(parents=True)
+    for path in read_dataset(food / "tags.tsv").paths:
+        np.save(folder / f"{file_digest(path)}.npy", np.ones(1280, np.float32))
+    result = run_cli("train", str(food / "tags.tsv"), str(tmp_path / "model"), "--workers", "0", "--test-fraction", "0")
+    _refused(result, "--workers must be a positive number, got 0")
+    assert not (tmp_path / "model").exists()
+
+
+def test_train_test_images_names_its_option(food, tmp_path):
+    result = run_cli(
+        "train", str(food / "tags.tsv"), str(tmp_path / "m"), "--test", str(food), "--test-images", str(food)
+    )
+    _refused(result, "--test-images only applies to a TSV file")
+
+
+@pytest.fixture()
+def unwritable_folder(tmp_path) -> Path:
+    if os.geteuid() == 0:  # root writes through permission bits; a read-only mount stops it
+        folder = Path("/proc/sys")
+    else:
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+    assert folder.is_dir() and not os.access(folder, os.W_OK)
+    return folder
+
+
+@pytest.mark.parametrize("target", ["folder", "missing", "unwritable"])
+def test_evaluate_checks_the_json_target_before_any_work(food, tmp_path, unwritable_folder, target):
+    json_path, expected = {
+        "folder": (tmp_path, "is a folder; give the name of a file"),
+        "missing": (tmp_path / "absent" / "report.json", "does not exist"),
+        "unwritable": (unwritable_folder / "report.json", "is not writable"),
+    }[target]
+    result = run_cli(
+        "evaluate", str(food / "test-tags.tsv"), "--json", str(json_path), "--scheduler", NOWHERE, "--no-progress"
+    )
+    _refused(result, f"--json {json_path}", expected)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--workers", "0"), ("--batch-size", "0")])
+def test_evaluate_refuses_non_positive_numbers(food, option, value):
+    result = run_cli("evaluate", str(food / "test-tags.tsv"), option, value)
+    _refused(result, f"{option} must be a positive number, got {value}")
