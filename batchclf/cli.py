@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, BatchclfError
+from .errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_TERMINATED, BatchclfError, Interrupted, UsageError
 
 EXIT_CODES_HELP = """exit codes:
-  0  success (some files may be error rows)
-  1  the job failed (a cluster or worker failure; see the message)
-  2  usage error: bad option, missing input or output folder, unknown model, no images found
-  3  every file failed to decode (the output is still written)
-  4  another run holds the lock on this output
+  0    success (some files may be error rows)
+  1    the job failed (a cluster or worker failure; see the message)
+  2    usage error: bad option, missing input or output folder, unknown model, no images found
+  3    every file failed to decode (the output is still written)
+  4    another run holds the lock on this output
+  5    output written but some folders could not be read; their previous rows were carried over
+  130  interrupted (Ctrl-C, SIGINT); run the same command again to resume
+  143  stopped by SIGTERM (a time limit, kubectl, systemctl stop); run the same command again to resume
 """
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something: not for flags, empty values, or help that gives its own."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or "(default:" in text or action.default in (None, (), [], "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _labels_list(text: str) -> tuple[str, ...]:
@@ -31,7 +46,7 @@ def _labels_list(text: str) -> tuple[str, ...]:
 
 
 def _add_run(subparsers) -> None:
-    from .config import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, DEFAULT_TOP_K
+    from .config import DEFAULT_BATCH_SIZE, DEFAULT_DASHBOARD_ADDRESS, DEFAULT_SHARD_SIZE, DEFAULT_TOP_K
     from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL
 
     run = subparsers.add_parser(
@@ -39,7 +54,7 @@ def _add_run(subparsers) -> None:
         help="classify every image under a folder and write one Parquet file",
         description="Classify every image under INPUT with a pretrained or trained model on a Dask cluster "
         "and write one row per image file to OUTPUT (Parquet).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         epilog=EXIT_CODES_HELP,
     )
     run.add_argument("input", type=Path, help="folder of images (searched recursively) or a text file of paths")
@@ -132,7 +147,12 @@ def _add_run(subparsers) -> None:
         metavar="FILE",
         help="YAML settings for --cluster slurm (see jobs/slurm/jobqueue.yaml)",
     )
-    dask.add_argument("--dashboard-address", default=":8787", help="where the embedded cluster serves its dashboard")
+    dask.add_argument(
+        "--dashboard-address",
+        default=DEFAULT_DASHBOARD_ADDRESS,
+        metavar="HOST:PORT",
+        help="where the embedded cluster serves its dashboard (':8787' for every interface; another port if taken)",
+    )
     dask.add_argument(
         "--shard-size",
         type=int,
@@ -147,6 +167,11 @@ def _add_run(subparsers) -> None:
         action="store_true",
         help="reuse rows of an existing OUTPUT made with the same model and options for unchanged files "
         "(same path, size and mtime); score new and changed files; drop deleted ones",
+    )
+    nightly.add_argument(
+        "--keep-error-rows",
+        action="store_true",
+        help="with --incremental, keep the error rows of unchanged files instead of scoring them again",
     )
     nightly.add_argument(
         "--hash",
@@ -165,13 +190,17 @@ def _add_run(subparsers) -> None:
         metavar="FILE",
         help="write counts, errors by kind, timings and versions as JSON",
     )
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (shown unless given)"
+    )
     run.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
     from .config import RunConfig
     from .job import run
+
+    check_summary_path(args.summary)
 
     config = RunConfig(
         input=args.input,
@@ -199,6 +228,7 @@ def _run(args) -> int:
         dashboard_address=args.dashboard_address,
         retries=args.retries,
         keep_parts=args.keep_parts,
+        keep_error_rows=args.keep_error_rows,
         incremental=args.incremental,
         hash=args.hash,
         wait=args.wait,
@@ -206,6 +236,9 @@ def _run(args) -> int:
     )
     try:
         summary = run(config, log=print)
+    except Interrupted as error:
+        _write_summary(args.summary, None, config, error.exit_code, str(error))
+        raise
     except BatchclfError as error:
         _write_summary(args.summary, getattr(error, "summary", None), config, error.exit_code, str(error))
         raise
@@ -217,6 +250,21 @@ def _run(args) -> int:
     return 0
 
 
+def check_summary_path(path: Path | None) -> None:
+    """Refuse a --summary the run could not write, before any work rather than after all of it."""
+    if path is None:
+        return
+    from .config import can_create_files_in
+
+    if path.is_dir():
+        raise UsageError(f"--summary {path} is a folder; give a file name such as {path}/summary.json")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"--summary folder {folder} does not exist; create it first")
+    if not can_create_files_in(folder):
+        raise UsageError(f"--summary folder {folder} is not writable; choose another path")
+
+
 def _write_summary(path: Path | None, summary, config, exit_code: int, error: str | None = None) -> None:
     if path is None:
         return
@@ -225,9 +273,31 @@ def _write_summary(path: Path | None, summary, config, exit_code: int, error: st
     from .job import RunSummary, summary_record
 
     record = summary_record(summary or RunSummary(), config, exit_code, error)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    if exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        record["status"] = "interrupted"
+    write_file_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a new file of our own in the same folder, then rename it.
+
+    ``mkstemp`` creates the file exclusively (``O_EXCL``) with a random name, so a symlink someone
+    planted at a predictable temporary name cannot redirect the write to another file.
+    """
+    import tempfile
+
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread, so every ``with`` block on the way
+    out closes the cluster, the lock and the parts cleanly. A second signal stops the process at once."""
+
+    def interrupt(number: int, frame) -> None:
+        signal.signal(number, signal.SIG_DFL)
+        raise Interrupted(number)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
@@ -257,13 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    stop_on_signals()
     try:
         return args.handler(args)
+    except Interrupted as error:
+        print(f"batchclf: {error}", file=sys.stderr)
+        return error.exit_code
     except BatchclfError as error:
         print(f"batchclf: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("batchclf: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"batchclf: {Interrupted(signal.SIGINT)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # a failure we did not foresee: one line, and where to look
         print(f"batchclf: error: the job failed: {type(error).__name__}: {error}", file=sys.stderr)

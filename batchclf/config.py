@@ -13,9 +13,10 @@ from .models.registry import DEFAULT_MODEL
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
+DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"  # loopback: the dashboard shows file paths and accepts no login
 
 
-def _can_create_files_in(folder: Path) -> bool:
+def can_create_files_in(folder: Path) -> bool:
     """Try it: permission bits say nothing for root or on read-only mounts."""
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchclf-probe-"):
@@ -48,10 +49,11 @@ class RunConfig:
     scheduler_file: Path | None = None
     cluster: str = "local"
     cluster_config: Path | None = None
-    dashboard_address: str = ":8787"
+    dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS
     retries: int = 2
     keep_parts: bool = False
     incremental: bool = False
+    keep_error_rows: bool = False
     hash: bool = False
     wait: bool = False
     progress: bool = True
@@ -68,19 +70,16 @@ class RunConfig:
         parent = self.output.parent if str(self.output.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output folder {parent} does not exist; create it first")
-        if not _can_create_files_in(parent):
+        if not can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
-        positive = {
-            "--batch-size": self.batch_size,
-            "--shard-size": self.shard_size,
-            "--top-k": self.top_k,
-            "--retries": self.retries + 1,
-        }
+        positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k}
         if self.workers is not None:
             positive["--workers"] = self.workers
         for option, value in positive.items():
             if value < 1:
                 raise UsageError(f"{option} must be a positive number, got {value}")
+        if self.retries < 0:
+            raise UsageError(f"--retries must be 0 or more, got {self.retries}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.allow and self.deny:

@@ -3,22 +3,39 @@
 Worker sizing: one worker process per core while memory allows (TensorFlow wants processes, not
 threads, and two single-threaded LiteRT interpreters beat one with two threads), each with one Dask
 thread; inference and decoding thread pools are set from the worker's share of its host's cores.
-On a GPU machine: one worker per visible GPU, each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``.
+On a GPU machine whose run infers with TensorFlow: one worker per visible GPU, each pinned to its GPU
+with ``CUDA_VISIBLE_DEVICES``, the cores it shares decoding for it.
+
+The embedded cluster listens on loopback only and speaks TLS with throw-away certificates, so no other
+user of the machine can submit tasks to it. Its workers are child processes in a session of their own,
+started as ``python -m distributed.cli.dask_spec``: a Ctrl-C at the terminal reaches only the driver,
+and they never import the caller's ``__main__`` (``batchclf.classify()`` works from a plain script).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from .errors import UsageError
+from distributed.deploy.spec import ProcessInterface
+
+from .config import DEFAULT_DASHBOARD_ADDRESS
+from .errors import BatchclfError, UsageError
 
 WORKER_MEMORY_BYTES = 1_500_000_000  # a TensorFlow worker with one model peaks near 1.2 GB
+LOOPBACK = "127.0.0.1"
+WORKER_START_TIMEOUT = 120  # seconds for the first worker of the embedded cluster to join
+NANNY_STOP_TIMEOUT = 5  # seconds a nanny has to stop its worker cleanly before it is killed
 
 
 @dataclass(frozen=True)
@@ -30,10 +47,11 @@ class WorkerPlan:
 
 
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """Cores this process may use: the CPU affinity and the cgroup CPU quota (a pod limited to 2 CPUs
+    on a 64-core node gets 2), as Dask counts them for ``dask.system.CPU_COUNT``, read now."""
+    from dask.system import cpu_count
+
+    return cpu_count()
 
 
 def visible_gpus(environ: dict | None = None, proc_folder: str = "/proc/driver/nvidia/gpus") -> tuple[str, ...]:
@@ -56,9 +74,40 @@ def visible_gpus(environ: dict | None = None, proc_folder: str = "/proc/driver/n
         return ()
 
 
-def plan_workers(cores: int, memory_bytes: int, gpus: tuple[str, ...] = (), workers: int | None = None) -> WorkerPlan:
-    """How many worker processes, and how many threads each, for one machine."""
-    if gpus:  # the GPU does the inference; the worker's cores decode for it
+def infers_on_gpu(backend: str, quantize: str | None, gpus: tuple[str, ...]) -> bool:
+    """Whether ``backend``/``quantize`` put inference on the visible GPUs: only unquantized TensorFlow
+    (``auto`` picks it when a GPU is visible); LiteRT and int8 models run on the CPU."""
+    return bool(gpus) and backend in ("auto", "tf") and not quantize
+
+
+def tensorflow_gpu_count() -> int:
+    """GPUs TensorFlow can use, asked in a child process so the driver never imports TensorFlow.
+
+    A CPU-only TensorFlow build (no ``batchclf[gpu]``) sees none although the driver lists the GPUs.
+    """
+    command = [sys.executable, "-c", "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"]
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        )
+        return int(result.stdout.split()[-1]) if result.returncode == 0 else 0
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return 0
+
+
+def plan_workers(
+    cores: int,
+    memory_bytes: int,
+    gpus: tuple[str, ...] = (),
+    workers: int | None = None,
+    backend: str = "auto",
+    quantize: str | None = None,
+) -> WorkerPlan:
+    """How many worker processes, and how many threads each, for one machine and the backend that will run.
+
+    ``gpus`` are the devices TensorFlow can use; they shape the plan only when inference runs on them.
+    """
+    if infers_on_gpu(backend, quantize, gpus):  # the GPU does the inference; the cores per GPU decode for it
         count = workers or len(gpus)
         share = max(1, cores // count)
         assigned = tuple(gpus[i % len(gpus)] for i in range(count))  # more workers than GPUs: they share
@@ -67,6 +116,14 @@ def plan_workers(cores: int, memory_bytes: int, gpus: tuple[str, ...] = (), work
     count = workers or max(1, min(cores, by_memory))
     share = max(1, cores // count)
     return WorkerPlan(count, inference_threads=share, decode_threads=max(1, share))
+
+
+def machine_plan(workers: int | None = None, backend: str = "auto", quantize: str | None = None) -> WorkerPlan:
+    """The plan for this machine: its cores and memory, and its GPUs if the run's inference uses them."""
+    gpus = visible_gpus()
+    if infers_on_gpu(backend, quantize, gpus) and not tensorflow_gpu_count():
+        gpus = ()  # TensorFlow cannot use them: it runs on the CPU, and so does the plan
+    return plan_workers(available_cores(), total_memory(), gpus, workers, backend, quantize)
 
 
 def threads_for_worker(cores: int, workers_on_host: int) -> tuple[int, int]:
@@ -86,13 +143,15 @@ def connect(
     scheduler: str | None = None,
     scheduler_file: str | None = None,
     workers: int | None = None,
-    dashboard_address: str = ":8787",
+    dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS,
     cluster_config: str | os.PathLike | None = None,
     worker_timeout: float = 3600,
+    backend: str = "auto",
+    quantize: str | None = None,
 ) -> Iterator[tuple[object, WorkerPlan | None]]:
     """A Dask client: on SLURM jobs (``cluster_config``), attached to ``scheduler``/``scheduler_file``,
-    or on a new LocalCluster."""
-    from distributed import Client, LocalCluster
+    or on a new embedded cluster planned for ``backend``/``quantize``."""
+    from distributed import Client
 
     if cluster_config is not None:  # --cluster slurm: dask-jobqueue submits the workers as SLURM jobs
         with slurm_cluster(cluster_config) as cluster, Client(cluster) as client:
@@ -108,22 +167,15 @@ def connect(
         with client:
             yield client, None
         return
-    plan = plan_workers(available_cores(), total_memory(), visible_gpus(), workers)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with contextlib.ExitStack() as stack:
-        if plan.gpus:
-            cluster = stack.enter_context(_gpu_cluster(plan, dashboard_address))
-        else:
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=plan.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=dashboard_address,
-                    silence_logs=logging.ERROR,
-                )
-            )
-        client = stack.enter_context(Client(cluster))
+    plan = machine_plan(workers, backend, quantize)
+    with embedded_cluster(plan, dashboard_address) as cluster, Client(cluster) as client:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT)
+        except TimeoutError:
+            raise BatchclfError(
+                f"no worker of the embedded cluster started within {WORKER_START_TIMEOUT} s; "
+                "see the messages above, or run with --workers 1"
+            ) from None
         yield client, plan
 
 
@@ -135,16 +187,109 @@ def gpu_worker_env(plan: WorkerPlan) -> dict[str, dict[str, str]]:
     }
 
 
-@contextlib.contextmanager
-def _gpu_cluster(plan: WorkerPlan, dashboard_address: str):
-    """A scheduler and one nanny per GPU, each worker seeing only its own device."""
-    from distributed import Nanny, Scheduler, SpecCluster
+def security_environment(security) -> dict[str, str]:
+    """Dask config, as environment variables, that makes a child process use ``security``'s certificates.
 
-    env_by_worker = gpu_worker_env(plan)
-    workers = {name: {"cls": Nanny, "options": {"nthreads": 1, "env": env}} for name, env in env_by_worker.items()}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
-    with SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR) as cluster:
+    The environment of a process is readable only by its user, unlike its command line.
+    """
+    prefix = "DASK_DISTRIBUTED__COMM__"
+    env = {f"{prefix}REQUIRE_ENCRYPTION": "True", f"{prefix}TLS__CA_FILE": security.tls_ca_file}
+    for role in ("client", "scheduler", "worker"):
+        env[f"{prefix}TLS__{role.upper()}__CERT"] = getattr(security, f"tls_{role}_cert")
+        env[f"{prefix}TLS__{role.upper()}__KEY"] = getattr(security, f"tls_{role}_key")
+    return env
+
+
+def dask_setup(worker) -> None:
+    """Worker preload: ignore SIGINT, so a Ctrl-C sent to every process (systemd's KillSignal, a
+    terminal) stops the run through the driver alone, without a traceback from each worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def embedded_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS):
+    """A scheduler in this process and ``plan.workers`` nanny processes, on loopback, over TLS.
+
+    On a GPU plan each worker sees only its own device.
+    """
+    from distributed import Scheduler, SpecCluster
+    from distributed.security import Security
+
+    security = Security.temporary()
+    base_env = {
+        **os.environ,
+        **security_environment(security),
+        "DASK_LOGGING__DISTRIBUTED": "error",
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+    names_and_env = gpu_worker_env(plan) if plan.gpus else {f"cpu{i}": {} for i in range(plan.workers)}
+    nanny = {
+        "nthreads": 1,
+        "host": LOOPBACK,
+        "dashboard_address": f"{LOOPBACK}:0",
+        "memory_limit": max(WORKER_MEMORY_BYTES, total_memory() // max(1, plan.workers)),
+        "silence_logs": logging.ERROR,
+        "death_timeout": 60,
+        "preload": [__name__],
+    }
+    workers = {
+        name: {"cls": NannyProcess, "options": {"options": nanny, "env": {**base_env, **env}}}
+        for name, env in names_and_env.items()
+    }
+    scheduler_options = {
+        "host": LOOPBACK,
+        "port": 0,
+        "protocol": "tls",
+        "security": security,
+        "dashboard": True,
+        "dashboard_address": dashboard_address,
+    }
+    with SpecCluster(
+        workers=workers,
+        scheduler={"cls": Scheduler, "options": scheduler_options},
+        security=security,
+        silence_logs=logging.CRITICAL,  # failures reach the run through its futures; log lines are noise
+    ) as cluster:
         yield cluster
+
+
+class NannyProcess(ProcessInterface):
+    """A Dask nanny, and the worker it starts, as a child process in a session of its own."""
+
+    def __init__(self, scheduler: str, name: str, options: dict, env: dict[str, str]) -> None:
+        super().__init__(scheduler=scheduler, name=name)
+        self.scheduler, self.name, self.options, self.env = scheduler, name, options, env
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        spec = {"cls": "distributed.Nanny", "opts": {**self.options, "name": self.name}}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_spec",
+            self.scheduler,
+            "--spec",
+            json.dumps(spec),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        await super().start()
+
+    async def close(self) -> None:
+        """Ask the nanny to stop its worker (it tells the scheduler, so nothing logs a broken connection);
+        kill its process group if it has not stopped within ``NANNY_STOP_TIMEOUT``."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), NANNY_STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # its session: the nanny and the worker it spawned
+            await self.process.wait()
+        await super().close()
 
 
 def worker_hosts(client) -> dict[str, tuple[int, int]]:

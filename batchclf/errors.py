@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ALL_FAILED = 3
 EXIT_LOCKED = 4
-EXIT_INTERRUPTED = 130
+EXIT_INCOMPLETE = 5  # output written, but some folders could not be read: their previous rows were carried over
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: SLURM's time limit, Kubernetes, systemd
 
 
 class BatchclfError(Exception):
@@ -28,3 +32,27 @@ class AllFilesFailedError(BatchclfError):
 
 class LockedError(BatchclfError):
     exit_code = EXIT_LOCKED
+
+
+class FoldersUnreadableError(BatchclfError):
+    """The output is written, but some folders could not be listed; their previous rows were kept."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT or SIGTERM) stopped the run.
+
+    Raised in the main thread so every ``with`` block on the way out closes the cluster and the lock.
+    Like Ctrl-C's ``KeyboardInterrupt`` it is no ``Exception``: the handlers that turn a failed shard
+    into error rows must not catch it.
+    """
+
+    def __init__(self, signal_number: int = signal.SIGINT) -> None:
+        self.signal_number = signal_number
+        name = signal.Signals(signal_number).name
+        super().__init__(f"interrupted by {name}; the finished shards are kept: run the same command again to resume")
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signal_number

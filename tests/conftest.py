@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,12 +14,24 @@ from PIL import Image
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The session's own model cache, set at import so that every CLI subprocess and Dask worker inherits it:
+# a test never passes against a converted model left in the user's ~/.cache/batchclf by older code.
+TEST_CACHE = tempfile.mkdtemp(prefix="batchclf-test-cache-")
+os.environ["BATCHCLF_CACHE"] = TEST_CACHE
+atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
+
+
+def require_datasets(folder: Path = DATASETS) -> Path:
+    """The shared test images. Missing, they fail the tests that need them: a suite that skipped most
+    of itself would look like a pass."""
+    if not folder.is_dir():
+        pytest.fail(f"test images not found at {folder}; the suite needs ../shared/datasets beside the repository")
+    return folder
+
 
 @pytest.fixture(scope="session")
 def datasets() -> Path:
-    if not DATASETS.is_dir():
-        pytest.skip(f"test images not found at {DATASETS}")
-    return DATASETS
+    return require_datasets()
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +39,9 @@ def local_cluster():
     """A two-worker cluster shared by a module's tests that attach with --scheduler."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    ) as cluster:
         with Client(cluster) as client:
             yield cluster, client
 

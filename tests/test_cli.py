@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import run_cli, save_image
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from batchclf.cli import build_parser
+import pytest
+from conftest import DATASETS, TEST_CACHE, require_datasets, run_cli, save_image
+
+from batchclf import backends
+from batchclf.cli import EXIT_CODES_HELP, build_parser
+from batchclf.errors import EXIT_INCOMPLETE
 
 
 @pytest.fixture
@@ -27,9 +35,12 @@ def _assert_usage_error(result, *fragments):
     "extra, fragments",
     [
         (["--model", "no-such-model"], ["unknown model", "efficientnet-lite0"]),
-        (["--batch-size", "0"], ["--batch-size must be a positive number"]),
-        (["--top-k", "-1"], ["--top-k"]),
-        (["--threshold", "1.5"], ["--threshold must be between 0 and 1"]),
+        (["--batch-size", "0"], ["--batch-size must be a positive number, got 0"]),
+        (["--top-k", "-1"], ["--top-k must be a positive number, got -1"]),
+        (["--shard-size", "-5"], ["--shard-size must be a positive number, got -5"]),
+        (["--workers", "0"], ["--workers must be a positive number, got 0"]),
+        (["--retries", "-1"], ["--retries must be 0 or more, got -1"]),
+        (["--threshold", "1.5"], ["--threshold must be between 0 and 1, got 1.5"]),
         (["--allow", "pizza", "--deny", "toaster"], ["cannot be combined"]),
         (["--allow", "pizza,flying saucer"], ["unknown label", "flying saucer"]),
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--workers"]),
@@ -70,6 +81,12 @@ def test_argparse_errors_exit_2(tmp_path):
     assert result.returncode == 2 and "invalid int value" in result.stderr
 
 
+def test_zero_retries_is_allowed():
+    from batchclf.config import RunConfig
+
+    RunConfig(input=Path("."), output=Path("o.parquet"), retries=0).validate()
+
+
 def test_help_explains_every_option_with_default():
     parser = build_parser()
     run = parser._subparsers._group_actions[0].choices["run"]
@@ -85,3 +102,94 @@ def test_help_explains_every_option_with_default():
     top = run_cli("--help")
     assert top.returncode == 0 and "run" in top.stdout and "exit codes" in top.stdout
     assert run_cli("run", "--help").stdout.count("(default:") >= 10
+
+
+def test_help_shows_each_default_once_and_only_where_it_says_something():
+    text = run_cli("run", "--help").stdout
+    flat = " ".join(text.split())
+    for noise in ("(default: None)", "(default: ())", "(default: [])", "(default: True)", "(default: False)"):
+        assert noise not in flat
+    for option in ("--labels", "--workers", "--dashboard-address", "--batch-size"):
+        entry = flat.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert entry.count("(default:") == 1, (option, entry)
+    assert "(default: 127.0.0.1:8787)" in flat
+    assert "--no-progress no progress bar (shown unless given)" in flat
+
+
+def test_exit_codes_are_all_in_the_help():
+    lines = {line.split()[0]: line for line in EXIT_CODES_HELP.splitlines()[1:]}
+    assert set(lines) == {"0", "1", "2", "3", "4", "5", "130", "143"}
+    assert EXIT_INCOMPLETE == 5 and "carried over" in lines["5"]
+    assert "resume" in lines["130"] and "SIGTERM" in lines["143"]
+
+
+# --summary: checked before any work, written through a file of our own.
+
+
+@pytest.mark.parametrize(
+    "summary, fragment",
+    [
+        ("missing/summary.json", "--summary folder"),
+        (".", "is a folder"),
+        ("/proc/summary.json", "not writable"),
+    ],
+)
+def test_summary_path_is_checked_before_any_work(images, tmp_path, summary, fragment):
+    target = summary if summary.startswith("/") else str(tmp_path / summary)
+    result = run_cli("run", str(images), str(tmp_path / "out.parquet"), "--summary", target, "--no-progress")
+    _assert_usage_error(result, fragment)
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.parts").exists()
+
+
+def test_summary_is_not_written_through_a_planted_symlink(images, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    summary = tmp_path / "summary.json"
+    for planted in (".summary.json.partial", ".summary.json.tmp"):
+        (tmp_path / planted).symlink_to(victim)
+    # An unknown model fails before any work, and a failed run still writes its summary.
+    result = run_cli("run", str(images), str(tmp_path / "o.parquet"), "--model", "nope", "--summary", str(summary))
+    assert result.returncode == 2, result.stderr
+    assert victim.read_text() == "precious\n"
+    assert not summary.is_symlink() and json.loads(summary.read_text())["status"] == "failed"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".summary.json.") and not p.is_symlink()]
+
+
+# The test session itself.
+
+
+def test_the_session_uses_its_own_model_cache():
+    assert os.environ["BATCHCLF_CACHE"] == TEST_CACHE
+    assert backends.cache_dir() == Path(TEST_CACHE)
+    assert not Path(TEST_CACHE).resolve().is_relative_to(Path("~/.cache").expanduser().resolve())
+
+
+def test_missing_test_images_fail_rather_than_skip(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="test images not found"):
+        require_datasets(tmp_path / "no-datasets")
+    assert require_datasets(DATASETS) == DATASETS
+
+
+# The Python API from a plain script: no __main__ guard, or read from stdin.
+
+PLAIN_SCRIPT = """
+import batchclf
+table = batchclf.classify({images!r}, top_k=3, workers=1, dashboard_address="127.0.0.1:0")
+print(table.num_rows, table.column("status").to_pylist().count("ok"), table.column("label")[0])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_classify_from_a_plain_script(datasets, tmp_path, how):
+    code = PLAIN_SCRIPT.format(images=str(datasets / "food_toy_appliance"))
+    if how == "script":
+        (tmp_path / "plain.py").write_text(code)
+        command, stdin = [sys.executable, str(tmp_path / "plain.py")], None
+    else:
+        command, stdin = [sys.executable, "-"], code
+    result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "bootstrapping" not in result.stderr, result.stderr
+    count = len([p for p in (datasets / "food_toy_appliance").iterdir() if p.suffix in (".jpg", ".png")])
+    assert result.stdout.split()[:2] == [str(count), str(count)], result.stdout

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from batchclf import backends
+from batchclf import backends, distribute
 from batchclf.distribute import (
     WORKER_MEMORY_BYTES,
     WorkerPlan,
+    available_cores,
     gpu_worker_env,
+    machine_plan,
     plan_workers,
+    tensorflow_gpu_count,
     threads_for_worker,
     visible_gpus,
 )
@@ -133,14 +139,211 @@ def test_balanced_shards_split_evenly_between_two_workers():
     assert sum(sizes[0::2]) / sum(sizes[1::2]) == pytest.approx(1.0, abs=0.1)
 
 
-@pytest.mark.slow
-def test_gpu_cluster_pins_each_worker_to_its_device(monkeypatch):
-    """The real SpecCluster, with made-up device ids: each worker process sees only its own."""
+# The cores a process may use: affinity and cgroup CPU quota.
+
+
+def test_cores_follow_a_cgroup_cpu_quota(monkeypatch):
+    import dask.system
+
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(dask.system, "_try_extract_cgroup_cpu_quota", lambda: (None, None))
+    assert available_cores() == affinity
+    monkeypatch.setattr(
+        dask.system, "_try_extract_cgroup_cpu_quota", lambda: (100_000, 100_000)
+    )  # cpu.max "100000 100000"
+    assert available_cores() == 1
+    monkeypatch.setattr(dask.system, "_try_extract_cgroup_cpu_quota", lambda: (150_000, 100_000))  # 1.5 CPUs
+    assert available_cores() == min(affinity, 2)
+
+
+def test_a_quota_sizes_the_plan_of_a_big_node(monkeypatch):
+    """A pod limited to 2 CPUs on a 64-core node: two single-threaded workers, not 64."""
+    import dask.system
+
+    monkeypatch.setattr(dask.system, "_try_extract_cgroup_cpu_quota", lambda: (200_000, 100_000))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(dask.system.psutil.Process, "cpu_affinity", lambda self: list(range(64)))
+    monkeypatch.setattr(distribute, "visible_gpus", lambda: ())
+    monkeypatch.setattr(distribute, "total_memory", lambda: 256 * GIB)
+    assert machine_plan() == WorkerPlan(2, inference_threads=1, decode_threads=1)
+
+
+# The plan follows the backend that will run.
+
+
+def _gpu_node(monkeypatch, tensorflow_gpus: int) -> None:
+    monkeypatch.setattr(distribute, "available_cores", lambda: 16)
+    monkeypatch.setattr(distribute, "total_memory", lambda: 64 * GIB)
+    monkeypatch.setattr(distribute, "visible_gpus", lambda: ("0", "1"))
+    monkeypatch.setattr(distribute, "tensorflow_gpu_count", lambda: tensorflow_gpus)
+
+
+def test_a_gpu_node_gets_the_gpu_plan_only_for_tensorflow_on_the_gpu(monkeypatch):
+    _gpu_node(monkeypatch, tensorflow_gpus=2)
+    gpu_plan = WorkerPlan(2, inference_threads=1, decode_threads=8, gpus=("0", "1"))
+    cpu_plan = WorkerPlan(16, inference_threads=1, decode_threads=1)
+    assert machine_plan(backend="auto") == gpu_plan
+    assert machine_plan(backend="tf") == gpu_plan
+    assert machine_plan(backend="litert") == cpu_plan
+    assert machine_plan(backend="auto", quantize="int8") == cpu_plan
+
+
+def test_a_gpu_tensorflow_cannot_use_gets_the_cpu_plan(monkeypatch):
+    _gpu_node(monkeypatch, tensorflow_gpus=0)  # a CPU-only TensorFlow build
+    assert machine_plan(backend="auto") == WorkerPlan(16, inference_threads=1, decode_threads=1)
+    assert machine_plan(backend="tf").gpus == ()
+
+
+def test_tensorflow_is_asked_only_when_inference_could_use_a_gpu(monkeypatch):
+    _gpu_node(monkeypatch, tensorflow_gpus=2)
+    monkeypatch.setattr(distribute, "tensorflow_gpu_count", lambda: pytest.fail("LiteRT runs on the CPU"))
+    assert machine_plan(backend="litert").gpus == ()
+    monkeypatch.setattr(distribute, "visible_gpus", lambda: ())
+    assert machine_plan(backend="auto").gpus == ()
+
+
+def test_plan_workers_takes_the_backend():
+    gpus = ("0", "1", "2", "3")
+    assert plan_workers(16, 64 * GIB, gpus, backend="litert") == plan_workers(16, 64 * GIB)
+    assert plan_workers(16, 64 * GIB, gpus, quantize="int8") == plan_workers(16, 64 * GIB)
+    assert plan_workers(16, 64 * GIB, gpus, backend="tf").gpus == gpus
+
+
+def test_on_a_gpu_the_cores_per_gpu_decode():
+    """Inference is the GPU's; each worker's decode pool gets its GPU's share of the cores."""
+    assert plan_workers(32, 256 * GIB, ("0", "1", "2", "3")).decode_threads == 8
+    assert plan_workers(6, 64 * GIB, ("0", "1")).decode_threads == 3
+    assert plan_workers(2, 64 * GIB, ("0",)).decode_threads == 2
+
+
+def test_tensorflow_gpu_count_runs_in_a_child_process(monkeypatch):
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="2\n", stderr="")
+
+    monkeypatch.setattr(distribute.subprocess, "run", fake_run)
+    assert tensorflow_gpu_count() == 2
+    assert calls[0][0] == sys.executable and "list_physical_devices('GPU')" in calls[0][-1]
+    monkeypatch.setattr(distribute.subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 1, "", "boom"))
+    assert tensorflow_gpu_count() == 0
+
+
+# The embedded cluster: loopback, TLS, workers outside the driver's process group, pinned to their GPU.
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """The real embedded cluster, with made-up GPU ids so its pinning shows too (TensorFlow is not imported)."""
     from distributed import Client
 
-    from batchclf.distribute import _gpu_cluster
+    from batchclf.distribute import embedded_cluster
 
     plan = WorkerPlan(2, inference_threads=1, decode_threads=2, gpus=("5", "7"))
-    with _gpu_cluster(plan, ":0") as cluster, Client(cluster) as client:
-        seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")))
-    assert sorted(seen.values()) == [("5", "true"), ("7", "true")]
+    with embedded_cluster(plan, "127.0.0.1:0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        yield cluster, client
+
+
+@pytest.mark.slow
+def test_embedded_workers_are_pinned_to_their_gpu_and_outside_the_drivers_session(embedded):
+    def worker_view():  # local, so it is shipped by value: workers do not import the tests
+        return {
+            "gpu": (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")),
+            "cache": os.environ.get("BATCHCLF_CACHE"),
+            "session": os.getsid(0),
+            "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+        }
+
+    _, client = embedded
+    seen = list(client.run(worker_view).values())
+    assert sorted(view["gpu"] for view in seen) == [("5", "true"), ("7", "true")]
+    assert all(view["cache"] == os.environ["BATCHCLF_CACHE"] for view in seen)  # the test session's cache
+    assert all(view["session"] != os.getsid(0) for view in seen)  # a terminal's Ctrl-C reaches the driver only
+    assert all(view["sigint_ignored"] for view in seen)  # and a SIGINT sent to every process is ignored
+
+
+@pytest.mark.slow
+def test_embedded_cluster_listens_on_loopback_only(embedded):
+    import psutil
+
+    cluster, client = embedded
+    assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+    assert client.dashboard_link.startswith("http://127.0.0.1:")
+    assert all(address.startswith("tls://127.0.0.1:") for address in client.scheduler_info()["workers"])
+    me = psutil.Process()
+    listening = [
+        connection.laddr.ip
+        for process in [me, *me.children(recursive=True)]
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    assert listening and set(listening) == {"127.0.0.1"}
+
+
+@pytest.mark.slow
+def test_embedded_cluster_refuses_clients_without_its_certificate(embedded):
+    from distributed import Client
+    from distributed.security import Security
+
+    cluster, _ = embedded
+    port = cluster.scheduler_address.rsplit(":", 1)[1]
+    with pytest.raises((OSError, TimeoutError)):
+        Client(f"tcp://127.0.0.1:{port}", timeout="5s")  # plain TCP: refused
+    with pytest.raises((OSError, TimeoutError)):
+        Client(cluster.scheduler_address, security=Security.temporary(), timeout="5s")  # TLS, not our CA
+
+
+@pytest.mark.slow
+def test_embedded_cluster_stops_its_worker_processes():
+    import psutil
+    from distributed import Client
+
+    from batchclf.distribute import embedded_cluster
+
+    with embedded_cluster(WorkerPlan(1, 1, 1), "127.0.0.1:0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+        pids = [client.run(os.getpid)[address] for address in client.scheduler_info()["workers"]]
+        nannies = [worker.process.pid for worker in cluster.workers.values()]
+    assert not [pid for pid in pids + nannies if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def test_worker_preload_ignores_sigint():
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        distribute.dask_setup(worker=None)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# A GPU node: TensorFlow on the GPU agrees with LiteRT.
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not visible_gpus(), reason="no GPU visible (CUDA_VISIBLE_DEVICES, /proc/driver/nvidia/gpus)")
+def test_tensorflow_on_the_gpu_agrees_with_litert(datasets, tmp_path):
+    import pyarrow.parquet as pq
+    from conftest import run_cli
+    from distributed import Client  # noqa: F401  (the workers need it too)
+
+    from batchclf.distribute import connect
+
+    if not tensorflow_gpu_count():
+        pytest.skip("TensorFlow cannot use the visible GPU: pip install 'batchclf[gpu]'")
+    gpus = visible_gpus()
+    with connect(backend="tf") as (client, plan):
+        assert plan.workers == len(gpus) and plan.gpus == gpus  # one worker per GPU
+        seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["TF_FORCE_GPU_ALLOW_GROWTH"]))
+    assert sorted(seen.values()) == sorted((gpu, "true") for gpu in gpus)  # pinned, memory growth on
+    labels = {}
+    for backend in ("tf", "litert"):
+        output = tmp_path / f"{backend}.parquet"
+        result = run_cli("run", str(datasets), str(output), "--backend", backend, "--no-progress")
+        assert result.returncode == 0, result.stderr
+        table = pq.read_table(output, columns=["path", "label"])
+        labels[backend] = dict(zip(table.column("path").to_pylist(), table.column("label").to_pylist()))
+    assert labels["tf"].keys() == labels["litert"].keys() and len(labels["tf"]) >= 200
+    agree = sum(labels["tf"][path] == labels["litert"][path] for path in labels["tf"])
+    assert agree / len(labels["tf"]) >= 0.999, f"{agree} of {len(labels['tf'])} top-1 classes agree"
