@@ -1,0 +1,114 @@
+"""SIGTERM and Ctrl-C mid-run: one line on stderr, the parts kept for resume, the summary says interrupted,
+exit 143 / 130, and the same command again finishes with the rows of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 256  # 16 shards of 16: the run is still going when the first part appears
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, datasets) -> Path:
+    """A few hundred images, hard-linked from the shared set where the file system allows it."""
+    root = tmp_path_factory.mktemp("signals") / "images"
+    sources = sorted((datasets / "flowers_small").rglob("*.jpg"))
+    for index in range(IMAGES):
+        target = root / f"{index // 64:02d}" / f"{index:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(sources[index % len(sources)], target)
+        except OSError:
+            shutil.copy(sources[index % len(sources)], target)
+    return root
+
+
+def _arguments(images: Path, output: Path, summary: Path) -> list[str]:
+    return [
+        "run",
+        str(images),
+        str(output),
+        "--shard-size",
+        "16",
+        "--no-progress",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--summary",
+        str(summary),
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(images, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reference")
+    result = run_cli(*_arguments(images, folder / "out.parquet", folder / "summary.json"))
+    assert result.returncode == 0, result.stderr
+    return pq.read_table(folder / "out.parquet")
+
+
+def _interrupt(images: Path, output: Path, summary: Path, send) -> subprocess.CompletedProcess:
+    """Start the CLI in a process group of its own, wait for its first finished part, then ``send``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchclf", *_arguments(images, output, summary)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    parts = output.with_name(output.name + ".parts")
+    deadline = time.monotonic() + 300
+    while not list(parts.glob("*.parquet")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no part appeared"
+        time.sleep(0.1)
+    send(process.pid)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _check_interrupted(result, output: Path, summary: Path, exit_code: int, signal_name: str) -> None:
+    assert result.returncode == exit_code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("dashboard: ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"batchclf: interrupted by {signal_name}"), lines
+    assert "run the same command again to resume" in lines[0]
+    record = json.loads(summary.read_text())
+    assert (record["status"], record["exit_code"]) == ("interrupted", exit_code)
+    assert not output.exists()
+    assert list(output.with_name(output.name + ".parts").glob("*.parquet")), "the finished parts are kept"
+
+
+def _check_resume(images: Path, output: Path, summary: Path, uninterrupted) -> None:
+    result = run_cli(*_arguments(images, output, summary))
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    assert pq.read_table(output).equals(uninterrupted)
+    assert json.loads(summary.read_text())["status"] == "ok"
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_path):
+    output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    result = _interrupt(images, output, summary, lambda pid: os.kill(pid, signal.SIGTERM))
+    _check_interrupted(result, output, summary, 143, "SIGTERM")
+    _check_resume(images, output, summary, uninterrupted)
+
+
+def test_ctrl_c_at_a_terminal_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_path):
+    """A terminal sends SIGINT to the whole foreground process group: workers must not print tracebacks."""
+    output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    result = _interrupt(images, output, summary, lambda pid: os.killpg(pid, signal.SIGINT))
+    _check_interrupted(result, output, summary, 130, "SIGINT")
+    _check_resume(images, output, summary, uninterrupted)
