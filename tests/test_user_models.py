@@ -116,6 +116,44 @@ def test_exported_model_agrees_with_the_builtin(name, exports, shared_images, bu
     assert agreement >= 0.99, f"{name}: {agreement:.3f} of {len(shared_images)} images"
 
 
+@pytest.fixture(scope="session")
+def quantized_exports(tmp_path_factory, shared_images):
+    """Full-integer .tflite exports of the built-in Lite0 with uint8 and with int8 input, labels packed in."""
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("quantized")
+    spec = registry.resolve_model()
+    model = registry.load_keras_model(spec)
+    calibration = [decode_image(str(p), spec.preprocessing).pixels for p in shared_images[::32]]
+    exports = {}
+    for dtype in (tf.uint8, tf.int8):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([p[None].astype(np.float32)] for p in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = dtype
+        path = folder / f"lite0-{dtype.name}.tflite"
+        path.write_bytes(converter.convert())
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("labels.txt", "\n".join(spec.labels))
+        exports[dtype.name] = path
+    return exports
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_quantized_tflite_input_is_fed_right(dtype, quantized_exports, shared_images, builtin_top1, record_property):
+    """Integer inputs: uint8 takes the raw pixels, int8 the pixels quantized with the input's scale and zero point.
+
+    Full-integer quantization itself costs some agreement (docs/performance.md); a wrongly fed input costs
+    nearly all of it.
+    """
+    spec = registry.resolve_model(str(quantized_exports[dtype]))
+    found = _top1(spec, shared_images)
+    agreement = float(np.mean([a == b for a, b in zip(found, builtin_top1)]))
+    record_property("top1_agreement", agreement)
+    assert agreement >= 0.8, f"{dtype}: {agreement:.3f}"
+
+
 def test_resolved_preprocessing_comes_from_model_and_sidecar(exports):
     tflite = registry.resolve_model(str(exports["tflite"]))
     assert (tflite.preprocessing.interpolation, tflite.input_format) == ("bicubic", InputFormat("NHWC"))
