@@ -300,3 +300,24 @@ def test_savedmodel_needs_trust(tmp_path, datasets):
         registry.resolve_model(str(folder), trust_model=True)
     (folder / "labels.txt").write_text("cat\ndog\n")
     assert registry.resolve_model(str(folder), trust_model=True).kind == "savedmodel"
+
+
+def test_driver_checks_label_counts_without_tensorflow(tmp_path):
+    """Built-in, .keras and .h5 models are resolved (outputs counted) with neither TensorFlow nor Keras imported."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Activation("softmax")(keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    for name in ("m.keras", "m.h5"):
+        keras.Model(inputs, outputs).save(tmp_path / name)
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+    models = ["efficientnet-lite0", str(tmp_path / "m.keras"), str(tmp_path / "m.h5")]
+    code = f"""
+import sys
+from batchclf.models.registry import resolve_model
+counts = [len(resolve_model(m).labels) for m in {models!r}]
+print(counts, "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[1000, 4, 4] False False"
