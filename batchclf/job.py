@@ -23,7 +23,7 @@ from .distribute import connect, submit_shards, threads_for_worker, worker_hosts
 from .errors import AllFilesFailedError, FoldersUnreadableError, UsageError
 from .isolate import isolate_failing_shard
 from .merge import newest_rows
-from .models.registry import ModelSpec, resolve_model
+from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
 from .shard import balanced_shard_size, iter_shards
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, score_shard
@@ -147,6 +147,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
     started = time.perf_counter()
     config.validate()
     spec = resolve_model(config.model, config.labels, config.trust_model)
+    check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = _class_filter(spec, config.allow, config.deny)  # unknown labels are refused before any work
     with output_lock(config.output, config.wait):
         listing = list_images(config.input, config.include, config.exclude, config.include_hidden)

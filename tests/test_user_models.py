@@ -321,3 +321,24 @@ print(counts, "tensorflow" in sys.modules, "keras" in sys.modules)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[1000, 4, 4] False False"
+
+
+def test_options_a_model_cannot_honour_are_refused(exports, tmp_path, datasets):
+    tflite = registry.resolve_model(str(exports["tflite"]))
+    onnx = registry.resolve_model(str(exports["onnx-nhwc"]))
+    registry.check_scoring_options(tflite, "auto", None, False)
+    registry.check_scoring_options(tflite, "litert", None, False)
+    registry.check_scoring_options(onnx, "auto", None, False)
+    for spec, backend, quantize, embeddings, message in (
+        (tflite, "auto", None, True, "--embeddings needs a model with a known feature layer"),
+        (tflite, "tf", None, False, "runs on LiteRT"),
+        (onnx, "litert", None, False, "runs on onnxruntime"),
+        (onnx, "auto", "int8", False, "--quantize converts a Keras model"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            registry.check_scoring_options(spec, backend, quantize, embeddings)
+    output = tmp_path / "out.parquet"
+    result = run_cli(
+        "run", str(datasets / "imagenet_objects"), str(output), "--model", str(exports["tflite"]), "--embeddings"
+    )
+    _assert_refused_before_work(result, output, "--embeddings needs a model with a known feature layer")

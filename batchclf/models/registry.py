@@ -178,6 +178,18 @@ def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, t
     return ModelSpec(model_id, kind, os.fspath(source.resolve()), labels, preprocessing, metadata.get("feature_layer"))
 
 
+def check_scoring_options(spec: ModelSpec, backend: str, quantize: str | None, embeddings: bool) -> None:
+    """Refuse, before any work, options this model cannot honour (rather than fail every shard or ignore them)."""
+    if embeddings and not spec.feature_layer:
+        raise UsageError(f"--embeddings needs a model with a known feature layer; {spec.source} has none")
+    if spec.kind in ("tflite", "onnx"):
+        engine = "LiteRT" if spec.kind == "tflite" else "onnxruntime"
+        if backend != "auto" and not (spec.kind == "tflite" and backend == "litert"):
+            raise UsageError(f"a .{spec.kind} model runs on {engine}: leave --backend at auto, not {backend}")
+        if quantize:
+            raise UsageError(f"--quantize converts a Keras model; a .{spec.kind} model runs as it is, so drop it")
+
+
 def _check_label_count(model: str, classes: int, labels: tuple[str, ...], source: object) -> None:
     if classes != len(labels):
         raise UsageError(
