@@ -159,10 +159,17 @@ def connect(
             yield client, None
         return
     if scheduler or scheduler_file:
+        where = scheduler or scheduler_file
         try:
             client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
+        except TypeError as error:  # distributed's way of saying a tls:// address got no certificates
+            if "TLS" not in str(error):
+                raise
+            raise UsageError(
+                f"the Dask scheduler at {where} speaks TLS and no client certificate is configured; set "
+                "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT and ..._CLIENT__KEY (see docs/cluster.md)"
+            ) from None
         except (OSError, TimeoutError, ValueError) as error:
-            where = scheduler or scheduler_file
             raise UsageError(f"cannot reach the Dask scheduler at {where}: {error}") from None
         with client:
             yield client, None
@@ -187,17 +194,39 @@ def gpu_worker_env(plan: WorkerPlan) -> dict[str, dict[str, str]]:
     }
 
 
-def security_environment(security) -> dict[str, str]:
-    """Dask config, as environment variables, that makes a child process use ``security``'s certificates.
+def tls_environment(ca: str, cert: str, key: str) -> dict[str, str]:
+    """Dask config, as environment variables, that makes every role of a process speak TLS with ``cert``
+    and ``key`` and trust ``ca`` (each a file path or PEM text).
 
     The environment of a process is readable only by its user, unlike its command line.
     """
     prefix = "DASK_DISTRIBUTED__COMM__"
-    env = {f"{prefix}REQUIRE_ENCRYPTION": "True", f"{prefix}TLS__CA_FILE": security.tls_ca_file}
-    for role in ("client", "scheduler", "worker"):
-        env[f"{prefix}TLS__{role.upper()}__CERT"] = getattr(security, f"tls_{role}_cert")
-        env[f"{prefix}TLS__{role.upper()}__KEY"] = getattr(security, f"tls_{role}_key")
+    env = {f"{prefix}REQUIRE_ENCRYPTION": "True", f"{prefix}TLS__CA_FILE": ca}
+    for role in ("CLIENT", "SCHEDULER", "WORKER"):
+        env[f"{prefix}TLS__{role}__CERT"] = cert
+        env[f"{prefix}TLS__{role}__KEY"] = key
     return env
+
+
+def write_certificates(folder: str | os.PathLike) -> dict[str, str]:
+    """A throw-away self-signed certificate and key for one cluster (what ``Security.temporary()`` makes
+    in memory), written as ``tls.crt`` and ``tls.key`` to ``folder``, readable by its owner only.
+
+    Returns the environment that points a client at them. ``jobs/slurm/batchclf.sbatch`` uses it.
+    """
+    from pathlib import Path
+
+    from distributed.security import Security
+
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    security = Security.temporary()
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    for path, text in ((cert, security.tls_ca_file), (key, security.tls_scheduler_key)):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as stream:
+            stream.write(text)
+    return tls_environment(str(cert), str(cert), str(key))
 
 
 def dask_setup(worker) -> None:
@@ -218,7 +247,7 @@ def embedded_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBOAR
     security = Security.temporary()
     base_env = {
         **os.environ,
-        **security_environment(security),
+        **tls_environment(security.tls_ca_file, security.tls_worker_cert, security.tls_worker_key),
         "DASK_LOGGING__DISTRIBUTED": "error",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }

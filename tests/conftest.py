@@ -46,8 +46,15 @@ def local_cluster():
             yield cluster, client
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "batchclf", *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m batchclf ARGS``; ``env`` adds to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchclf", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
+    )
 
 
 def save_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", **params) -> Path:
