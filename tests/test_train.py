@@ -238,3 +238,65 @@ def test_fine_tuning_writes_a_working_model(food, scheduler, tmp_path):
     assert metadata["metrics"]["test"]["micro_accuracy"] == 1.0
     model = keras.saving.load_model(tmp_path / "tuned" / "model.keras", safe_mode=True, compile=False)
     assert model.get_layer("avg_pool") is not None and tuple(model.outputs[0].shape) == (None, 3)
+
+
+def test_two_featurizers_concatenated_then_run(food, scheduler, tmp_path):
+    """``--featurizer lite0,lite2``: one model folder whose metadata names both networks, features cached per
+    network, and ``run --model`` classifies with the one saved model (2560 concatenated features)."""
+    import keras
+
+    from batchclf.dataset import file_digest
+    from batchclf.features import _cache_folder, featurizer_id
+
+    model_dir = tmp_path / "two"
+    featurizers = ("efficientnet-lite0", "efficientnet-lite2")
+    result = run_cli(
+        "train",
+        str(food / "tags.tsv"),
+        str(model_dir),
+        "--test",
+        str(food / "test-tags.tsv"),
+        "--featurizer",
+        ",".join(featurizers),
+        "--scheduler",
+        scheduler,
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["featurizers"] == list(featurizers)
+    assert metadata["featurizer"].startswith("efficientnet-lite0:avg_pool:224px")
+    assert "+efficientnet-lite2:avg_pool:260px" in metadata["featurizer"]
+    assert (metadata["image_size"], metadata["feature_size"], metadata["feature_layer"]) == (260, 2560, "features")
+    assert metadata["metrics"]["test"]["micro_accuracy"] == 1.0
+    for name in featurizers:
+        folder = _cache_folder(featurizer_id(ExtractionConfig(model=name)))
+        assert (folder / f"{file_digest(str(food / 'pizza3.jpg'))}.npy").is_file()
+
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    assert len(model.inputs) == 1 and tuple(model.inputs[0].shape) == (None, 260, 260, 3)
+    assert {layer.name for layer in model.layers} >= {"efficientnet_lite0", "efficientnet_lite2", "features"}
+
+    output = tmp_path / "two.parquet"
+    result = run_cli(
+        "run",
+        str(food),
+        str(output),
+        "--model",
+        str(model_dir),
+        "--embeddings",
+        "--scheduler",
+        scheduler,
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(output).to_pydict()
+    labels = dict(zip(table["path"], table["label"]))
+    assert len(labels) == 12 and set(table["status"]) == {"ok"}
+    assert {path: labels[path] for path in ("broccoli2.jpg", "pizza3.jpg", "teddy6.jpg")} == {
+        "broccoli2.jpg": "food",
+        "pizza3.jpg": "food",
+        "teddy6.jpg": "toy",
+    }
+    assert labels["toaster3.jpg"] == "appliance"
+    assert all(len(e) == 2560 for e in table["embedding"])
