@@ -6,8 +6,9 @@ layer from ``metadata.json`` and needs nothing else. The model is built from ser
 one RGB input at the largest input size, each network behind a ``Resizing`` layer to its own size, their
 pooled features concatenated before the head, so a worker builds every network once, as one model.
 
-The folder is written as a unit: built in a hidden sibling, then renamed into place (an existing model
-is renamed aside first and removed after), so a reader sees the old model or the new one, never a mix.
+The folder is written as a unit: built in a hidden sibling, then renamed into place (over an existing
+model: one atomic swap, or where that is unavailable, the old folder renamed aside first and removed
+after), so a reader, or a kill, sees the old model or the new one, never a mix.
 """
 
 from __future__ import annotations
