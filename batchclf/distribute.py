@@ -210,7 +210,8 @@ def tls_environment(ca: str, cert: str, key: str) -> dict[str, str]:
 
 def write_certificates(folder: str | os.PathLike) -> dict[str, str]:
     """A throw-away self-signed certificate and key for one cluster (what ``Security.temporary()`` makes
-    in memory), written as ``tls.crt`` and ``tls.key`` to ``folder``, readable by its owner only.
+    in memory), written as ``tls.crt`` and ``tls.key`` to a new ``folder`` that only its owner can read.
+    The folder must not exist: one someone else made in a shared place is refused, not trusted.
 
     Returns the environment that points a client at them. ``jobs/slurm/batchclf.sbatch`` uses it.
     """
@@ -219,7 +220,8 @@ def write_certificates(folder: str | os.PathLike) -> dict[str, str]:
     from distributed.security import Security
 
     folder = Path(folder)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700)
     security = Security.temporary()
     cert, key = folder / "tls.crt", folder / "tls.key"
     for path, text in ((cert, security.tls_ca_file), (key, security.tls_scheduler_key)):

@@ -10,6 +10,7 @@ import configparser
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -42,8 +43,15 @@ def check_incremental_run(argv: list[str], output: str):
 def test_every_job_file_is_covered():
     files = {p.relative_to(JOBS).as_posix() for p in JOBS.rglob("*") if p.is_file()}
     assert files >= {
-        "slurm/batchclf.sbatch", "slurm/jobqueue.yaml", "slurm/local-cluster.sh", "kubernetes/daskcluster.yaml",
-        "kubernetes/cronjob.yaml", "cron/crontab", "systemd/batchclf.service", "systemd/batchclf.timer", "README.md",
+        "slurm/batchclf.sbatch",
+        "slurm/jobqueue.yaml",
+        "slurm/local-cluster.sh",
+        "kubernetes/daskcluster.yaml",
+        "kubernetes/cronjob.yaml",
+        "cron/crontab",
+        "systemd/batchclf.service",
+        "systemd/batchclf.timer",
+        "README.md",
     }
 
 
@@ -85,8 +93,8 @@ def test_cronjob_runs_incrementally_against_the_dask_cluster():
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
     args = check_incremental_run(container["command"], "/data/predictions.parquet")
-    # The scheduler address is the service the operator makes for the DaskCluster.
-    assert args.scheduler == f"tcp://{cluster['metadata']['name']}-scheduler:8786"
+    # The scheduler address is the service the operator makes for the DaskCluster, over TLS.
+    assert args.scheduler == f"tls://{cluster['metadata']['name']}-scheduler:8786"
     # Workers must see the images at the path the driver gives them: same claim, same mount path.
     driver_mounts = _mounts(pod, container)
     worker_pod = cluster["spec"]["worker"]["spec"]
@@ -100,8 +108,46 @@ def test_cronjob_runs_incrementally_against_the_dask_cluster():
 
 
 def _mounts(pod: dict, container: dict) -> dict[str, str]:
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
-    return {m["mountPath"]: claims[m["name"]] for m in container["volumeMounts"]}
+    volumes = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in volumes}
+    return {m["mountPath"]: claims[m["name"]] for m in container["volumeMounts"] if m["name"] in claims}
+
+
+def _secret_mounts(pod: dict, container: dict) -> dict[str, str]:
+    """Mount path → Secret name."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in container.get("volumeMounts", []) if m["name"] in secrets}
+
+
+def _option(args: list[str], name: str) -> str:
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def test_kubernetes_dask_processes_speak_tls_with_one_secret():
+    """Scheduler, workers and the driver use the same certificate files, from the same Secret."""
+    cluster = load_yaml("kubernetes/daskcluster.yaml")
+    scheduler_pod = cluster["spec"]["scheduler"]["spec"]
+    worker_pod = cluster["spec"]["worker"]["spec"]
+    cronjob = load_yaml("kubernetes/cronjob.yaml")
+    driver_pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    files = {}
+    for pod in (scheduler_pod, worker_pod):
+        (container,) = pod["containers"]
+        args = container["args"]
+        files[args[1]] = tuple(_option(args, f"--tls-{kind}") for kind in ("ca-file", "cert", "key"))
+        mounts = _secret_mounts(pod, container)
+        assert all(_mount_of(path, mounts)[1] == "batchclf-dask-tls" for path in files[args[1]]), mounts
+    assert _option(scheduler_pod["containers"][0]["args"], "--protocol") == "tls"
+    assert files["scheduler"] == files["worker"]
+    (driver,) = driver_pod["containers"]
+    env = {item["name"]: item["value"] for item in driver["env"]}
+    prefix = "DASK_DISTRIBUTED__COMM__"
+    assert env[f"{prefix}REQUIRE_ENCRYPTION"] == "True"
+    client_files = tuple(env[f"{prefix}TLS__{key}"] for key in ("CA_FILE", "CLIENT__CERT", "CLIENT__KEY"))
+    assert client_files == files["scheduler"]
+    mounts = _secret_mounts(driver_pod, driver)
+    assert all(_mount_of(path, mounts)[1] == "batchclf-dask-tls" for path in client_files)
 
 
 def _mount_of(path: str, mounts: dict[str, str]) -> tuple[str, str]:
@@ -114,8 +160,11 @@ def _mount_of(path: str, mounts: dict[str, str]) -> tuple[str, str]:
 
 
 def test_crontab_line():
-    lines = [line for line in (JOBS / "cron" / "crontab").read_text().splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in (JOBS / "cron" / "crontab").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert len(lines) == 1
     fields = lines[0].split(None, 6)
     minute, hour, day, month, weekday, user, command = fields
@@ -139,8 +188,7 @@ def read_unit(name: str) -> configparser.ConfigParser:
 def test_systemd_service():
     service = read_unit("batchclf.service")
     assert service["Service"]["Type"] == "oneshot"
-    args = check_incremental_run(shlex.split(service["Service"]["ExecStart"]),
-                                 "/var/lib/batchclf/predictions.parquet")
+    args = check_incremental_run(shlex.split(service["Service"]["ExecStart"]), "/var/lib/batchclf/predictions.parquet")
     assert args.summary is not None
     assert PurePosixPath(service["Service"]["ExecStart"].split()[0]).is_absolute(), "systemd needs an absolute path"
     assert "4" in service["Service"]["SuccessExitStatus"].split()  # lock held by a run started by hand
@@ -166,10 +214,18 @@ def test_sbatch_script():
     assert int(directives["ntasks"]) >= 1 and directives["time"]
     first_code_line = next(i for i, line in enumerate(script.splitlines()) if line and not line.startswith("#"))
     assert all(i < first_code_line for i, line in enumerate(script.splitlines()) if line.startswith("#SBATCH"))
-    assert re.search(r"^srun .*--overlap\s*\\\n\s*\"\$python\" -m distributed.cli.dask_scheduler "
-                     r"--scheduler-file \"\$scheduler_file\"", script, re.M)
-    assert re.search(r"^srun --ntasks=\"\$workers\".*\\\n\s*\"\$python\" -m distributed.cli.dask_worker "
-                     r"--scheduler-file \"\$scheduler_file\"", script, re.M)
+    assert re.search(
+        r"^srun .*--overlap\s*\\\n\s*\"\$python\" -m distributed.cli.dask_scheduler "
+        r"--scheduler-file \"\$scheduler_file\" --protocol tls \"\$\{tls\[@\]\}\"",
+        script,
+        re.M,
+    )
+    assert re.search(
+        r"^srun --ntasks=\"\$workers\".*\\\n\s*\"\$python\" -m distributed.cli.dask_worker "
+        r"--scheduler-file \"\$scheduler_file\" \"\$\{tls\[@\]\}\"",
+        script,
+        re.M,
+    )
     run = re.search(r"^\"\$python\" -m (batchclf run .*?)\|\| status=\$\?", script, re.M | re.S)
     assert run, "the script must run batchclf and keep its exit code"
     argv = shlex.split(run.group(1).replace("\\\n", " ").replace('"$@"', ""))
@@ -177,6 +233,38 @@ def test_sbatch_script():
     args = check_incremental_run(argv, "OUT.parquet")
     assert str(args.scheduler_file) == "s.json"
     assert "trap cleanup EXIT" in script
+
+
+def test_sbatch_script_makes_one_private_certificate_for_all_its_dask_processes():
+    script = (JOBS / "slurm" / "batchclf.sbatch").read_text()
+    tls = re.search(r"^tls=\((.*)\)$", script, re.M)
+    assert tls, "the --tls-* options of the scheduler and the workers"
+    options = dict(zip(*[iter(shlex.split(tls.group(1)))] * 2))
+    assert options == {
+        "--tls-ca-file": "$tls_dir/tls.crt",
+        "--tls-cert": "$tls_dir/tls.crt",
+        "--tls-key": "$tls_dir/tls.key",
+    }
+    exports = dict(re.findall(r"^export (DASK_DISTRIBUTED__COMM__\w+)=\"?([^\"\n]+)\"?$", script, re.M))
+    assert exports == {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": "$tls_dir/tls.crt",
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": "$tls_dir/tls.crt",
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": "$tls_dir/tls.key",
+    }
+    made = script.index("write_certificates(sys.argv[1])")
+    trap = script.index("trap cleanup EXIT")
+    assert trap < script.rindex('rm -rf "$tls_dir"', 0, made) < made < script.index("dask_scheduler")
+    assert 'rm -rf "$tls_dir"' in script[script.index("cleanup() {") : trap]  # removed when the job ends
+
+
+def test_sbatch_certificate_command_works(tmp_path):
+    """The script's own command line, run here: it makes the files the --tls-* options name."""
+    script = (JOBS / "slurm" / "batchclf.sbatch").read_text()
+    command = re.search(r"^\"\$python\" -c '([^']+)' \\\n\s*\"\$tls_dir\"$", script, re.M)
+    assert command
+    subprocess.run([sys.executable, "-c", command.group(1), str(tmp_path / "tls")], check=True)
+    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == ["tls.crt", "tls.key"]
 
 
 def test_jobqueue_config_builds_a_slurm_job(tmp_path):
