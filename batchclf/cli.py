@@ -238,6 +238,7 @@ def _run(args) -> int:
     try:
         summary = run(config, log=print)
     except Interrupted as error:
+        error.hint = "the finished shards are kept: run the same command again to resume"
         _write_summary(args.summary, None, config, error.exit_code, str(error))
         raise
     except BatchclfError as error:

@@ -49,9 +49,13 @@ class Interrupted(KeyboardInterrupt):
     """
 
     def __init__(self, signal_number: int = signal.SIGINT) -> None:
+        super().__init__(signal_number)
         self.signal_number = signal_number
-        name = signal.Signals(signal_number).name
-        super().__init__(f"interrupted by {name}; the finished shards are kept: run the same command again to resume")
+        self.hint = ""  # what the user can do next, set by the command that was interrupted
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signal_number).name
+        return f"interrupted by {name}; {self.hint}" if self.hint else f"interrupted by {name}"
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]

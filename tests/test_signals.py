@@ -16,8 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
 IMAGES = 256  # 16 shards of 16: the run is still going when the first part appears
 
 
@@ -99,6 +97,7 @@ def _check_resume(images: Path, output: Path, summary: Path, uninterrupted) -> N
     assert json.loads(summary.read_text())["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_path):
     output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
     result = _interrupt(images, output, summary, lambda pid: os.kill(pid, signal.SIGTERM))
@@ -106,9 +105,30 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_pa
     _check_resume(images, output, summary, uninterrupted)
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_a_terminal_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_path):
     """A terminal sends SIGINT to the whole foreground process group: workers must not print tracebacks."""
     output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
     result = _interrupt(images, output, summary, lambda pid: os.killpg(pid, signal.SIGINT))
     _check_interrupted(result, output, summary, 130, "SIGINT")
     _check_resume(images, output, summary, uninterrupted)
+
+
+@pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_becomes_interrupted_once_then_stops_at_once(number, code):
+    from batchclf.cli import stop_on_signals
+    from batchclf.errors import Interrupted
+
+    saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop_on_signals()
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), number)
+            time.sleep(1)  # the handler runs at the next bytecode; never reached
+        assert caught.value.exit_code == code
+        assert not isinstance(caught.value, Exception)  # passes through the 'except Exception' of the run
+        assert str(caught.value) == f"interrupted by {signal.Signals(number).name}"
+        assert signal.getsignal(number) == signal.SIG_DFL  # a second one is not caught
+    finally:
+        for n, handler in saved.items():
+            signal.signal(n, handler)
