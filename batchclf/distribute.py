@@ -1,10 +1,10 @@
-"""Where shards run: an embedded LocalCluster sized to the machine, or an existing Dask cluster.
+"""Where shards run: an embedded Dask cluster sized to the machine, or an existing one.
 
 Worker sizing: one worker process per core while memory allows (TensorFlow wants processes, not
 threads, and two single-threaded LiteRT interpreters beat one with two threads), each with one Dask
 thread; inference and decoding thread pools are set from the worker's share of its host's cores.
 On a GPU machine whose run infers with TensorFlow: one worker per visible GPU, each pinned to its GPU
-with ``CUDA_VISIBLE_DEVICES``, the cores it shares decoding for it.
+with ``CUDA_VISIBLE_DEVICES``, its share of the cores decoding for it.
 
 The embedded cluster listens on loopback only and speaks TLS with throw-away certificates, so no other
 user of the machine can submit tasks to it. Its workers are child processes in a session of their own,
@@ -180,8 +180,7 @@ def connect(
             client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT)
         except TimeoutError:
             raise BatchclfError(
-                f"no worker of the embedded cluster started within {WORKER_START_TIMEOUT} s; "
-                "see the messages above, or run with --workers 1"
+                f"no worker of the embedded cluster started within {WORKER_START_TIMEOUT} s; the messages above say why"
             ) from None
         yield client, plan
 

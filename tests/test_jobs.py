@@ -194,6 +194,7 @@ def test_systemd_service():
     assert "4" in service["Service"]["SuccessExitStatus"].split()  # lock held by a run started by hand
     assert str(args.output.parent) in service["Service"]["ReadWritePaths"].split()
     assert service["Service"]["KillSignal"] == "SIGINT"  # batchclf stops cleanly and resumes next time
+    assert service["Service"]["KillMode"] == "mixed"  # to batchclf only: it stops its workers itself
 
 
 def test_systemd_timer():
