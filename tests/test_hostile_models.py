@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from batchclf.models.torch_weights import LEGACY_MAGIC_NUMBER, UnsafeCheckpointError, load_legacy_state_dict
 
@@ -154,3 +155,20 @@ def test_keras_file_with_code_is_refused_unless_trusted(tmp_path, suffix, datase
         registry.resolve_model(str(tmp_path / f"m{suffix}"))
     with pytest.raises(ValueError, match="safe_mode|Lambda|lambda"):
         registry.load_keras_model(dataclasses.replace(spec, trusted=False))  # and Keras itself refuses
+
+
+def test_cli_refuses_a_two_class_keras_model_with_one_label(tmp_path, datasets):
+    """The class names must match the outputs: checked in the driver, before a cluster starts."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "tiny.keras")
+    (tmp_path / "labels.txt").write_text("cat\n")
+    output = tmp_path / "out.parquet"
+    result = run_cli("run", str(datasets / "imagenet_objects"), str(output), "--model", str(tmp_path / "tiny.keras"))
+    assert result.returncode == 2, result.stderr  # not every shard failing with IndexError, then exit 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("batchclf: error: model ") and "outputs 2 classes but" in lines[0]
+    assert "names 1; give one class name a line, 2 in all" in lines[0]
+    assert not output.exists() and not output.with_name(output.name + ".parts").exists()

@@ -259,18 +259,6 @@ def test_cli_refuses_a_label_count_that_does_not_match(name, exports, datasets, 
     _assert_refused_before_work(result, output, "outputs 1000 classes but")
 
 
-def test_cli_refuses_a_two_class_keras_model_with_one_label(tmp_path, datasets):
-    import keras
-
-    inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
-    keras.Model(inputs, outputs).save(tmp_path / "tiny.keras")
-    (tmp_path / "labels.txt").write_text("cat\n")
-    output = tmp_path / "out.parquet"
-    result = run_cli("run", str(datasets / "imagenet_objects"), str(output), "--model", str(tmp_path / "tiny.keras"))
-    _assert_refused_before_work(result, output, "outputs 2 classes but")
-
-
 def test_label_count_of_a_model_whose_config_does_not_say_is_probed(tmp_path):
     """A last layer the config walk does not know (Reshape) is measured by loading it in a subprocess."""
     import keras
@@ -300,6 +288,20 @@ def test_savedmodel_needs_trust(tmp_path, datasets):
         registry.resolve_model(str(folder), trust_model=True)
     (folder / "labels.txt").write_text("cat\ndog\n")
     assert registry.resolve_model(str(folder), trust_model=True).kind == "savedmodel"
+    result = run_cli("run", str(datasets / "imagenet_objects"), str(output), "--model", str(folder), "--trust-model")
+    assert result.returncode == 0, result.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(output).to_pylist()
+    assert len(rows) == 19 and {row["label"] for row in rows} <= {"cat", "dog"}
+
+
+def test_onnx_without_onnxruntime_says_how_to_install(tmp_path, exports, monkeypatch):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exports["onnx-nhwc"].read_bytes())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(UsageError, match=r"pip install 'batchclf\[onnx\]'"):
+        registry.resolve_model(str(model))
 
 
 def test_driver_checks_label_counts_without_tensorflow(tmp_path):
