@@ -12,7 +12,8 @@ def classify(source, output=None, **options):
 
     Runs the same engine as ``batchclf run``. ``options`` are the fields of ``batchclf.config.RunConfig``
     (``model``, ``top_k``, ``workers``, ``scheduler``, ...). Without ``output`` the Parquet file is
-    written to a temporary folder and removed after it is read.
+    written to a temporary folder and removed after it is read. Safe to call at the top level of a
+    script or from stdin: the embedded cluster's workers never import the caller's ``__main__``.
     """
     import tempfile
     from pathlib import Path
