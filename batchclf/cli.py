@@ -25,7 +25,13 @@ EXIT_CODES_HELP = """exit codes:
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where it says something: not for flags, empty values, or help that gives its own."""
+    """Show a default only where it says something: not for flags, empty values, or help that gives its own.
+    Text laid out in lines (the exit codes) keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

@@ -113,6 +113,7 @@ def test_help_shows_each_default_once_and_only_where_it_says_something():
         entry = flat.split(f" {option} ", 1)[1].split(" --", 1)[0]
         assert entry.count("(default:") == 1, (option, entry)
     assert "(default: 127.0.0.1:8787)" in flat
+    assert "\nexit codes:\n  0 " in text and "\n  130  interrupted" in text  # one code a line, as written
     assert "--no-progress no progress bar (shown unless given)" in flat
 
 
