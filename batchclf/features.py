@@ -93,9 +93,15 @@ def _load_cached(folder: Path, digest: str) -> np.ndarray | None:
 
 
 def _store(folder: Path, digest: str, vector: np.ndarray) -> None:
-    partial = folder / f".{digest}.{os.getpid()}.npy"
-    np.save(partial, vector.astype(np.float32))
-    os.replace(partial, folder / f"{digest}.npy")
+    """Write through a private temporary file (``mkstemp``: an unpredictable name, never a followed link)."""
+    descriptor, partial = tempfile.mkstemp(prefix=f".{digest}.", suffix=".npy", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            np.save(stream, vector.astype(np.float32))
+        os.replace(partial, folder / f"{digest}.npy")
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def extract_features(paths: list[str], config: ExtractionConfig, log=print) -> Features:

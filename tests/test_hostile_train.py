@@ -223,3 +223,33 @@ def test_evaluate_checks_the_json_target_before_any_work(food, tmp_path, unwrita
 def test_evaluate_refuses_non_positive_numbers(food, option, value):
     result = run_cli("evaluate", str(food / "test-tags.tsv"), option, value)
     _refused(result, f"{option} must be a positive number, got {value}")
+
+
+def test_cached_features_are_written_through_unpredictable_names(tmp_path):
+    """A link planted at a guessable temporary name (or at the final name) is never written through."""
+    from batchclf.features import _load_cached, _store
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f".ab.{os.getpid()}.npy").symlink_to(victim)
+    (cache / "cd.npy").symlink_to(victim)
+    _store(cache, "ab", np.ones(2))
+    _store(cache, "cd", np.zeros(2))
+    assert victim.read_text() == "keep"
+    np.testing.assert_array_equal(_load_cached(cache, "ab"), np.ones(2))
+    assert not (cache / "cd.npy").is_symlink()
+    assert sorted(os.listdir(cache)) == [f".ab.{os.getpid()}.npy", "ab.npy", "cd.npy"]
+
+
+def test_the_evaluate_report_is_written_through_a_private_temporary_file(tmp_path):
+    from batchclf.evaluate import write_json
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "report.json").symlink_to(victim)
+    write_json({"images": 3}, tmp_path / "report.json")
+    assert victim.read_text() == "keep"
+    assert json.loads((tmp_path / "report.json").read_text()) == {"images": 3}
+    assert sorted(os.listdir(tmp_path)) == ["report.json", "victim.txt"]
