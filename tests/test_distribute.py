@@ -326,7 +326,6 @@ def test_worker_preload_ignores_sigint():
 def test_tensorflow_on_the_gpu_agrees_with_litert(datasets, tmp_path):
     import pyarrow.parquet as pq
     from conftest import run_cli
-    from distributed import Client  # noqa: F401  (the workers need it too)
 
     from batchclf.distribute import connect
 
