@@ -113,19 +113,21 @@ def save_model_dir(model, model_dir: Path, classes: tuple[str, ...], metadata: d
 
 
 def _move_into_place(staging: Path, model_dir: Path) -> None:
-    if not model_dir.exists():
+    if not os.path.lexists(model_dir):
         os.rename(staging, model_dir)
     elif _exchange(staging, model_dir):  # one atomic swap: no moment without a model folder
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)  # now the old model (or the link that stood for it)
     else:
-        aside = Path(tempfile.mkdtemp(prefix=_sibling_prefix(model_dir.name, _ASIDE), dir=model_dir.parent))
-        os.rename(model_dir, aside)  # onto the empty folder mkdtemp made: an atomic replace
+        holder = Path(tempfile.mkdtemp(prefix=_sibling_prefix(model_dir.name, _ASIDE), dir=model_dir.parent))
+        aside = holder / model_dir.name
+        os.rename(model_dir, aside)
         try:
             os.rename(staging, model_dir)
         except BaseException:
             os.rename(aside, model_dir)
+            holder.rmdir()
             raise
-        shutil.rmtree(aside, ignore_errors=True)
+        shutil.rmtree(holder, ignore_errors=True)  # removes a link without following it
     _fsync(model_dir.parent)
 
 
@@ -148,17 +150,28 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(error, os.strerror(error), os.fspath(second))
 
 
+def _remove(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _sibling_prefix(name: str, role: str) -> str:
     return f".{name}.{role}-{os.getpid()}-"
 
 
 def _remove_abandoned(parent: Path, name: str) -> None:
-    """Remove the hidden siblings that a killed save of this folder left (their process is gone)."""
-    for role in (_STAGING, _ASIDE):
+    """Clean up after a killed save of this folder (its process is gone): put back an old model it had moved
+    aside and not yet replaced, and remove its hidden siblings."""
+    for role in (_ASIDE, _STAGING):
         for path in parent.glob(f".{name}.{role}-*-*"):
             pid = path.name[len(f".{name}.{role}-") :].split("-")[0]
-            if pid.isdigit() and path.is_dir() and not path.is_symlink() and not _process_alive(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+            if not pid.isdigit() or not path.is_dir() or path.is_symlink() or _process_alive(int(pid)):
+                continue
+            if role == _ASIDE and os.path.lexists(path / name) and not os.path.lexists(parent / name):
+                os.rename(path / name, parent / name)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _process_alive(pid: int) -> bool:

@@ -124,6 +124,20 @@ def test_a_killed_save_is_cleaned_up_by_the_next(tmp_path):
     assert not abandoned.exists() and live.is_dir()
 
 
+def test_a_save_killed_between_its_renames_is_undone_by_the_next(tmp_path):
+    """Killed after moving the old model aside: the next save puts it back before replacing it."""
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    _save(tmp_path / "model", 1)
+    holder = tmp_path / f".model.old-{dead}-x1"
+    holder.mkdir()
+    os.rename(tmp_path / "model", holder / "model")
+    artifact._remove_abandoned(tmp_path, "model")
+    assert _load(tmp_path / "model") == (1, 1.0) and _entries(tmp_path) == ["model"]
+
+
 def test_the_feature_cache_is_keyed_by_featurizer():
     lite0, lite2 = (
         featurizer_id(ExtractionConfig(model=name)) for name in ("efficientnet-lite0", "efficientnet-lite2")
@@ -253,3 +267,16 @@ def test_the_evaluate_report_is_written_through_a_private_temporary_file(tmp_pat
     assert victim.read_text() == "keep"
     assert json.loads((tmp_path / "report.json").read_text()) == {"images": 3}
     assert sorted(os.listdir(tmp_path)) == ["report.json", "victim.txt"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-swap", "rename-aside"])
+def test_a_model_folder_that_is_a_link_is_replaced_and_its_target_kept(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(artifact, "_exchange", lambda first, second: False)
+    target = tmp_path / "elsewhere"
+    _save(target, 1)
+    (tmp_path / "model").symlink_to(target)
+    _save(tmp_path / "model", 2)
+    assert not (tmp_path / "model").is_symlink() and _load(tmp_path / "model") == (2, 2.0)
+    assert _load(target) == (1, 1.0)
+    assert _entries(tmp_path) == ["elsewhere", "model"]
