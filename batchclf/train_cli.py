@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ def _add_cluster_options(parser) -> None:
 
 
 def _add_train(subparsers) -> None:
+    from .cli import DefaultsHelpFormatter
     from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL
     from .train import FineTuneSettings
 
@@ -36,7 +36,7 @@ def _add_train(subparsers) -> None:
         description="Train a classifier of the labelled images in DATA and write it to MODEL_DIR (model.keras, "
         "labels.txt, metadata.json), ready for 'batchclf run --model MODEL_DIR'. By default the network is "
         "frozen and a logistic regression is fit on its pooled features; --fine-tune also retrains its top blocks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     train.add_argument("data", type=Path, help=DATA_HELP)
     train.add_argument("model_dir", type=Path, help="folder to write the trained model to")
@@ -126,6 +126,7 @@ def _train(args) -> int:
 
 
 def _add_evaluate(subparsers) -> None:
+    from .cli import DefaultsHelpFormatter
     from .models.registry import DEFAULT_MODEL
 
     evaluate = subparsers.add_parser(
@@ -134,7 +135,7 @@ def _add_evaluate(subparsers) -> None:
         description="Score the labelled images in DATA with a model (a folder written by 'batchclf train', or a "
         "built-in ImageNet model when the labels are ImageNet class names) and report micro and macro accuracy, "
         "log-loss, per-class log-loss, precision, recall and F1, and the confusion matrix.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     evaluate.add_argument("data", type=Path, help=DATA_HELP)
     evaluate.add_argument("--model", default=DEFAULT_MODEL, help="a trained model folder or a built-in model")

@@ -280,3 +280,17 @@ def test_a_model_folder_that_is_a_link_is_replaced_and_its_target_kept(tmp_path,
     assert not (tmp_path / "model").is_symlink() and _load(tmp_path / "model") == (2, 2.0)
     assert _load(target) == (1, 1.0)
     assert _entries(tmp_path) == ["elsewhere", "model"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_help_shows_only_defaults_that_say_something(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for noise in ("(default: None)", "(default: False)", "(default: True)"):
+        assert noise not in text
+    if command == "train":
+        assert (
+            "--test-images DIR folder the --test TSV's image paths are relative to (default: the TSV's folder)" in text
+        )
+        assert "--featurizer NAME[,NAME]" in text and "(default: efficientnet-lite0)" in text
