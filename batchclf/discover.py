@@ -17,8 +17,13 @@ from .errors import UsageError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
+_IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)
+
+
 def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    """An image extension, in any case, after a name (``.jpg`` alone is a hidden file's name)."""
+    lower = name.lower()
+    return lower.endswith(_IMAGE_SUFFIXES) and lower not in IMAGE_EXTENSIONS
 
 
 def path_text(relative: str) -> str:
@@ -49,8 +54,10 @@ def _matches(relative: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(relative if "/" in p else name, p) for p in patterns)
 
 
-LISTING_BATCH_ROWS = 65536
-LISTING_SCHEMA = pa.schema([("path", pa.string()), ("bytes", pa.int64()), ("mtime", pa.int64())])
+LISTING_BATCH_ROWS = 16384
+LISTING_SCHEMA = pa.schema(
+    [("path", pa.string()), ("bytes", pa.int64()), ("mtime", pa.int64()), ("readable", pa.bool_())]
+)
 
 
 @dataclass
@@ -68,12 +75,15 @@ class Listing:
     files: int = 0
 
 
-def _signature(entry_or_path) -> tuple[int | None, int | None]:
+def _signature(entry_or_path) -> tuple[int | None, int | None, bool]:
+    """Size, mtime (µs) and whether this process may read the file: a file that became unreadable
+    has changed for a nightly run even though its size and mtime did not."""
+    path = entry_or_path.path if isinstance(entry_or_path, os.DirEntry) else entry_or_path
     try:
-        stat = entry_or_path.stat() if isinstance(entry_or_path, os.DirEntry) else os.stat(entry_or_path)
+        stat = entry_or_path.stat() if isinstance(entry_or_path, os.DirEntry) else os.stat(path)
     except OSError:  # a broken link: still a row, whose error says so
-        return None, None
-    return stat.st_size, stat.st_mtime_ns // 1000
+        return None, None, False
+    return stat.st_size, stat.st_mtime_ns // 1000, os.access(path, os.R_OK)
 
 
 def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -> Iterator[tuple]:
@@ -104,7 +114,7 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -
                 return []
             visited.add(key)
             with os.scandir(directory) as scan:
-                entries = [e for e in scan if include_hidden or not e.name.startswith(".")]
+                entries = list(scan) if include_hidden else [e for e in scan if e.name[0] != "."]
         except OSError as error:
             if not prefix:
                 reason = error.strerror or str(error)
@@ -119,31 +129,37 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -
                 is_dir = False
             if is_dir or is_image_name(entry.name):
                 keyed.append((path_text(entry.name) + ("/" if is_dir else ""), entry, is_dir))
+        # The sort key is the entry's path text: joined to its folder's, it is the file's path text.
         keyed.sort(key=lambda item: item[0])
         return keyed
 
+    access, R_OK = os.access, os.R_OK
     # An explicit stack of open listings rather than recursion: a deep tree must not hit Python's
     # recursion limit, and a folder is entered where it sorts, between the files around it.
-    stack = [("", iter(listing(os.fspath(root), "")))]
+    stack = [("", "", iter(listing(os.fspath(root), "")))]
     while stack:
-        prefix, entries = stack[-1]
+        prefix, prefix_text, entries = stack[-1]
         item = next(entries, None)
         if item is None:
             stack.pop()
             continue
-        _, entry, is_dir = item
+        text, entry, is_dir = item
         relative = prefix + entry.name
         if is_dir:
-            stack.append((relative + "/", iter(listing(entry.path, relative + "/"))))
+            stack.append((relative + "/", prefix_text + text, iter(listing(entry.path, relative + "/"))))
         elif with_stat:
-            yield (relative, *_signature(entry))
+            try:
+                stat = entry.stat()
+                yield relative, prefix_text + text, stat.st_size, stat.st_mtime_ns // 1000, access(entry.path, R_OK)
+            except OSError:  # a broken link: still a row, whose error says so
+                yield relative, prefix_text + text, None, None, False
         else:
-            yield relative, None, None
+            yield relative, prefix_text + text, None, None, None
 
 
 def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
     """Image paths relative to ``root`` (``/``-separated), in output order."""
-    for relative, _, _ in _walk(root, include_hidden, [], with_stat=False):
+    for relative, *_ in _walk(root, include_hidden, [], with_stat=False):
         yield relative
 
 
@@ -186,6 +202,9 @@ def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
 
 
 def _filtered(names: Iterator[tuple], include: Sequence[str], exclude: Sequence[str]) -> Iterator[tuple]:
+    if not include and not exclude:
+        yield from names
+        return
     for item in names:
         if include and not _matches(item[0], include):
             continue
@@ -208,7 +227,7 @@ def list_images(
     elif source.is_file():
         root, relative = read_path_list(source)
         listing = Listing(root=root, batches=iter(()))
-        names = ((name, *_signature(os.path.join(root, name))) for name in relative)
+        names = ((name, path_text(name), *_signature(os.path.join(root, name))) for name in relative)
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
     listing.batches = _batches(_filtered(names, include, exclude), listing, batch_rows)
@@ -221,12 +240,13 @@ def _batches(names: Iterator[tuple], listing: Listing, batch_rows: int) -> Itera
         if not chunk:
             return
         listing.files += len(chunk)
-        paths, sizes, mtimes = zip(*chunk)
+        _, texts, sizes, mtimes, readable = zip(*chunk)
         yield pa.table(
             [
-                pa.array([path_text(p) for p in paths], pa.string()),
+                pa.array(texts, pa.string()),
                 pa.array(sizes, pa.int64()),
                 pa.array(mtimes, pa.int64()),
+                pa.array(readable, pa.bool_()),
             ],
             schema=LISTING_SCHEMA,
         )
@@ -243,11 +263,11 @@ def discover_images(
     For small inputs (training sets, tests); a run streams ``list_images`` instead.
     """
     if source.is_dir():
-        names = ((name, None, None) for name in walk_images(source, include_hidden))
+        names = ((name,) for name in walk_images(source, include_hidden))
         root = source.resolve()
     elif source.is_file():
         root, relative = read_path_list(source)
-        names = ((name, None, None) for name in relative)
+        names = ((name,) for name in relative)
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
     return root, [item[0] for item in _filtered(names, include, exclude)]

@@ -249,10 +249,8 @@ def write_output(output: Path, schema, metadata: dict, sources: list, plan: RunP
         for table in newest_rows([source(None) for source in sources], plain):
             if len(plan.dropped):
                 table = table.filter(pc.invert(pc.is_in(table["path"], value_set=plan.dropped)))
-            if unreadable:
-                marked = pc.or_(pc.fill_null(table["unverified"], False), under_folders(table["path"], unreadable))
-            else:
-                marked = pc.fill_null(table["unverified"], False)
+            # Every row left is of a file listed (and so checked) now, or under a folder that could not be read.
+            marked = under_folders(table["path"], unreadable)
             table = table.set_column(table.schema.get_field_index("unverified"), "unverified", marked)
             writer.write_table(table.cast(plain).replace_schema_metadata(metadata_bytes), row_group_size=ROW_GROUP_ROWS)
 

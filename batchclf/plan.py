@@ -199,7 +199,7 @@ def _compare(
         same = pc.equal(current["content_hash"], before["content_hash"])
     else:
         same = pc.and_(pc.equal(current["bytes"], before["bytes"]), pc.equal(current["mtime"], before["mtime"]))
-    same = pc.and_(found, pc.fill_null(same, False))
+    same = pc.and_(pc.and_(found, pc.fill_null(same, False)), pc.fill_null(current["readable"], False))
     ok = pc.equal(before["status"], "ok")
     reuse = same if keep_errors else pc.and_(same, pc.fill_null(ok, False))
 

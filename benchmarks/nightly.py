@@ -92,6 +92,16 @@ class Tree:
             os.close(source_folder)
 
 
+def _reuse_key(root: Path, output: Path) -> str:
+    """The reuse key a run with the benchmark's options computes for this tree (it covers the input root)."""
+    from batchclf.config import RunConfig
+    from batchclf.job import reuse_key
+    from batchclf.models.registry import resolve_model
+
+    config = RunConfig(input=root, output=output, incremental=True)
+    return reuse_key(resolve_model(config.model), config, str(root.resolve()))
+
+
 def build_previous_output(real_output: Path, tree: Tree, output: Path) -> None:
     """Last night's output for ``tree``: the real row of each file's source image, streamed in row groups."""
     real = pq.read_table(real_output)
@@ -105,7 +115,7 @@ def build_previous_output(real_output: Path, tree: Tree, output: Path) -> None:
     ok = int(copies[source_ok].sum())
     metadata = json.loads(real.schema.metadata[METADATA_KEY])
     metadata.update(input_root=str(tree.root.resolve()), files=tree.files, ok=ok, errors=tree.files - ok)
-    metadata.update(scored=tree.files)
+    metadata.update(scored=tree.files, reuse_key=_reuse_key(tree.root, output))
     schema = real.schema.with_metadata({**real.schema.metadata, METADATA_KEY: json.dumps(metadata).encode()})
     with pq.ParquetWriter(output, schema, compression="zstd") as writer:
         for start in range(0, tree.files, BATCH_ROWS):

@@ -160,7 +160,7 @@ def _kill_a_worker_mid_run(tmp_path: Path, address: str, client, workers: list) 
         text=True,
     )
     try:
-        wait_for(lambda: list(parts.glob("shard-*.parquet")) or run.poll() is not None, 300, "a first part")
+        wait_for(lambda: list(parts.glob("attempt-*.parquet")) or run.poll() is not None, 300, "a first part")
         assert run.poll() is None and not output.exists(), "the run ended before a worker could be killed"
 
         def busy_worker():
