@@ -124,6 +124,11 @@ class TensorFlowBackend:
         return to_probabilities(np.asarray(outputs)), None
 
 
+def tflite_path(key: str) -> Path:
+    """Where the converted model for ``key`` (see ``conversion_key``) is cached."""
+    return cache_dir() / "litert" / f"{key}.tflite"
+
+
 def convert_to_tflite(
     build_model: Callable[[], object],
     key: str,
@@ -134,9 +139,9 @@ def convert_to_tflite(
     With ``representative`` (the model → calibration images, uint8 HxWx3), the model is quantized to
     full integer (int8 weights and activations, uint8 input); the probabilities stay float32.
     """
-    folder = cache_dir() / "litert"
+    target = tflite_path(key)
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{key}.tflite"
     with open(folder / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting together convert once
         if not target.exists():

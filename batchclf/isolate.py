@@ -85,8 +85,9 @@ def isolate_failing_shard(
     return pa.concat_tables([pieces[start] for start in sorted(pieces)]).cast(probe.schema)
 
 
-def _crash_rows(shard: Shard, start: int, stop: int, spec: ModelSpec, schema: pa.Schema,
-                error: BaseException | None) -> pa.Table:
+def _crash_rows(
+    shard: Shard, start: int, stop: int, spec: ModelSpec, schema: pa.Schema, error: BaseException | None
+) -> pa.Table:
     paths = list(shard.paths[start:stop])
     reason = CRASH_MESSAGE
     if error is not None and type(error).__name__ != "KilledWorker":
@@ -102,7 +103,8 @@ def _crash_rows(shard: Shard, start: int, stop: int, spec: ModelSpec, schema: pa
         "unverified": [False] * len(paths),
     }
     columns = [
-        pa.array(known[field.name]).cast(field.type, safe=False) if field.name in known
+        pa.array(known[field.name]).cast(field.type, safe=False)
+        if field.name in known
         else pa.nulls(len(paths), field.type)
         for field in schema
     ]

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
+from .backends import cache_dir
 from .config import RunConfig
 from .discover import list_images
 from .distribute import connect, submit_shards, threads_for_worker, worker_hosts
@@ -26,7 +27,7 @@ from .merge import newest_rows
 from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
 from .shard import balanced_shard_size, iter_shards
-from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, score_shard
+from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, conversion_pending, score_shard
 from .writer import METADATA_KEY, PartsStore, atomic_parquet, output_lock, output_schema
 
 ROW_GROUP_ROWS = 65536
@@ -171,7 +172,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
         if config.incremental:
             log(plan.line(), file=sys.stderr)
         if plan.resumed:
-            log(f"resuming: {plan.resumed} rows reused from the parts of an interrupted run", file=sys.stderr)
+            log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
         summary = RunSummary(files=plan.files + plan.kept_unverified, scored=len(plan.to_score))
         summary.incremental = plan.record() if config.incremental else None
         summary.unreadable = [folder for folder, _ in plan.unreadable]
@@ -271,6 +272,12 @@ def _score(config, spec, allowed, root, plan, shards, store, summary, log) -> No
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         options = _scoring_options(config, allowed, client, worker_plan, root, plan.to_score)
+        if conversion_pending(spec, options):
+            log(
+                f"converting {spec.id} for LiteRT: once per machine (about 20 s, the bar waits meanwhile); "
+                f"later runs reuse it from {cache_dir() / 'litert'}",
+                file=sys.stderr,
+            )
         _score_pending(client, shards, spec, options, config, store, summary, log)
 
 

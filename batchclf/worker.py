@@ -29,6 +29,7 @@ from .backends import (
     convert_to_tflite,
     quiet_native_stderr,
     scoring_model,
+    tflite_path,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
 from .discover import fs_path
@@ -133,9 +134,7 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         representative = None
         if options.quantize:
             representative = functools.partial(_calibration_images, spec, options.calibration)
-        digest = hashlib.sha256("\0".join(options.calibration).encode()).hexdigest()[:16]
-        key = conversion_key(spec.id, options.embeddings, options.quantize, digest)
-        path = convert_to_tflite(build_model, key, representative)
+        path = convert_to_tflite(build_model, _conversion_key(spec, options), representative)
         backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
         embedding_size = backend.feature_size
     else:
@@ -144,6 +143,25 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         embedding_size = int(keras_model.outputs[1].shape[-1]) if options.embeddings else None
     preprocessing = spec.preprocessing or Preprocessing(backend.image_size)
     return Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
+
+
+def _conversion_key(spec: ModelSpec, options: ScoringOptions) -> str:
+    digest = hashlib.sha256("\0".join(options.calibration).encode()).hexdigest()[:16]
+    return conversion_key(spec.id, options.embeddings, options.quantize, digest)
+
+
+def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
+    """Whether the workers will first convert the Keras model for LiteRT (once per machine, some seconds).
+
+    Asked on the driver, without importing TensorFlow: a GPU machine on ``auto`` is taken to run TensorFlow.
+    """
+    from .distribute import visible_gpus
+
+    if spec.kind in ("tflite", "onnx") or options.backend == "tf":
+        return False
+    if options.backend == "auto" and not options.quantize and visible_gpus():
+        return False
+    return not tflite_path(_conversion_key(spec, options)).exists()
 
 
 def calibration_sample(root: str, paths, size: int = 64) -> tuple[str, ...]:

@@ -114,7 +114,7 @@ def _remove_stale_temporaries(output: Path) -> None:
             if (
                 entry.name.startswith(prefix)
                 and entry.name.endswith(".partial")
-                and entry.is_file(follow_symlinks=False)
+                and not entry.is_dir(follow_symlinks=False)  # a planted link goes too, not its target
             ):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)

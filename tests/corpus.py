@@ -62,15 +62,23 @@ def png_rgb16_bytes(width: int = 40, height: int = 30) -> bytes:
     pixels = pattern(width, height).astype(np.uint16) * 257
     raw = b"".join(b"\0" + pixels[row].astype(">u2").tobytes() for row in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_bomb_bytes(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid PNG header announcing ``width``x``height`` pixels, with almost no data behind it."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _save(path: Path, image: Image.Image, format: str | None = None, **options) -> None:
@@ -103,7 +111,7 @@ def build_corpus(root: Path, reader_bypasses_permissions: bool | None = None) ->
     # Formats and modes that decode, once converted to upright 8-bit RGB.
     write_exif_rotated(ok("formats/exif_rotated.jpg", size=(48, 80)))
     _save(ok("formats/cmyk.jpg"), base.convert("CMYK"), "JPEG")
-    gray16 = (pattern(96, 64)[..., 0].astype(np.uint16) * 257)
+    gray16 = pattern(96, 64)[..., 0].astype(np.uint16) * 257
     _save(ok("formats/gray16.png"), Image.fromarray(gray16), "PNG")  # mode I;16
     ok("formats/rgb16.png", size=(40, 30)).write_bytes(png_rgb16_bytes())
     palette = base.quantize(colors=16)
@@ -146,8 +154,14 @@ def build_corpus(root: Path, reader_bypasses_permissions: bool | None = None) ->
         expected["permissions/unreadable.jpg"] = Expected("error", error="permission denied")
 
     # Names.
-    for name in ("names/with space.jpg", "names/ñandú 日本語.jpg", "names/new\nline.jpg", "names/UPPER.JPG",
-                 "names/Mixed.Png", "names/semi;colon,comma'quote\".jpeg"):
+    for name in (
+        "names/with space.jpg",
+        "names/ñandú 日本語.jpg",
+        "names/new\nline.jpg",
+        "names/UPPER.JPG",
+        "names/Mixed.Png",
+        "names/semi;colon,comma'quote\".jpeg",
+    ):
         ok(name).write_bytes(jpeg_bytes())
     # A Latin-1 file name, not valid UTF-8: a row whose path shows the odd byte as \xe9.
     with open(os.path.join(os.fsencode(root / "names"), b"caf\xe9 latin-1.jpg"), "wb") as stream:

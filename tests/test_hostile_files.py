@@ -1,0 +1,146 @@
+"""Files other people can write to: links planted at the lock or at temporary names, leftovers of a
+killed merge, list files that are not lists. Nothing outside the output may be touched, and bad input
+is one line with exit 2 before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+
+from batchclf.errors import EXIT_USAGE
+from batchclf.writer import atomic_parquet, output_lock
+
+
+@pytest.fixture
+def images(datasets, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("pizza.jpg", "teddy2.jpg"):
+        shutil.copy(datasets / "food_toy_appliance" / name, folder / name)
+    return folder
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("batchclf: error:"), result.stderr
+    return lines[0]
+
+
+def test_a_symlink_at_the_lock_is_refused_and_its_target_untouched(images, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    output = tmp_path / "out.parquet"
+    os.symlink(victim, tmp_path / "out.parquet.lock")
+    result = run_cli("run", str(images), str(output), "--no-progress")
+    assert result.returncode == EXIT_USAGE
+    assert "symlink" in _one_line_error(result)
+    assert victim.read_text() == "precious\n" and not output.exists()
+
+
+def test_the_lock_file_is_never_written(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    output = tmp_path / "out.parquet"
+    os.link(victim, tmp_path / "out.parquet.lock")  # a hard link cannot be refused by O_NOFOLLOW
+    with output_lock(output):
+        pass
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_fifo_at_the_lock_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "out.parquet.lock")
+    with pytest.raises(Exception, match="not a regular file"):
+        with output_lock(tmp_path / "out.parquet"):
+            pass
+
+
+def test_links_at_predictable_temporary_names_are_not_followed(images, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name in (".out.parquet.partial", f".out.parquet.partial{os.getpid()}", ".out.parquet.x.partial"):
+        os.symlink(victim, tmp_path / name)
+    output = tmp_path / "out.parquet"
+    result = run_cli("run", str(images), str(output), "--no-progress", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious\n"
+    assert pq.read_table(output).num_rows == 2
+    assert not (tmp_path / ".out.parquet.x.partial").is_symlink()  # a killed merge's name: cleared, not followed
+
+
+def test_leftovers_of_a_killed_merge_are_removed(tmp_path):
+    output = tmp_path / "out.parquet"
+    leftover = tmp_path / ".out.parquet.k2j4.partial"
+    leftover.write_bytes(b"half a parquet file")
+    with output_lock(output):
+        pass
+    assert not leftover.exists()
+
+
+def test_the_output_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
+    import batchclf.writer as writer
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(writer.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(writer.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    table = pa.table({"path": ["a"]})
+    with atomic_parquet(tmp_path / "out.parquet", table.schema) as parquet:
+        parquet.write_table(table)
+    assert events[:2] == ["fsync", "replace"] and events.count("fsync") == 2  # the file, then its folder
+    assert pq.read_table(tmp_path / "out.parquet").equals(table)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_a_file_that_is_not_a_list_of_images_is_refused(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# A title\n\nSome text about images.\n")
+    result = run_cli("run", str(readme), str(tmp_path / "out.parquet"), "--no-progress")
+    assert result.returncode == EXIT_USAGE
+    assert "line 3 is not an image path" in _one_line_error(result)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_list_file_that_is_not_utf8_is_refused(tmp_path, images):
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"images/pizza.jpg\nimages/caf\xe9.jpg\n")
+    result = run_cli("run", str(listing), str(tmp_path / "out.parquet"), "--no-progress")
+    assert result.returncode == EXIT_USAGE
+    assert "not UTF-8" in _one_line_error(result)
+
+
+def test_a_list_file_with_a_bom_lists_its_first_path(tmp_path, images):
+    listing = tmp_path / "list.txt"
+    listing.write_text("images/pizza.jpg\nimages/teddy2.jpg\n", encoding="utf-8-sig")
+    output = tmp_path / "out.parquet"
+    result = run_cli("run", str(listing), str(output), "--no-progress", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(output)
+    assert table["path"].to_pylist() == ["pizza.jpg", "teddy2.jpg"]
+    assert table["status"].to_pylist() == ["ok", "ok"]
+
+
+def test_the_first_run_on_a_machine_says_it_converts_the_model_once(images, tmp_path):
+    environment = {**os.environ, "BATCHCLF_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "batchclf", "run", str(images), str(tmp_path / "out.parquet"), "--no-progress"]
+    first = subprocess.run([*command, "--workers", "1"], capture_output=True, text=True, env=environment, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "converting efficientnet-lite0 for LiteRT: once per machine" in first.stderr
+    second = subprocess.run([*command, "--workers", "1"], capture_output=True, text=True, env=environment, timeout=600)
+    assert second.returncode == 0 and "converting" not in second.stderr, second.stderr
+
+
+def test_a_run_that_scores_nothing_reports_no_speed(images, tmp_path):
+    output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    assert run_cli("run", str(images), str(output), "--incremental", "--no-progress", "--workers", "1").returncode == 0
+    again = run_cli("run", str(images), str(output), "--incremental", "--no-progress", "--summary", str(summary))
+    assert again.returncode == 0, again.stderr
+    assert "2 files (0 scored), 2 ok, 0 errors" in again.stderr and "nothing needed scoring" in again.stderr
+    assert json.loads(summary.read_text())["images_per_second"] == 0
