@@ -44,11 +44,17 @@ def _labels_list(text: str) -> tuple[str, ...]:
     """``a,b,c`` or ``@file`` (one label a line)."""
     if text.startswith("@"):
         try:
-            lines = Path(text[1:]).read_text(encoding="utf-8").splitlines()
+            lines = Path(text[1:]).read_text(encoding="utf-8-sig").splitlines()
         except OSError as error:
             raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {error.strerror}") from None
-        return tuple(line.strip() for line in lines if line.strip())
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+        except UnicodeDecodeError:
+            raise argparse.ArgumentTypeError(f"{text[1:]} is not UTF-8 text; write one label a line") from None
+        labels = tuple(line.strip() for line in lines if line.strip())
+    else:
+        labels = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not labels:  # an empty filter would silently mean no filter at all
+        raise argparse.ArgumentTypeError(f"{text!r} names no labels; give 'a,b,c' or @FILE with one label a line")
+    return labels
 
 
 def _add_run(subparsers) -> None:
@@ -69,7 +75,7 @@ def _add_run(subparsers) -> None:
     model.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"built-in model ({', '.join(BUILTIN_MODELS)}), a .keras/.h5 file, a SavedModel "
+        help=f"built-in model ({', '.join(BUILTIN_MODELS)}), a .keras/.h5/.tflite/.onnx file, a SavedModel "
         "folder or a folder written by 'batchclf train'",
     )
     model.add_argument(

@@ -77,6 +77,7 @@ class EvaluateConfig:
     workers: int | None = None
     scheduler: str | None = None
     progress: bool = True
+    trust_model: bool = False
 
     def validate(self) -> None:
         """The numeric options, before the model or the data are read."""
@@ -129,6 +130,7 @@ def predict_files(paths: list[str], config: EvaluateConfig, labels: tuple[str, .
         workers=config.workers,
         scheduler=config.scheduler,
         progress=config.progress,
+        trust_model=config.trust_model,
     )
     index = {label: i for i, label in enumerate(labels)}
     probabilities, errors = [], {}
@@ -148,7 +150,7 @@ def evaluate(config: EvaluateConfig, log=print) -> dict:
     from .models.registry import resolve_model
 
     config.validate()
-    spec = resolve_model(config.model)
+    spec = resolve_model(config.model, trust_model=config.trust_model)
     data = read_dataset(config.data, config.images)
     truth = truth_labels(data, spec.labels, spec.kind == "builtin")
     probabilities, errors = predict_files(list(data.paths), config, spec.labels)

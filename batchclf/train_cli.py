@@ -138,7 +138,14 @@ def _add_evaluate(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     evaluate.add_argument("data", type=Path, help=DATA_HELP)
-    evaluate.add_argument("--model", default=DEFAULT_MODEL, help="a trained model folder or a built-in model")
+    evaluate.add_argument(
+        "--model", default=DEFAULT_MODEL, help="a trained model folder, a built-in model, or a model file as for run"
+    )
+    evaluate.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow a model whose loading runs the code it holds (a SavedModel, a Keras Lambda layer)",
+    )
     evaluate.add_argument("--images", type=Path, default=None, help="folder the TSV's image paths are relative to")
     evaluate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
     evaluate.add_argument("--batch-size", type=int, default=32, help="images per inference batch")
@@ -160,6 +167,7 @@ def _evaluate(args) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         progress=args.progress,
+        trust_model=args.trust_model,
     )
     report = evaluate(config, log=print)
     print(format_report(report, args.verbose))

@@ -295,6 +295,15 @@ def test_savedmodel_needs_trust(tmp_path, datasets):
     rows = pq.read_table(output).to_pylist()
     assert len(rows) == 19 and {row["label"] for row in rows} <= {"cat", "dog"}
 
+    tags = tmp_path / "tags.tsv"  # evaluate takes the same flag, for the same reason
+    images = sorted((datasets / "imagenet_objects").glob("*.jpg"))[:4]
+    tags.write_text("".join(f"{path}\t{label}\n" for path, label in zip(images, ["cat", "dog"] * 2)))
+    refused = run_cli("evaluate", str(tags), "--model", str(folder), "--no-progress")
+    assert refused.returncode == 2 and "--trust-model" in refused.stderr, refused.stderr
+    trusted = run_cli("evaluate", str(tags), "--model", str(folder), "--trust-model", "--no-progress")
+    assert trusted.returncode == 0, trusted.stderr
+    assert "accuracy" in trusted.stdout
+
 
 def test_onnx_without_onnxruntime_says_how_to_install(tmp_path, exports, monkeypatch):
     model = tmp_path / "m.onnx"
