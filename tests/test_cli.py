@@ -194,3 +194,11 @@ def test_classify_from_a_plain_script(datasets, tmp_path, how):
     assert "Traceback" not in result.stderr and "bootstrapping" not in result.stderr, result.stderr
     count = len([p for p in (datasets / "food_toy_appliance").iterdir() if p.suffix in (".jpg", ".png")])
     assert result.stdout.split()[:2] == [str(count), str(count)], result.stdout
+
+
+def test_an_allow_file_that_names_no_labels_is_refused(images, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    result = run_cli("run", str(images), str(tmp_path / "out.parquet"), "--allow", f"@{empty}")
+    assert result.returncode == 2 and "names no labels" in result.stderr, result.stderr
+    assert not (tmp_path / "out.parquet").exists()
