@@ -26,7 +26,7 @@ from .isolate import isolate_failing_shard
 from .merge import newest_rows
 from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
-from .shard import balanced_shard_size, iter_shards
+from .shard import balanced_shard_size, iter_shards, shard_name
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, conversion_pending, score_shard
 from .writer import METADATA_KEY, PartsStore, atomic_parquet, output_lock, output_schema
 
@@ -176,11 +176,11 @@ def run(config: RunConfig, log=print) -> RunSummary:
         summary = RunSummary(files=plan.files + plan.kept_unverified, scored=len(plan.to_score))
         summary.incremental = plan.record() if config.incremental else None
         summary.unreadable = [folder for folder, _ in plan.unreadable]
-        shards = list(iter_shards(root, plan.to_score, balanced_shard_size(len(plan.to_score), config.shard_size)))
-        summary.shards = len(shards)
-        if shards:
-            _score(config, spec, allowed, root, plan, shards, store, summary, log)
-        parts = [store.part_path(shard.name) for shard in shards]
+        shard_size = balanced_shard_size(len(plan.to_score), config.shard_size)
+        summary.shards = -(-len(plan.to_score) // shard_size)
+        if summary.shards:  # shards are made as they are submitted: their paths never all live as Python strings
+            _score(config, spec, allowed, root, plan, iter_shards(root, plan.to_score, shard_size), store, summary, log)
+        parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]
         _count_statuses(plan.kept_errors, parts, summary)
         metadata = {
             "model": spec.id,

@@ -20,7 +20,11 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.index:06d}"
+        return shard_name(self.index)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
 
 
 def iter_shards(root: str, paths: Sequence[str] | pa.ChunkedArray, shard_size: int) -> Iterator[Shard]:
