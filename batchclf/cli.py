@@ -69,8 +69,17 @@ def _add_run(subparsers) -> None:
         formatter_class=DefaultsHelpFormatter,
         epilog=EXIT_CODES_HELP,
     )
-    run.add_argument("input", type=Path, help="folder of images (searched recursively) or a text file of paths")
-    run.add_argument("output", type=Path, help="Parquet file to write (replaced atomically)")
+    run.add_argument(
+        "input",
+        type=_location,
+        help="folder of images (searched recursively), a text file of paths, or a URL prefix (s3://bucket/images)",
+    )
+    run.add_argument("output", type=_location, help="Parquet file to write (replaced atomically)")
+    run.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options for a URL input, e.g. \'{"endpoint_url": "http://..."}\' (never logged or recorded)',
+    )
     model = run.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -209,9 +218,17 @@ def _add_run(subparsers) -> None:
     run.set_defaults(handler=_run)
 
 
+def _location(text: str) -> Path | str:
+    """A URL stays text (``Path`` would fold ``s3://`` into ``s3:/``); anything else is a path."""
+    from .storage import is_url
+
+    return text if is_url(text) else Path(text)
+
+
 def _run(args) -> int:
     from .config import RunConfig
     from .job import run
+    from .storage import StorageOptions
 
     check_summary_path(args.summary)
 
@@ -246,6 +263,7 @@ def _run(args) -> int:
         hash=args.hash,
         wait=args.wait,
         progress=args.progress,
+        storage_options=StorageOptions.parse(args.storage_options),
     )
     try:
         summary = run(config, log=print)

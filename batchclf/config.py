@@ -9,6 +9,7 @@ from pathlib import Path
 from .backends import BACKENDS, QUANTIZATIONS
 from .errors import UsageError
 from .models.registry import DEFAULT_MODEL
+from .storage import StorageOptions, check_input, is_url
 
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
@@ -27,7 +28,7 @@ def can_create_files_in(folder: Path) -> bool:
 
 @dataclass(frozen=True)
 class RunConfig:
-    input: Path
+    input: Path | str  # a local path, or an fsspec URL kept as text (``s3://bucket/prefix``)
     output: Path
     model: str = DEFAULT_MODEL
     labels: Path | None = None
@@ -58,10 +59,20 @@ class RunConfig:
     wait: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict, compare=False)
+    # fsspec options for a URL input (endpoint, credentials): never printed, recorded or logged.
+    storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
     def validate(self) -> None:
         """Refuse bad settings before any work starts, with a message that says what to do."""
-        if not self.input.exists():
+        if is_url(str(self.output)):
+            raise UsageError(
+                f"output {self.output} is a URL; write the output to a local file (the input may be a URL)"
+            )
+        if is_url(self.input):
+            if self.hash:
+                raise UsageError("--hash reads every file on the driver; for a URL input leave it out")
+            check_input(self.input, self.storage_options)
+        elif not self.input.exists():
             raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
         if self.output.is_dir():
             raise UsageError(

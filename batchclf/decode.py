@@ -113,12 +113,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = False) -> DecodedImage:
-    """Read, decode, orient, crop and resize one image; raise ``ImageDecodeError`` with a reason."""
+def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = False, read=None) -> DecodedImage:
+    """Read, decode, orient, crop and resize one image; raise ``ImageDecodeError`` with a reason.
+
+    ``read`` fetches the bytes (``read_file`` for a local path; object storage passes its own).
+    """
     size = preprocessing.image_size
     content = None
     try:
-        content = read_file(path)
+        content = (read or read_file)(path)
         with Image.open(io.BytesIO(content.data)) as image:
             width, height = image.size
             # Checked here rather than through Pillow's warning filter, which is not thread-safe.

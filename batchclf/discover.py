@@ -69,7 +69,7 @@ class Listing:
     once ``batches`` is exhausted.
     """
 
-    root: Path
+    root: Path | str  # a URL for object storage
     batches: Iterator[pa.Table]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     files: int = 0
@@ -214,13 +214,18 @@ def _filtered(names: Iterator[tuple], include: Sequence[str], exclude: Sequence[
 
 
 def list_images(
-    source: Path,
+    source: Path | str,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     batch_rows: int = LISTING_BATCH_ROWS,
+    storage_options=None,
 ) -> Listing:
-    """Stream the images under ``source`` (a folder to walk, or a text file listing image paths)."""
+    """Stream the images under ``source`` (a folder to walk, a text file listing image paths, or a URL prefix)."""
+    from . import storage
+
+    if storage.is_url(source):
+        return _list_objects(source, include, exclude, include_hidden, batch_rows, storage_options)
     if source.is_dir():
         listing = Listing(root=source.resolve(), batches=iter(()))
         names = _walk(source, include_hidden, listing.unreadable, with_stat=True)
@@ -231,6 +236,29 @@ def list_images(
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
     listing.batches = _batches(_filtered(names, include, exclude), listing, batch_rows)
+    return listing
+
+
+def _list_objects(url: str, include, exclude, include_hidden: bool, batch_rows: int, options) -> Listing:
+    """The images under a URL prefix: the same extensions, filters and hidden rule as a folder walk."""
+    from . import storage
+
+    root = url.rstrip("/")
+    listing = Listing(root=root, batches=iter(()))
+    names = (
+        (name, path_text(name), size, mtime)
+        for name, size, mtime in storage.list_objects(root, options)
+        if is_image_name(name.rsplit("/", 1)[-1]) and (include_hidden or not any(p[:1] == "." for p in name.split("/")))
+    )
+    table = storage.sorted_listing([item[1:] for item in _filtered(names, include, exclude)], LISTING_SCHEMA)
+    listing.batches = (pa.Table.from_batches([batch]) for batch in table.to_batches(batch_rows))
+
+    def counted(batches):
+        for batch in batches:
+            listing.files += batch.num_rows
+            yield batch
+
+    listing.batches = counted(listing.batches)
     return listing
 
 

@@ -27,6 +27,7 @@ from .merge import newest_rows
 from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
 from .shard import balanced_shard_size, iter_shards, shard_name
+from .storage import URL_DECODE_THREADS, is_url
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, conversion_pending, score_shard
 from .writer import METADATA_KEY, PartsStore, atomic_parquet, output_lock, output_schema
 
@@ -122,7 +123,10 @@ def _scoring_options(
         threads, decode_threads = min(
             (threads_for_worker(cores, count) for cores, count in worker_hosts(client).values()), default=(1, 1)
         )
+    if is_url(root):  # object reads wait on the network: keep several in flight per worker
+        decode_threads = max(decode_threads, URL_DECODE_THREADS)
     return ScoringOptions(
+        storage=config.storage_options if is_url(root) else None,
         batch_size=config.batch_size,
         top_k=config.top_k,
         threshold=config.threshold,
@@ -151,7 +155,9 @@ def run(config: RunConfig, log=print) -> RunSummary:
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = _class_filter(spec, config.allow, config.deny)  # unknown labels are refused before any work
     with output_lock(config.output, config.wait):
-        listing = list_images(config.input, config.include, config.exclude, config.include_hidden)
+        listing = list_images(
+            config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
+        )
         root = str(listing.root)
         key = reuse_key(spec, config, root)
         store = PartsStore(config.output, key)

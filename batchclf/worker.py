@@ -35,6 +35,7 @@ from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
 from .discover import fs_path
 from .models.registry import ModelSpec, load_keras_model
 from .shard import Shard
+from .storage import StorageOptions, is_url, read_object
 from .writer import output_schema
 
 PROGRESS_TOPIC = "batchclf-progress"
@@ -53,6 +54,7 @@ class ScoringOptions:
     quantize: str | None = None  # "int8": full-integer LiteRT model calibrated on ``calibration``
     calibration: tuple[str, ...] = ()  # full paths of a sample of the input, the same for every worker
     content_hash: bool = False  # add the BLAKE2b of the bytes scored (``--hash``)
+    storage: StorageOptions | None = None  # fsspec options when the input is a URL (repr hides the values)
 
 
 @dataclass
@@ -184,26 +186,28 @@ def _calibration_images(spec: ModelSpec, paths: tuple[str, ...], model) -> Itera
         raise ValueError("int8 quantization needs at least one decodable image to calibrate on")
 
 
-def _decode_one(path: str, preprocessing: Preprocessing, content_hash: bool) -> DecodedImage | ImageDecodeError:
+def _decode_one(
+    path: str, preprocessing: Preprocessing, content_hash: bool, read=None
+) -> DecodedImage | ImageDecodeError:
     try:
-        return decode_image(path, preprocessing, content_hash)
+        return decode_image(path, preprocessing, content_hash, read)
     except ImageDecodeError as error:
         return error
 
 
 def _decode_ahead(
-    paths: list[str], scorer: Scorer, window: int, content_hash: bool
+    paths: list[str], scorer: Scorer, window: int, content_hash: bool, read=None
 ) -> Iterator[DecodedImage | ImageDecodeError]:
     """Decode in the pool, at most ``window`` images ahead of the consumer, in order."""
     pending: deque = deque()
     source = iter(paths)
     for path in itertools.islice(source, window):
-        pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash))
+        pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
     while pending:
         result = pending.popleft().result()
         path = next(source, None)
         if path is not None:
-            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash))
+            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
         yield result
 
 
@@ -267,7 +271,9 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
 
     batch_positions: list[int] = []
     batch_pixels: list[np.ndarray] = []
-    decoded = _decode_ahead(full_paths, scorer, 2 * options.batch_size, options.content_hash)
+    read = functools.partial(read_object, options=options.storage) if is_url(shard.root) else None
+    window = max(2 * options.batch_size, 2 * options.decode_threads)
+    decoded = _decode_ahead(full_paths, scorer, window, options.content_hash, read)
     for position in range(n):
         tick = time.perf_counter()
         result = next(decoded)

@@ -1,0 +1,111 @@
+"""A URL input, against a real S3 API server (moto's standalone server) read through s3fs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli, save_image
+
+from batchclf.storage import StorageOptions
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+SECRET = "fake-secret-Zq81xYvP"
+COMPARED = ["path", "label", "score", "topk", "status", "bytes"]
+BUCKET = "images-bucket"
+
+
+@pytest.fixture(scope="module")
+def s3(datasets, tmp_path_factory):
+    """The server, a bucket holding the shared images under ``images/``, and the same images on disk."""
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="key", aws_secret_access_key=SECRET, region_name="us-east-1"
+    )
+    client.create_bucket(Bucket=BUCKET)
+    local = tmp_path_factory.mktemp("local") / "images"
+    for folder in ("imagenet_objects", "food_toy_appliance"):
+        shutil.copytree(datasets / folder, local / folder, ignore=shutil.ignore_patterns("*.tsv", "*.txt"))
+    for file in sorted(local.rglob("*")):
+        if file.is_file():
+            client.upload_file(str(file), BUCKET, f"images/{file.relative_to(local).as_posix()}")
+    options = json.dumps({"endpoint_url": endpoint, "key": "key", "secret": SECRET})
+    yield client, local, options
+    server.stop()
+
+
+def _rows(path) -> list[dict]:
+    return pq.read_table(path, columns=COMPARED).to_pylist()
+
+
+def _run(*args: str):
+    return run_cli("run", *args, "--no-progress", "--workers", "1")
+
+
+def test_bucket_run_equals_local_run_and_never_shows_the_secret(s3, tmp_path):
+    client, local, options = s3
+    summary = tmp_path / "summary.json"
+    remote = _run(
+        f"s3://{BUCKET}/images", str(tmp_path / "s3.parquet"), "--storage-options", options, "--summary", str(summary)
+    )
+    assert remote.returncode == 0, remote.stderr
+    on_disk = _run(str(local), str(tmp_path / "local.parquet"))
+    assert on_disk.returncode == 0, on_disk.stderr
+    rows = _rows(tmp_path / "s3.parquet")
+    assert len(rows) > 20
+    assert rows == _rows(tmp_path / "local.parquet")
+    metadata = pq.read_schema(tmp_path / "s3.parquet").metadata[b"batchclf"].decode()
+    assert json.loads(metadata)["input_root"] == f"s3://{BUCKET}/images"
+    for text in (remote.stdout, remote.stderr, summary.read_text(), metadata):
+        assert SECRET not in text
+
+
+def test_incremental_after_objects_added_changed_and_deleted_equals_a_full_run(s3, tmp_path):
+    client, local, options = s3
+    output, full = tmp_path / "nightly.parquet", tmp_path / "full.parquet"
+    assert _run(f"s3://{BUCKET}/images", str(output), "--storage-options", options).returncode == 0
+    names = sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="images/")["Contents"])
+    client.delete_object(Bucket=BUCKET, Key=names[0])
+    changed = save_image(tmp_path / "changed.png", size=(80, 60), color=(20, 200, 40))
+    client.upload_file(str(changed), BUCKET, names[1])
+    client.upload_file(str(changed), BUCKET, "images/new/added.png")
+    try:
+        nightly = _run(f"s3://{BUCKET}/images", str(output), "--storage-options", options, "--incremental")
+        assert nightly.returncode == 0, nightly.stderr
+        assert "1 new, 1 changed" in nightly.stderr and "1 dropped" in nightly.stderr
+        assert _run(f"s3://{BUCKET}/images", str(full), "--storage-options", options).returncode == 0
+        assert _rows(output) == _rows(full)
+    finally:  # the other tests compare the bucket with the local copy
+        client.delete_object(Bucket=BUCKET, Key="images/new/added.png")
+        for key in names[:2]:
+            client.upload_file(str(local / key.removeprefix("images/")), BUCKET, key)
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint"])
+def test_a_bucket_that_cannot_be_read_is_one_line_exit_2_and_nothing_written(s3, tmp_path, case):
+    _, _, options = s3
+    bucket, settings = BUCKET, json.loads(options)
+    if case == "missing bucket":
+        bucket = "no-such-bucket"
+    else:
+        settings["endpoint_url"] = "http://127.0.0.1:9"
+    result = _run(f"s3://{bucket}/images", str(tmp_path / "out.parquet"), "--storage-options", json.dumps(settings))
+    assert result.returncode == 2
+    assert result.stderr.startswith("batchclf: error: ") and result.stderr.count("\n") == 1
+    assert SECRET not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_options_are_refused_when_not_a_json_object_and_never_printed():
+    with pytest.raises(Exception, match="JSON object") as caught:
+        StorageOptions.parse('["' + SECRET + '"]')
+    assert SECRET not in str(caught.value)
+    assert SECRET not in repr(StorageOptions({"secret": SECRET}))
