@@ -109,3 +109,33 @@ def test_storage_options_are_refused_when_not_a_json_object_and_never_printed():
         StorageOptions.parse('["' + SECRET + '"]')
     assert SECRET not in str(caught.value)
     assert SECRET not in repr(StorageOptions({"secret": SECRET}))
+
+
+def test_a_killed_run_from_a_bucket_resumes_to_the_same_rows(s3, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, local, options = s3
+    output, reference = tmp_path / "out.parquet", tmp_path / "reference.parquet"
+    command = ["run", f"s3://{BUCKET}/images", str(output), "--storage-options", options, "--shard-size", "4"]
+    assert _run(f"s3://{BUCKET}/images", str(reference), "--storage-options", options).returncode == 0
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "batchclf", *command, "--no-progress", "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    parts, deadline = tmp_path / "out.parquet.parts", time.time() + 300
+    while not (parts.is_dir() and any(n.startswith("attempt-") for n in os.listdir(parts))):
+        assert driver.poll() is None, driver.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not output.exists()
+    resumed = _run(*command[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: " in resumed.stderr
+    assert _rows(output) == _rows(reference)
