@@ -30,8 +30,9 @@ def aligned(streams: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table]]:
     buffers: list[pa.Table | None] = [None] * len(iterators)
 
     def refill(i: int) -> None:
+        """The next non-empty batch of stream ``i``, or None once the stream is exhausted."""
         while buffers[i] is None or buffers[i].num_rows == 0:
-            batch = next(iterators[i], None)
+            batch = next(iterators[i], None) if iterators[i] is not None else None
             if batch is None:
                 buffers[i] = None
                 iterators[i] = None
@@ -50,10 +51,8 @@ def aligned(streams: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table]]:
             count = _rows_up_to(buffer, bound)
             step.append(buffer.slice(0, count))
             buffers[i] = buffer.slice(count)
-            if buffers[i].num_rows == 0 and iterators[i] is not None:
+            if buffers[i].num_rows == 0:
                 refill(i)
-            elif buffers[i].num_rows == 0:
-                buffers[i] = None
         yield step
 
 

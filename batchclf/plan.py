@@ -165,13 +165,12 @@ def plan_run(
             _compare(current, previous, use_hash, keep_error_rows, first_is_output, plan, to_score)
         if previous is not None and previous.num_rows:
             listed = current["path"] if current is not None else pa.array([], pa.string())
-            gone = previous["path"].filter(pc.invert(pc.is_in(previous["path"], value_set=listed)))
-            if len(gone):
-                unverified = under_folders(gone.combine_chunks(), [folder for folder, _ in listing.unreadable])
-                kept = previous.filter(pc.is_in(previous["path"], value_set=gone.filter(unverified)))
-                plan.kept_unverified += kept.num_rows
-                plan.kept_errors += _errors(kept)
-                dropped.append(gone.filter(pc.invert(unverified)).combine_chunks())
+            gone = pc.invert(pc.is_in(previous["path"], value_set=listed))
+            unreadable = under_folders(previous["path"], [folder for folder, _ in listing.unreadable])
+            kept = previous.filter(pc.and_(gone, unreadable))  # not listed, but its folder could not be read
+            plan.kept_unverified += kept.num_rows
+            plan.kept_errors += _errors(kept)
+            dropped.append(previous["path"].filter(pc.and_(gone, pc.invert(unreadable))).combine_chunks())
     plan.to_score = pa.chunked_array([c for array in to_score for c in array.chunks], pa.string())
     plan.dropped = pa.concat_arrays(dropped) if dropped else plan.dropped
     plan.files, plan.unreadable = listing.files, listing.unreadable
