@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -303,33 +302,12 @@ def _write_summary(path: Path | None, summary, config, exit_code: int, error: st
     import json
 
     from .job import RunSummary, summary_record
+    from .writer import write_text_atomically
 
     record = summary_record(summary or RunSummary(), config, exit_code, error)
     if exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         record["status"] = "interrupted"
-    write_file_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a new file of our own in the same folder, then rename it.
-
-    ``mkstemp`` creates the file exclusively (``O_EXCL``) with a random name, so a symlink someone
-    planted at a predictable temporary name cannot redirect the write to another file.
-    """
-    import tempfile
-
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

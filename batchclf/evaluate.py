@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,20 +226,7 @@ def format_report(report: dict, verbose: bool = False) -> str:
 
 
 def write_json(report: dict, path: Path) -> None:
-    """Write through a private temporary file beside ``path``, so a reader never sees half a report."""
-    folder = path.parent if str(path.parent) else Path(".")
-    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(report, indent=2) + "\n")
-        os.chmod(partial, 0o666 & ~_umask())
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    """Write the report so that a reader never sees half of it."""
+    from .writer import write_text_atomically
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_text_atomically(path, json.dumps(report, indent=2) + "\n")

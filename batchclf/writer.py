@@ -155,6 +155,32 @@ def atomic_parquet(target: Path, schema: pa.Schema, **options) -> Iterator[pq.Pa
             os.unlink(partial)
 
 
+def write_text_atomically(path: Path, text: str) -> int:
+    """Write ``text`` to ``path`` through a new file of our own beside it, then rename it; return its size.
+
+    ``mkstemp`` creates the file exclusively (``O_EXCL``) under a random name, so a link planted at a
+    predictable temporary name cannot redirect the write; a reader sees the old file or the new one.
+    The file gets the mode a plain ``open`` would give it.
+    """
+    data = text.encode("utf-8")
+    folder = path.parent if str(path.parent) else Path(".")
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
+    return len(data)
+
+
 class PartsStore:
     """The folder of finished shard results beside the output.
 
@@ -194,19 +220,13 @@ class PartsStore:
     def _prepare(self) -> None:
         if not self.prepared:
             self.folder.mkdir(exist_ok=True)
-            self._write_manifest({"reuse_key": self.reuse_key, "attempts": self.attempt})
+            write_text_atomically(
+                self.folder / "run.json", json.dumps({"reuse_key": self.reuse_key, "attempts": self.attempt})
+            )
             self.prepared = True
 
-    def _write_manifest(self, record: dict) -> None:
-        descriptor, partial = tempfile.mkstemp(prefix=".run.json.", suffix=".partial", dir=self.folder)
-        with os.fdopen(descriptor, "w") as stream:
-            json.dump(record, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, self.folder / "run.json")
-
-    def part_path(self, shard_name: str, attempt: int | None = None) -> Path:
-        return self.folder / f"attempt-{attempt or self.attempt:04d}-{shard_name}.parquet"
+    def part_path(self, shard_name: str) -> Path:
+        return self.folder / f"attempt-{self.attempt:04d}-{shard_name}.parquet"
 
     def earlier_attempts(self) -> list[list[Path]]:
         """Parts of earlier attempts made under this reuse key: one sorted list per attempt, oldest first."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..writer import write_text_atomically
 from . import run as runs
 from .command import DEFAULT_LOW, DEFAULT_PER_LABEL, DEFAULT_TOP
 from .drift import Drift, compare_runs
@@ -134,20 +135,6 @@ def _plan_sheets(config: ReportConfig, ok, counts, budget: int) -> tuple[list[La
     return sheets, note
 
 
-def _write_atomically(target: Path, text: str) -> int:
-    data = text.encode("utf-8")
-    handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.absolute().parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(partial, 0o644)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return len(data)
-
-
 def summary_json(config: ReportConfig, run: runs.Run, counts, low_count: int, drift, truth) -> dict:
     ok = run.ok.num_rows
     return {
@@ -232,10 +219,10 @@ def build_report(config: ReportConfig) -> ReportSummary:
         changed_items=changed,
         truth=truth,
     )
-    summary.bytes = _write_atomically(config.report, render(page))
+    summary.bytes = write_text_atomically(config.report, render(page))
     if config.json:
         document = summary_json(config, run, counts, low_count, drift, truth)
-        _write_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_text_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     summary.rows, summary.drift, summary.truth = run.files, drift, truth
     summary.seconds = time.perf_counter() - started
     return summary
