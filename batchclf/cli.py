@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_TERMINATED, BatchclfError, Interrupted, UsageError
+from .storage import location_argument
 
 EXIT_CODES_HELP = """exit codes:
   0    success (some files may be error rows)
@@ -70,14 +71,19 @@ def _add_run(subparsers) -> None:
     )
     run.add_argument(
         "input",
-        type=_location,
+        type=location_argument,
         help="folder of images (searched recursively), a text file of paths, or a URL prefix (s3://bucket/images)",
     )
-    run.add_argument("output", type=_location, help="Parquet file to write (replaced atomically)")
+    run.add_argument(
+        "output",
+        type=location_argument,
+        help="Parquet file to write (replaced atomically), or a URL (s3://bucket/out/predictions.parquet)",
+    )
     run.add_argument(
         "--storage-options",
         metavar="JSON",
-        help='fsspec options for a URL input, e.g. \'{"endpoint_url": "http://..."}\' (never logged or recorded)',
+        help="fsspec options for a URL input or output, e.g. "
+        '\'{"endpoint_url": "http://..."}\' (never logged or recorded)',
     )
     model = run.add_argument_group("model")
     model.add_argument(
@@ -215,13 +221,6 @@ def _add_run(subparsers) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bar (shown unless given)"
     )
     run.set_defaults(handler=_run)
-
-
-def _location(text: str) -> Path | str:
-    """A URL stays text (``Path`` would fold ``s3://`` into ``s3:/``); anything else is a path."""
-    from .storage import is_url
-
-    return text if is_url(text) else Path(text)
 
 
 def _run(args) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from .backends import BACKENDS, QUANTIZATIONS
 from .errors import UsageError
 from .models.registry import DEFAULT_MODEL
-from .storage import StorageOptions, check_input, is_url
+from .storage import StorageOptions, check_input, check_output, is_url
 
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
@@ -29,7 +29,7 @@ def can_create_files_in(folder: Path) -> bool:
 @dataclass(frozen=True)
 class RunConfig:
     input: Path | str  # a local path, or an fsspec URL kept as text (``s3://bucket/prefix``)
-    output: Path
+    output: Path | str  # a local file, or an fsspec URL kept as text (``s3://bucket/out/predictions.parquet``)
     model: str = DEFAULT_MODEL
     labels: Path | None = None
     trust_model: bool = False  # load formats that can run code on load (a SavedModel)
@@ -59,21 +59,24 @@ class RunConfig:
     wait: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict, compare=False)
-    # fsspec options for a URL input (endpoint, credentials): never printed, recorded or logged.
+    # fsspec options for a URL input or output (endpoint, credentials): never printed, recorded or logged.
     storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
     def validate(self) -> None:
         """Refuse bad settings before any work starts, with a message that says what to do."""
-        if is_url(str(self.output)):
-            raise UsageError(
-                f"output {self.output} is a URL; write the output to a local file (the input may be a URL)"
-            )
         if is_url(self.input):
             if self.hash:
                 raise UsageError("--hash reads every file on the driver; for a URL input leave it out")
             check_input(self.input, self.storage_options)
         elif not self.input.exists():
             raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
+        if not is_url(str(self.output)):
+            self._check_local_output()
+        self._check_scalars()
+        if is_url(str(self.output)):  # last: the one check that writes (a probe object, removed at once)
+            check_output(str(self.output), self.storage_options)
+
+    def _check_local_output(self) -> None:
         if self.output.is_dir():
             raise UsageError(
                 f"output {self.output} is a folder; give a file name such as {self.output}/predictions.parquet"
@@ -83,6 +86,8 @@ class RunConfig:
             raise UsageError(f"output folder {parent} does not exist; create it first")
         if not can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
+
+    def _check_scalars(self) -> None:
         positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k}
         if self.workers is not None:
             positive["--workers"] = self.workers

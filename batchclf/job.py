@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import __version__
 from .backends import cache_dir
@@ -27,9 +26,18 @@ from .merge import newest_rows
 from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
 from .shard import balanced_shard_size, iter_shards, shard_name
-from .storage import URL_DECODE_THREADS, is_url
+from .storage import URL_DECODE_THREADS, is_url, location
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, conversion_pending, score_shard
-from .writer import METADATA_KEY, PartsStore, atomic_parquet, output_lock, output_schema
+from .writer import (
+    METADATA_KEY,
+    PartsStore,
+    atomic_parquet,
+    output_lock,
+    output_schema,
+    parts_store,
+    read_parts,
+    read_schema,
+)
 
 ROW_GROUP_ROWS = 65536
 
@@ -154,17 +162,18 @@ def run(config: RunConfig, log=print) -> RunSummary:
     spec = resolve_model(config.model, config.labels, config.trust_model)
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = _class_filter(spec, config.allow, config.deny)  # unknown labels are refused before any work
-    with output_lock(config.output, config.wait):
+    output = location(config.output, config.storage_options)  # a local file, or an object in a bucket
+    with output_lock(output, config.wait):
         listing = list_images(
             config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
         )
         root = str(listing.root)
         key = reuse_key(spec, config, root)
-        store = PartsStore(config.output, key)
+        store = parts_store(output, key)
         message = store.open()
         if message:
             log(message, file=sys.stderr)
-        plan = _plan(config, listing, store, key)
+        plan = _plan(config, output, listing, store, key)
         if plan.files == 0 and not plan.kept:
             raise UsageError(
                 f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
@@ -204,7 +213,7 @@ def run(config: RunConfig, log=print) -> RunSummary:
             "seconds": round(time.perf_counter() - started, 3),
         }
         schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash)
-        write_output(config.output, schema, metadata, [*plan.sources, parts_source(parts)], plan)
+        write_output(output, schema, metadata, [*plan.sources, parts_source(parts)], plan)
         if not config.keep_parts:
             store.remove()
     summary.seconds = time.perf_counter() - started
@@ -224,26 +233,24 @@ def run(config: RunConfig, log=print) -> RunSummary:
     return summary
 
 
-def _plan(config: RunConfig, listing, store: PartsStore, key: str) -> RunPlan:
+def _plan(config: RunConfig, output, listing, store: PartsStore, key: str) -> RunPlan:
     """Compare the listing with what may be reused: last night's output (incremental) and earlier parts."""
     sources, files, reason = [], [], None
     if config.incremental:
-        source, reason = previous_output_source(config.output, key, config.hash)
+        source, reason = previous_output_source(output, key, config.hash)
         if source is not None:
             sources.append(source)
-            files.append(config.output)
+            files.append(output)
     for parts in store.earlier_attempts():
         sources.append(parts_source(parts))
         files.extend(parts)
-    plan = plan_run(
-        listing, sources, config.hash, config.keep_error_rows, first_is_output=bool(files[:1] == [config.output])
-    )
+    plan = plan_run(listing, sources, config.hash, config.keep_error_rows, first_is_output=bool(files[:1] == [output]))
     plan.reason = reason
     plan.source_files = files
     return plan
 
 
-def write_output(output: Path, schema, metadata: dict, sources: list, plan: RunPlan) -> None:
+def write_output(output, schema, metadata: dict, sources: list, plan: RunPlan) -> None:
     """Merge the reusable rows and this run's parts into ``output``, streaming, newest row winning.
 
     Rows of files that are gone are dropped; rows under a folder that could not be read are kept
@@ -331,8 +338,7 @@ def _score_pending(client, shards, spec, options, config, store, summary, log) -
 def _count_statuses(kept_errors: list[str], parts: list[Path], summary: RunSummary) -> None:
     """Count error rows, by kind (the message up to its first colon), over kept rows and new parts."""
     messages = list(kept_errors)
-    for part in parts:
-        table = pq.read_table(part, columns=["status", "error"])
+    for table in read_parts(parts, ["status", "error"]):
         messages += table.filter(pc.equal(table["status"], "error"))["error"].to_pylist()
     for message in messages:
         kind = (message or "unknown").split(":")[0].split(";")[0].split(" (")[0]
@@ -343,7 +349,7 @@ def _count_statuses(kept_errors: list[str], parts: list[Path], summary: RunSumma
 
 def _embedding_size(files: list[Path]) -> int | None:
     for file in files[:1]:
-        schema = pq.read_schema(file)
+        schema = read_schema(file)
         if "embedding" in schema.names:
             return schema.field("embedding").type.list_size
     return None

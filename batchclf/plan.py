@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .discover import Listing, fs_path
 from .merge import SOURCE_COLUMN, aligned, newest_rows
-from .writer import read_output, read_parts, read_run_metadata
+from .writer import read_output, read_parts, read_run_metadata, read_schema
 
 HASH_THREADS = 8
 SIGNATURE_SCHEMA = pa.schema(
@@ -100,13 +99,13 @@ def content_hash(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def previous_output_source(previous: Path, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:
-    """Last night's output as a source of rows, or the reason it cannot be one."""
+def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:
+    """Last night's output (a ``Path`` or a ``storage.ObjectPath``) as a source of rows, or why it cannot be one."""
     if not previous.exists():
         return None, f"{previous} does not exist yet"
     try:
         metadata = read_run_metadata(previous)
-        names = pq.read_schema(previous).names
+        names = read_schema(previous).names
     except (OSError, ValueError, pa.ArrowInvalid) as error:
         return None, f"cannot read {previous}: {error}"
     if metadata.get("reuse_key") != reuse_key:
@@ -116,7 +115,7 @@ def previous_output_source(previous: Path, reuse_key: str, use_hash: bool) -> tu
     return (lambda columns: read_output(previous, columns)), None
 
 
-def parts_source(parts: list[Path]) -> Source:
+def parts_source(parts: list) -> Source:
     return lambda columns: read_parts(parts, columns)
 
 

@@ -1,6 +1,9 @@
-"""Images in object storage: any fsspec URL (``s3://``, ``gs://``, ``az://`` ...) as the input of a run.
+"""Object storage: any fsspec URL (``s3://``, ``gs://``, ``az://`` ...) as the input or the output of a run.
 
-Everything that knows about URLs lives here; discovery, the workers and the config only call in.
+Everything that knows about URLs lives here; discovery, the workers, the writer and the config only
+call in. An output in a bucket is an ``ObjectPath``: the few things the writer asks of a ``Path``
+(name, sibling, exists, open), plus the two writes object storage makes atomic: one PUT, and a PUT
+that only creates (``If-None-Match: *``), which is what the lock is made of.
 Credentials come from where the storage library looks for them (environment, profile, instance role)
 plus ``--storage-options JSON``; those options are carried in a ``StorageOptions`` whose ``repr`` hides
 the values, so a secret never reaches a log line, an error message, the summary or the output.
@@ -8,13 +11,13 @@ the values, so a secret never reaches a log line, an error message, the summary 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import re
+import secrets
 from collections.abc import Iterator
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -154,9 +157,12 @@ def list_objects(url: str, options: StorageOptions) -> Iterator[tuple[str, int |
         yield name[len(prefix) :], info.get("size"), modified_us(info)
 
 
-def sorted_listing(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+def sorted_listing(rows: list[tuple], schema):
     """The listing of a prefix as one table sorted by path text (object stores list in key order,
     which is not the output's order once names are escaped, so the listing is sorted in memory)."""
+    import pyarrow as pa  # here, so the command line can parse a location without loading Arrow
+    import pyarrow.compute as pc
+
     texts, sizes, mtimes = (list(column) for column in zip(*rows)) if rows else ([], [], [])
     table = pa.table(
         [
@@ -189,3 +195,130 @@ def read_object(url: str, options: StorageOptions | None, attempts: int = 3):
         if len(data) == info.get("size"):
             return FileContent(data, len(data), modified_us(info) or 0)
     raise ImageDecodeError(f"the object kept changing while being read ({attempts} tries); it is scored again next run")
+
+
+def check_output(url: str, options: StorageOptions) -> None:
+    """Refuse an output location that cannot be written, before any work starts, leaving nothing behind.
+
+    A probe object is written beside the output and removed: that is the one test that catches a
+    missing bucket, an unreachable endpoint and missing write permission alike.
+    """
+    if url.endswith("/"):
+        raise UsageError(f"output {url} ends with /; give an object name such as {url}predictions.parquet")
+    fs, path = filesystem(url, options)
+    probe = f"{path}.probe-{secrets.token_hex(4)}"
+    try:
+        is_prefix = fs.isdir(path)
+        if not is_prefix:
+            fs.pipe_file(probe, b"")
+            fs.rm_file(probe)
+    except Exception as error:  # a storage library raises its own kinds: all mean "cannot write there"
+        raise storage_error(url, error, options, "write the output to") from None
+    if is_prefix:
+        raise UsageError(f"output {url} is a prefix holding objects; give a name such as {url}/predictions.parquet")
+
+
+class ObjectPath:
+    """An object in a bucket, named like a local file: enough of ``Path`` for the writer and the report."""
+
+    def __init__(self, url: str, options: StorageOptions | None = None):
+        self.url = url
+        self.options = options or StorageOptions()
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"ObjectPath({self.url!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectPath) and self.url == other.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    def with_name(self, name: str) -> ObjectPath:
+        return ObjectPath(self.url.rstrip("/").rsplit("/", 1)[0] + "/" + name, self.options)
+
+    def __truediv__(self, name: str) -> ObjectPath:
+        return ObjectPath(self.url.rstrip("/") + "/" + name, self.options)
+
+    def _fs(self):
+        fs, path = filesystem(self.url, self.options)
+        fs.invalidate_cache(path)  # another process may have written here since this one last listed
+        return fs, path
+
+    def exists(self) -> bool:
+        fs, path = self._fs()
+        return fs.exists(path)
+
+    def is_file(self) -> bool:
+        """Whether the object exists; a bucket that cannot be reached is a one-line ``UsageError``."""
+        fs, path = self._fs()
+        try:
+            return fs.isfile(path)
+        except Exception as error:
+            raise storage_error(self.url, error, self.options, "reach") from None
+
+    def open(self, mode: str = "rb"):
+        fs, path = self._fs()
+        return fs.open(path, mode)
+
+    def read_text(self) -> str:
+        fs, path = self._fs()
+        return fs.cat_file(path).decode("utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        """One PUT: readers see the old object or the new one."""
+        fs, path = self._fs()
+        fs.pipe_file(path, data)
+
+    def create(self, data: bytes) -> bool:
+        """Write the object only if none exists (a conditional PUT); False when one already does."""
+        fs, path = self._fs()
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def upload(self, local: Path) -> None:
+        """Upload a finished local file (one PUT, or a multipart upload that appears only when complete)."""
+        fs, path = self._fs()
+        fs.put_file(str(local), path)
+
+    def children(self) -> list[ObjectPath]:
+        """The objects under this prefix, as if it were a folder."""
+        fs, path = self._fs()
+        prefix = path.rstrip("/") + "/"
+        try:
+            found = fs.find(path)
+        except FileNotFoundError:
+            return []
+        return [self / name[len(prefix) :] for name in found if name.startswith(prefix)]
+
+    def unlink(self, missing_ok: bool = True) -> None:
+        fs, path = self._fs()
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)
+
+    def remove_prefix(self) -> None:
+        """Every object under this prefix."""
+        for child in self.children():
+            child.unlink()
+
+
+def location_argument(text: str) -> Path | str:
+    """A command-line location: a URL stays text (``Path`` would fold ``s3://`` into ``s3:/``), the rest a path."""
+    return text if is_url(text) else Path(text)
+
+
+def location(place, options: StorageOptions | None = None) -> Path | ObjectPath:
+    """A local ``Path``, or an ``ObjectPath`` when ``place`` is a URL (reading it uses ``options``)."""
+    if isinstance(place, ObjectPath):
+        return place
+    return ObjectPath(place, options) if is_url(str(place)) else Path(place)

@@ -5,18 +5,26 @@ a part that exists is complete. Parts are rows like any other: every row carries
 of the bytes it was scored from, and every part records the model and result options that made it,
 so a rerun reuses exactly the rows that still describe their files (see ``plan.py``). Each run is an
 *attempt* with its own part names; when attempts overlap, the newest row of a path wins.
+
+The output may be a local ``Path`` or an object in a bucket (``storage.ObjectPath``): every reader
+here opens either the same way, and the three writes (a part, the output, the lock) have an
+object-store flavour behind the same names: a file built in the system's temporary folder and
+uploaded in one PUT, and a lock object made by a conditional create.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .storage import ObjectPath
 
 TOPK_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
 BASE_FIELDS = [
@@ -81,9 +90,14 @@ def _lock_holder(descriptor: int) -> str:
     return "unknown"
 
 
+def output_lock(output: Path | ObjectPath, wait: bool = False):
+    """Hold ``OUTPUT.lock`` for the run, so two runs never write one output (a context manager)."""
+    return _object_lock(output, wait) if isinstance(output, ObjectPath) else _file_lock(output, wait)
+
+
 @contextlib.contextmanager
-def output_lock(output: Path, wait: bool = False):
-    """Hold ``OUTPUT.lock`` for the run, so two runs never write one output.
+def _file_lock(output: Path, wait: bool = False):
+    """The lock of a local output.
 
     An advisory ``flock``: the kernel releases it when the process dies, even by SIGKILL, so a
     crashed run never leaves a stale lock behind. The file is opened without following symlinks and
@@ -106,6 +120,87 @@ def output_lock(output: Path, wait: bool = False):
         os.close(descriptor)
 
 
+LOCK_POLL_SECONDS = 2.0
+
+
+def _pid_is_gone(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, TypeError):  # alive under another user, or not a pid at all
+        return False
+    return False
+
+
+def _lock_record(lock: ObjectPath) -> dict | None:
+    """What the lock object says about its holder; None when it is gone, {} when it cannot be read."""
+    try:
+        record = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _break_if_stale(lock: ObjectPath, record: dict) -> bool:
+    """Remove a lock left by a run of this host that is no longer running; True when it was removed.
+
+    Only a holder on this host can be checked (its pid). A local ``flock`` keyed by the lock's URL
+    makes the check and the removal one step among this host's runs, so two of them never both
+    break one stale lock and then both hold a fresh one; runs elsewhere never break a lock at all.
+    """
+    if record.get("host") != socket.gethostname() or not _pid_is_gone(record.get("pid")):
+        return False
+    key = hashlib.sha256(lock.url.encode()).hexdigest()[:24]
+    guard = _open_no_follow(Path(tempfile.gettempdir()) / f".batchclf-lock-{key}", os.O_RDONLY | os.O_CREAT)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if _lock_record(lock) == record:
+            lock.unlink()
+        return True
+    finally:
+        os.close(guard)
+
+
+@contextlib.contextmanager
+def _object_lock(output: ObjectPath, wait: bool = False):
+    """The lock of an output in a bucket: ``OUTPUT.lock``, an object made by a conditional create.
+
+    The object says who holds it (host, pid, start time). A process killed by SIGKILL cannot remove
+    it; the next run on the same host sees that pid is gone and takes the lock over. A holder on
+    another host cannot be checked, so its lock is never broken: the run exits 4 and says how to
+    remove it once that run is known to be gone. The lock is removed when the run ends, by any
+    means short of SIGKILL (an error, SIGINT, SIGTERM), and only if it is still this run's.
+    """
+    from .errors import LockedError
+
+    lock = output.with_name(output.name + ".lock")
+    mine = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "token": os.urandom(8).hex(),
+    }
+    while not lock.create(json.dumps(mine).encode()):
+        record = _lock_record(lock)
+        if record is None or _break_if_stale(lock, record):
+            continue  # released meanwhile, or left by a dead run of this host: try again
+        if not wait:
+            who = f"pid {record.get('pid', '?')} on {record.get('host', '?')} since {record.get('started', '?')}"
+            raise LockedError(
+                f"another batchclf run ({who}) holds {lock}; wait for it, or pass --wait to queue; "
+                f"if that run is no longer running, delete {lock} and run again"
+            )
+        time.sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        if _lock_record(lock) == mine:
+            lock.unlink()
+
+
 def _remove_stale_temporaries(output: Path) -> None:
     """Temporary files of a killed run on this output (only the lock holder writes them)."""
     prefix = f".{output.name}."
@@ -120,9 +215,25 @@ def _remove_stale_temporaries(output: Path) -> None:
                     os.unlink(entry.path)
 
 
-def read_run_metadata(path: str | os.PathLike) -> dict:
+@contextlib.contextmanager
+def readable(path: Path | ObjectPath):
+    """What Arrow reads: a local path as itself (read natively), an object as an open fsspec file."""
+    if isinstance(path, ObjectPath):
+        with path.open("rb") as stream:
+            yield stream
+    else:
+        yield path
+
+
+def read_schema(path: Path | ObjectPath) -> pa.Schema:
+    """The schema of a Parquet file on disk or in a bucket (only its footer is read)."""
+    with readable(path) as source:
+        return pq.read_schema(source)
+
+
+def read_run_metadata(path: Path | ObjectPath) -> dict:
     """The ``batchclf`` metadata (model, version, root, options) stored in an output file."""
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = read_schema(path).metadata or {}
     return json.loads(metadata.get(METADATA_KEY, b"{}"))
 
 
@@ -135,12 +246,21 @@ def fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_parquet(target: Path, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
+def atomic_parquet(target: Path | ObjectPath, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
     """A ParquetWriter on a fresh temporary file beside ``target``, renamed over it only when complete.
 
     The name comes from ``mkstemp`` (never predictable, never a link), the data is fsynced before
     the rename and the folder after it, so a crash at any point leaves the old file or the new one.
+    An object in a bucket is built in the system's temporary folder and uploaded when complete: a
+    reader of the bucket sees the old object or the new one, never part of one.
     """
+    if isinstance(target, ObjectPath):
+        with tempfile.TemporaryDirectory(prefix="batchclf-upload-") as folder:
+            local = Path(folder) / "upload.parquet"
+            with pq.ParquetWriter(local, schema, compression="zstd", **options) as writer:
+                yield writer
+            target.upload(local)
+        return
     descriptor, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as stream:
@@ -200,46 +320,55 @@ class PartsStore:
 
         The folder itself is made by the first ``write``, so a run that scores nothing leaves none.
         """
-        message = None
+        if not self._exists():
+            return None
+        try:
+            previous = json.loads((self.folder / "run.json").read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if not isinstance(previous, dict) or previous.get("reuse_key") != self.reuse_key:
+            self.remove()
+            return f"not reusing {self.folder}: it was made with another model, options or input"
+        self.attempt = int(previous.get("attempts", 0)) + 1
+        self._remove_leftovers()
+        return None
+
+    def _exists(self) -> bool:
         if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
             raise UsageError(f"{self.folder} is not a folder; remove it")
-        if self.folder.exists():
-            try:
-                previous = json.loads((self.folder / "run.json").read_text())
-            except (OSError, ValueError):
-                previous = {}
-            if previous.get("reuse_key") != self.reuse_key:
-                shutil.rmtree(self.folder)
-                message = f"not reusing {self.folder}: it was made with another model, options or input"
-            else:
-                self.attempt = int(previous.get("attempts", 0)) + 1
-                for leftover in self.folder.glob(".*.partial"):
-                    leftover.unlink()
-        return message
+        return self.folder.exists()
+
+    def _remove_leftovers(self) -> None:
+        for leftover in self.folder.glob(".*.partial"):
+            leftover.unlink()
 
     def _prepare(self) -> None:
         if not self.prepared:
-            self.folder.mkdir(exist_ok=True)
-            write_text_atomically(
-                self.folder / "run.json", json.dumps({"reuse_key": self.reuse_key, "attempts": self.attempt})
-            )
+            self._write_record(json.dumps({"reuse_key": self.reuse_key, "attempts": self.attempt}))
             self.prepared = True
+
+    def _write_record(self, text: str) -> None:
+        self.folder.mkdir(exist_ok=True)
+        write_text_atomically(self.folder / "run.json", text)
 
     def part_path(self, shard_name: str) -> Path:
         return self.folder / f"attempt-{self.attempt:04d}-{shard_name}.parquet"
 
+    def _parts(self) -> list:
+        return list(self.folder.glob("attempt-*.parquet"))
+
     def earlier_attempts(self) -> list[list[Path]]:
         """Parts of earlier attempts made under this reuse key: one sorted list per attempt, oldest first."""
         by_attempt: dict[int, list[Path]] = {}
-        for path in self.folder.glob("attempt-*.parquet"):
+        for path in self._parts():
             match = PART_NAME.match(path.name)
             if match and int(match.group(1)) < self.attempt and self._made_here(path):
                 by_attempt.setdefault(int(match.group(1)), []).append(path)
-        return [sorted(by_attempt[a]) for a in sorted(by_attempt)]
+        return [sorted(by_attempt[a], key=str) for a in sorted(by_attempt)]
 
-    def _made_here(self, part: Path) -> bool:
+    def _made_here(self, part) -> bool:
         try:
-            metadata = pq.read_schema(part).metadata or {}
+            metadata = read_schema(part).metadata or {}
         except (OSError, pa.ArrowInvalid):
             return False
         return metadata.get(PART_KEY, b"").decode() == self.reuse_key
@@ -256,16 +385,47 @@ class PartsStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def read_parts(parts: list[Path], columns: list[str] | None = None) -> Iterator[pa.Table]:
+class ObjectPartsStore(PartsStore):
+    """The parts of an output in a bucket: objects under ``OUTPUT.parts/``, with the same names.
+
+    A PUT is atomic, so an object there is complete and no temporary name is ever left behind.
+    """
+
+    def _exists(self) -> bool:
+        return bool(self.folder.children())
+
+    def _remove_leftovers(self) -> None:
+        pass
+
+    def _write_record(self, text: str) -> None:
+        (self.folder / "run.json").write_bytes(text.encode("utf-8"))
+
+    def _parts(self) -> list:
+        return self.folder.children()
+
+    def remove(self) -> None:
+        self.folder.remove_prefix()
+
+
+def parts_store(output: Path | ObjectPath, reuse_key: str) -> PartsStore:
+    """The parts store beside ``output``: a folder on disk, or a prefix in the output's bucket."""
+    return ObjectPartsStore(output, reuse_key) if isinstance(output, ObjectPath) else PartsStore(output, reuse_key)
+
+
+def read_parts(parts: list[Path | ObjectPath], columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The rows of consecutive parts, in order: a path-sorted stream when the parts are one attempt's."""
     for part in parts:
-        table = pq.read_table(part, columns=columns)
+        with readable(part) as source:
+            table = pq.read_table(source, columns=columns)
         if table.num_rows:
             yield table
 
 
-def read_output(path: Path, columns: list[str] | None = None, batch_rows: int = 65536) -> Iterator[pa.Table]:
-    """An output file as a stream of tables, one row group's worth at a time."""
-    parquet = pq.ParquetFile(path)
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-        yield pa.Table.from_batches([batch])
+def read_output(
+    path: Path | ObjectPath, columns: list[str] | None = None, batch_rows: int = 65536
+) -> Iterator[pa.Table]:
+    """An output file (on disk or in a bucket) as a stream of tables, one row group's worth at a time."""
+    with readable(path) as source:
+        parquet = pq.ParquetFile(source)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -20,8 +21,8 @@ COMPARED = ["path", "label", "score", "topk", "status", "bytes"]
 BUCKET = "images-bucket"
 
 
-@pytest.fixture(scope="module")
-def s3(datasets, tmp_path_factory):
+@contextlib.contextmanager
+def s3_server(datasets, tmp_path_factory):
     """The server, a bucket holding the shared images under ``images/``, and the same images on disk."""
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
@@ -38,8 +39,16 @@ def s3(datasets, tmp_path_factory):
         if file.is_file():
             client.upload_file(str(file), BUCKET, f"images/{file.relative_to(local).as_posix()}")
     options = json.dumps({"endpoint_url": endpoint, "key": "key", "secret": SECRET})
-    yield client, local, options
-    server.stop()
+    try:
+        yield client, local, options
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(datasets, tmp_path_factory):
+    with s3_server(datasets, tmp_path_factory) as found:
+        yield found
 
 
 def _rows(path) -> list[dict]:

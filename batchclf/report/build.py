@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..storage import StorageOptions, is_url, location
 from ..writer import write_text_atomically
 from . import run as runs
 from .command import DEFAULT_LOW, DEFAULT_PER_LABEL, DEFAULT_TOP
@@ -27,19 +28,21 @@ OTHER = "other"
 
 @dataclass(frozen=True)
 class ReportConfig:
-    output: Path  # the Parquet file written by ``batchclf run``
+    output: Path | str  # the Parquet file written by ``batchclf run`` (a URL: an object in a bucket)
     report: Path  # the HTML file to write
-    root: Path | None = None  # overrides the input root recorded in the Parquet metadata
+    root: Path | str | None = None  # overrides the input root recorded in the Parquet metadata (a folder or URL)
     low: float = DEFAULT_LOW
     per_label: int = DEFAULT_PER_LABEL
     top: int = DEFAULT_TOP
-    compare: Path | None = None
+    compare: Path | str | None = None
     json: Path | None = None
     truth: Path | None = None
     gallery: int = 48  # thumbnails in the low-confidence and changed-prediction galleries
     error_rows: int = 200
     max_thumbnails: int = 1500
     threads: int | None = None
+    # fsspec options for an output, --compare or input root in a bucket: never printed or written.
+    storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
     def validate(self) -> None:
         if not 0.0 <= self.low <= 1.0:
@@ -89,14 +92,19 @@ class ReportSummary:
         )
 
 
-def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Path | None, list[str]]:
+def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Path | str | None, list[str]]:
+    """The folder (or URL prefix) thumbnails are read from, and warnings about it."""
     if config.root is not None:
+        if is_url(str(config.root)):
+            return str(config.root), []
         if not config.root.is_dir():
             raise UsageError(f"--root {config.root} is not a folder; give the folder the run's paths are relative to")
         return config.root, []
     recorded = run.metadata.get("input_root")
     if not recorded:
         return None, [f"{config.output} records no input root; pass --root DIR to show thumbnails"]
+    if is_url(recorded):  # read through the storage options; an object that cannot be read shows as such
+        return recorded, []
     if not Path(recorded).is_dir():
         return None, [f"input root {recorded} is not here; thumbnails are shown as missing (pass --root DIR)"]
     return Path(recorded), []
@@ -164,11 +172,14 @@ def build_report(config: ReportConfig) -> ReportSummary:
     started = time.perf_counter()
     config.validate()
     summary = ReportSummary(config.report)
-    run = runs.read_run(config.output)
-    previous = runs.read_run(config.compare, "--compare") if config.compare else None
+    output = location(config.output, config.storage_options)
+    run = runs.read_run(output)
+    previous = runs.read_run(location(config.compare, config.storage_options), "--compare") if config.compare else None
     root, warnings = _input_root(config, run)
     truth = None
     if config.truth:
+        if is_url(str(root or run.metadata.get("input_root") or "")):
+            raise UsageError("--truth matches paths on disk; for a run over a bucket pass --root DIR with a local copy")
         labels, outside = read_truth(config.truth, root or Path(run.metadata.get("input_root") or "."))
         truth = score_run(run, labels)
         if outside:
@@ -192,12 +203,12 @@ def build_report(config: ReportConfig) -> ReportSummary:
     if root is None:
         thumbnails = {path: Thumbnail(None, "missing") for path in wanted}
     else:
-        thumbnails = make_thumbnails(root, wanted, config.threads)
+        thumbnails = make_thumbnails(root, wanted, config.threads, config.storage_options)
     summary.timings["thumbnails"] = time.perf_counter() - thumbnails_started
     summary.thumbnails = sum(1 for t in thumbnails.values() if t.uri)
 
     page = Page(
-        title=f"batchclf report: {config.output.name}",
+        title=f"batchclf report: {output.name}",
         header=_header(config, run, root),
         files=run.files,
         ok=ok.num_rows,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..storage import location_argument
+
 DEFAULT_LOW = 0.5
 DEFAULT_PER_LABEL = 24
 DEFAULT_TOP = 20
@@ -20,14 +22,19 @@ def add_parser(subparsers) -> None:
         "--compare, the drift from a previous run; with --truth, the confusion matrix and per-class metrics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    report.add_argument("output", type=Path, metavar="OUT.parquet", help="the Parquet file written by 'batchclf run'")
+    report.add_argument(
+        "output",
+        type=location_argument,
+        metavar="OUT.parquet",
+        help="the Parquet file written by 'batchclf run' (a URL such as s3://bucket/out.parquet reads it from there)",
+    )
     report.add_argument("report", type=Path, metavar="REPORT.html", help="HTML file to write (replaced atomically)")
     report.add_argument(
         "--root",
-        type=Path,
+        type=location_argument,
         default=None,
         metavar="DIR",
-        help="folder the image paths are relative to (default: the run's input root)",
+        help="folder (or URL prefix) the image paths are relative to (default: the run's input root)",
     )
     report.add_argument(
         "--low", type=float, default=DEFAULT_LOW, help="a score below this counts as a low-confidence prediction"
@@ -46,7 +53,7 @@ def add_parser(subparsers) -> None:
     )
     report.add_argument(
         "--compare",
-        type=Path,
+        type=location_argument,
         default=None,
         metavar="PREVIOUS.parquet",
         help="an earlier run's output: show new, gone and relabelled files and label shifts",
@@ -66,10 +73,18 @@ def add_parser(subparsers) -> None:
         help="known labels (path<TAB>label, paths relative to the file's folder): add the "
         "confusion matrix and per-class precision, recall and F1",
     )
+    report.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help="fsspec options (endpoint_url, key, secret, ...) for an output, --compare or input root in a bucket; "
+        "never printed or written",
+    )
     report.set_defaults(handler=_report)
 
 
 def _report(args) -> int:
+    from ..storage import StorageOptions
     from .build import ReportConfig, build_report
 
     config = ReportConfig(
@@ -82,6 +97,7 @@ def _report(args) -> int:
         compare=args.compare,
         json=args.json,
         truth=args.truth,
+        storage_options=StorageOptions.parse(args.storage_options),
     )
     summary = build_report(config)
     print(summary.line(), file=sys.stderr)

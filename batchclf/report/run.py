@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..writer import METADATA_KEY
+from ..writer import METADATA_KEY, readable
 
 NO_LABEL = "(no label)"  # an ok row whose top score was below the run's --threshold
 ERROR_LABEL = "(error)"
@@ -70,24 +70,26 @@ class Run:
         return pa.table({"path": self.table["path"], "outcome": outcome, "score": self.table["score"]})
 
 
-def read_run(path: Path, option: str = "run output") -> Run:
+def read_run(path, option: str = "run output") -> Run:
     """Open a ``batchclf run`` output; ``option`` names the argument in error messages.
 
     The file may come from anywhere, so everything the report relies on is checked here, before any
     work: the columns and their types, no null path or status, no path twice, and metadata that is a
     JSON object with fields of the right types. Each problem is one ``UsageError`` line.
     """
-    if not path.is_file():
+    if not path.is_file():  # a ``Path``, or a ``storage.ObjectPath`` (which says itself when it cannot be reached)
         raise UsageError(f"{option} {path} does not exist; give the Parquet file written by 'batchclf run'")
     what = f"{option} {path}"
     try:
-        schema = pq.read_schema(path)
+        with readable(path) as source:
+            schema = pq.read_schema(source)
     except (pa.ArrowException, OSError):
         raise UsageError(f"{what} is not a Parquet file; give the output of 'batchclf run'") from None
     _check_schema(what, schema)
     metadata = _run_metadata(what, schema)
     try:
-        table = pq.read_table(path, columns=list(COLUMNS)).select(list(COLUMNS)).cast(_TABLE_SCHEMA)
+        with readable(path) as source:
+            table = pq.read_table(source, columns=list(COLUMNS)).select(list(COLUMNS)).cast(_TABLE_SCHEMA)
     except (pa.ArrowException, OSError) as error:
         raise UsageError(f"cannot read {what}: {_first_line(error)}; is it a complete 'batchclf run' output?") from None
     _check_rows(what, table)

@@ -2,6 +2,8 @@
 
 The ``path`` column is data from a file anyone may have written, so a thumbnail is read only from
 inside the input root: the path is resolved (symlinks included) and a file outside is never opened.
+When the root is a URL (a run over a bucket), the image is read through ``storage.read_object``, and
+a path with an empty, ``.`` or ``..`` segment is refused, so no object outside the prefix is read.
 The embedded JPEG carries pixels only; EXIF, comments, XMP and ICC data of the source are dropped.
 
 Pillow releases the GIL while it decodes, so a thread pool keeps every core busy. ``draft`` lets the
@@ -25,6 +27,7 @@ from PIL import Image, ImageOps
 
 from ..decode import to_rgb
 from ..discover import fs_path
+from ..storage import StorageOptions, is_url, read_object
 
 THUMBNAIL_SIZE = 112  # longest side, in pixels
 JPEG_QUALITY = 70
@@ -113,11 +116,38 @@ def thumbnail_inside(root: str, name: str, size: int = THUMBNAIL_SIZE) -> Thumbn
         return thumbnail_from(opened, size)
 
 
-def make_thumbnails(root: Path, paths: Iterable[str], threads: int | None = None) -> dict[str, Thumbnail]:
-    """``path text → Thumbnail`` for each distinct ``path`` of the output, made ``threads`` at a time."""
+def thumbnail_of_object(root: str, name: str, options: StorageOptions | None, size: int = THUMBNAIL_SIZE) -> Thumbnail:
+    """The thumbnail of the object ``name`` under the URL prefix ``root``, or why there is none."""
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return Thumbnail(None, OUTSIDE)
+    try:
+        content = read_object(root.rstrip("/") + "/" + name, options)
+    except FileNotFoundError:
+        return Thumbnail(None, MISSING)
+    except Exception:  # noqa: BLE001 - denied, unreachable, kept changing: all shown the same way
+        return Thumbnail(None, UNREADABLE)
+    return thumbnail_from(io.BytesIO(content.data), size)
+
+
+def make_thumbnails(
+    root: Path | str, paths: Iterable[str], threads: int | None = None, storage_options: StorageOptions | None = None
+) -> dict[str, Thumbnail]:
+    """``path text → Thumbnail`` for each distinct ``path`` of the output, made ``threads`` at a time.
+
+    ``root`` is a folder, or a URL prefix read with ``storage_options``.
+    """
     unique = list(dict.fromkeys(paths))
-    real_root = os.path.realpath(root)
-    threads = threads or min(16, 2 * (os.cpu_count() or 1))
+    if is_url(str(root)):
+        threads = threads or 16  # object reads wait on the network
+
+        def make(text: str) -> Thumbnail:
+            return thumbnail_of_object(str(root), fs_path(text), storage_options)
+    else:
+        real_root = os.path.realpath(root)
+        threads = threads or min(16, 2 * (os.cpu_count() or 1))
+
+        def make(text: str) -> Thumbnail:
+            return thumbnail_inside(real_root, fs_path(text))
+
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="thumbnail") as pool:
-        made = pool.map(lambda text: thumbnail_inside(real_root, fs_path(text)), unique)
-        return dict(zip(unique, made))
+        return dict(zip(unique, pool.map(make, unique)))

@@ -1,0 +1,237 @@
+"""An OUTPUT in a bucket (parts, resume, --incremental, the lock, the report), against moto's S3 server via s3fs.
+
+Every run here is compared with the same run written to a local file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli, save_image
+from test_storage import BUCKET, COMPARED, SECRET, _rows, _run, s3_server
+
+from batchclf.errors import LockedError
+from batchclf.storage import ObjectPath, StorageOptions
+from batchclf.writer import output_lock
+
+IMAGES = f"s3://{BUCKET}/images"
+
+
+def _keys(client, prefix: str) -> list[str]:
+    found = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return sorted(item["Key"] for item in found)
+
+
+def _object_rows(client, key: str) -> list[dict]:
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return pq.read_table(io.BytesIO(body), columns=COMPARED).to_pylist()
+
+
+def _object_metadata(client, key: str) -> str:
+    body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return pq.read_schema(io.BytesIO(body)).metadata[b"batchclf"].decode()
+
+
+@pytest.fixture(scope="module")
+def s3(datasets, tmp_path_factory):
+    """The S3 server of ``test_storage``, with the shared images in the bucket and on disk."""
+    with s3_server(datasets, tmp_path_factory) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def local_rows(s3, tmp_path_factory) -> list[dict]:
+    """The rows of the same images run from disk to a local file: what every bucket run must equal."""
+    _, local, _ = s3
+    output = tmp_path_factory.mktemp("reference") / "local.parquet"
+    result = _run(str(local), str(output))
+    assert result.returncode == 0, result.stderr
+    rows = _rows(output)
+    assert len(rows) > 20
+    return rows
+
+
+def test_a_run_into_a_bucket_equals_the_local_run_and_keeps_parts_only_when_asked(s3, local_rows, tmp_path):
+    client, local, options = s3
+    summary = tmp_path / "summary.json"
+    target = f"s3://{BUCKET}/out-a/predictions.parquet"
+    result = _run(IMAGES, target, "--storage-options", options, "--keep-parts", "--summary", str(summary))
+    assert result.returncode == 0, result.stderr
+    assert _object_rows(client, "out-a/predictions.parquet") == local_rows
+    parts = _keys(client, "out-a/predictions.parquet.parts/")
+    assert "out-a/predictions.parquet.parts/run.json" in parts
+    assert any(key.rsplit("/", 1)[1].startswith("attempt-0001-") for key in parts)
+    assert "out-a/predictions.parquet.lock" not in _keys(client, "out-a/")  # released at the end
+    assert list(tmp_path.iterdir()) == [summary]  # nothing written beside the command but the summary
+    run_json = client.get_object(Bucket=BUCKET, Key="out-a/predictions.parquet.parts/run.json")["Body"].read()
+    metadata = _object_metadata(client, "out-a/predictions.parquet")
+    for text in (result.stdout, result.stderr, summary.read_text(), metadata, run_json.decode()):
+        assert SECRET not in text
+    assert json.loads(summary.read_text())["output"] == target
+
+    # A local input into the bucket, without --keep-parts: same rows, and no parts left behind.
+    result = _run(str(local), f"s3://{BUCKET}/out-b/predictions.parquet", "--storage-options", options)
+    assert result.returncode == 0, result.stderr
+    assert _object_rows(client, "out-b/predictions.parquet") == local_rows
+    assert _keys(client, "out-b/") == ["out-b/predictions.parquet"]
+
+
+def test_a_killed_run_into_a_bucket_resumes_to_the_same_rows(s3, local_rows):
+    client, _, options = s3
+    target = f"s3://{BUCKET}/out-killed/predictions.parquet"
+    command = [sys.executable, "-m", "batchclf", "run", IMAGES, target, "--storage-options", options]
+    driver = subprocess.Popen(
+        [*command, "--shard-size", "4", "--no-progress", "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 300
+    while not any("/attempt-" in key for key in _keys(client, "out-killed/predictions.parquet.parts/")):
+        assert driver.poll() is None, driver.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    keys = _keys(client, "out-killed/")
+    assert "out-killed/predictions.parquet" not in keys
+    assert "out-killed/predictions.parquet.lock" in keys  # SIGKILL leaves it: its pid on this host is gone
+    resumed = _run(IMAGES, target, "--storage-options", options, "--shard-size", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming: " in resumed.stderr
+    assert _object_rows(client, "out-killed/predictions.parquet") == local_rows
+    assert _keys(client, "out-killed/") == ["out-killed/predictions.parquet"]
+
+
+def test_incremental_into_a_bucket_after_objects_added_changed_and_deleted_equals_a_local_run(s3, tmp_path):
+    client, local, options = s3
+    target = f"s3://{BUCKET}/out-nightly/predictions.parquet"
+    assert _run(IMAGES, target, "--storage-options", options).returncode == 0
+    names = _keys(client, "images/")
+    changed = save_image(tmp_path / "changed.png", size=(80, 60), color=(20, 200, 40))
+    client.delete_object(Bucket=BUCKET, Key=names[0])
+    client.upload_file(str(changed), BUCKET, names[1])
+    client.upload_file(str(changed), BUCKET, "images/new/added.png")
+    mirror = tmp_path / "mirror"  # the bucket's images as they are now, on disk
+    for key in _keys(client, "images/"):
+        (mirror / key).parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(BUCKET, key, str(mirror / key))
+    try:
+        nightly = _run(IMAGES, target, "--storage-options", options, "--incremental")
+        assert nightly.returncode == 0, nightly.stderr
+        assert "1 new, 1 changed" in nightly.stderr and "1 dropped" in nightly.stderr
+        assert _run(str(mirror / "images"), str(tmp_path / "full.parquet")).returncode == 0
+        assert _object_rows(client, "out-nightly/predictions.parquet") == _rows(tmp_path / "full.parquet")
+        again = _run(IMAGES, target, "--storage-options", options, "--incremental")
+        assert again.returncode == 0, again.stderr
+        assert "nothing needed scoring" in again.stderr  # last night's output was read back from the bucket
+    finally:  # the other tests compare the bucket with the local copy
+        client.delete_object(Bucket=BUCKET, Key="images/new/added.png")
+        for key in names[:2]:
+            client.upload_file(str(local / key.removeprefix("images/")), BUCKET, key)
+
+
+def test_a_lock_held_elsewhere_is_exit_4_says_how_to_remove_it_and_is_left_alone(s3, tmp_path):
+    client, local, options = s3
+    holder = {"host": "another-host", "pid": 1234, "started": "2026-01-01T00:00:00Z", "token": "t"}
+    client.put_object(Bucket=BUCKET, Key="out-held/predictions.parquet.lock", Body=json.dumps(holder).encode())
+    result = _run(str(local), f"s3://{BUCKET}/out-held/predictions.parquet", "--storage-options", options)
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("\n") == 1 and "another-host" in result.stderr
+    assert f"delete s3://{BUCKET}/out-held/predictions.parquet.lock" in result.stderr
+    assert SECRET not in result.stderr
+    assert _keys(client, "out-held/") == ["out-held/predictions.parquet.lock"]  # not broken, nothing written
+    body = client.get_object(Bucket=BUCKET, Key="out-held/predictions.parquet.lock")["Body"].read()
+    assert json.loads(body) == holder
+
+
+def _lock_options(s3) -> StorageOptions:
+    return StorageOptions(json.loads(s3[2]))
+
+
+def test_the_object_lock_excludes_a_second_holder_and_wait_queues_behind_it(s3):
+    client, _, _ = s3
+    output = ObjectPath(f"s3://{BUCKET}/out-lock/predictions.parquet", _lock_options(s3))
+    acquired = threading.Event()
+    with output_lock(output):
+        assert _keys(client, "out-lock/") == ["out-lock/predictions.parquet.lock"]
+        with pytest.raises(LockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            with output_lock(output):
+                pass
+
+        def second() -> None:
+            with output_lock(output, wait=True):
+                acquired.set()
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(1)
+        assert not acquired.is_set()
+    waiter.join(timeout=30)
+    assert acquired.is_set()
+    assert _keys(client, "out-lock/") == []
+
+
+def test_the_object_lock_is_released_on_failure_and_a_dead_local_holder_is_taken_over(s3):
+    client, _, _ = s3
+    output = ObjectPath(f"s3://{BUCKET}/out-stale/predictions.parquet", _lock_options(s3))
+    with pytest.raises(KeyboardInterrupt):  # what SIGINT and SIGTERM raise in the driver
+        with output_lock(output):
+            raise KeyboardInterrupt
+    assert _keys(client, "out-stale/") == []
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00Z", "token": "t"}
+    client.put_object(Bucket=BUCKET, Key="out-stale/predictions.parquet.lock", Body=json.dumps(holder).encode())
+    with output_lock(output):
+        body = client.get_object(Bucket=BUCKET, Key="out-stale/predictions.parquet.lock")["Body"].read()
+        assert json.loads(body)["pid"] == os.getpid()
+    assert _keys(client, "out-stale/") == []
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint", "a prefix"])
+def test_an_output_that_cannot_be_written_is_one_line_exit_2_and_nothing_written(s3, tmp_path, case):
+    client, local, options = s3
+    settings, target = json.loads(options), f"s3://{BUCKET}/out-refused/predictions.parquet"
+    if case == "missing bucket":
+        target = "s3://no-such-bucket/out/predictions.parquet"
+    elif case == "unreachable endpoint":
+        settings["endpoint_url"] = "http://127.0.0.1:9"
+    else:
+        target = f"s3://{BUCKET}/images"
+    before = _keys(client, "")
+    result = _run(str(local), target, "--storage-options", json.dumps(settings))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("batchclf: error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr
+    assert _keys(client, "") == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_of_a_bucket_run_reads_the_output_and_its_thumbnails_from_the_bucket(s3, tmp_path):
+    client, _, options = s3
+    target = f"s3://{BUCKET}/out-report/predictions.parquet"
+    assert _run(IMAGES, target, "--storage-options", options).returncode == 0
+    html, document = tmp_path / "report.html", tmp_path / "report.json"
+    result = run_cli("report", target, str(html), "--storage-options", options, "--json", str(document))
+    assert result.returncode == 0, result.stderr
+    thumbnails = int(result.stderr.split(" thumbnails")[0].rsplit(", ", 1)[1].replace(",", ""))
+    assert thumbnails > 20
+    page = html.read_text()
+    assert page.count("data:image/jpeg;base64,") >= thumbnails
+    assert "not here" not in page
+    for text in (page, document.read_text(), result.stderr, result.stdout):
+        assert SECRET not in text
+    unreachable = json.dumps({**json.loads(options), "endpoint_url": "http://127.0.0.1:9"})
+    refused = run_cli("report", target, str(tmp_path / "r.html"), "--storage-options", unreachable)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert SECRET not in refused.stderr and not (tmp_path / "r.html").exists()
