@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import itertools
 import os
@@ -75,19 +76,105 @@ class Listing:
     files: int = 0
 
 
-def _signature(entry_or_path) -> tuple[int | None, int | None, bool]:
+def _signature(path: str) -> tuple[int | None, int | None, bool]:
     """Size, mtime (µs) and whether this process may read the file: a file that became unreadable
     has changed for a nightly run even though its size and mtime did not."""
-    path = entry_or_path.path if isinstance(entry_or_path, os.DirEntry) else entry_or_path
     try:
-        stat = entry_or_path.stat() if isinstance(entry_or_path, os.DirEntry) else os.stat(path)
+        stat = os.stat(path)
     except OSError:  # a broken link: still a row, whose error says so
         return None, None, False
     return stat.st_size, stat.st_mtime_ns // 1000, os.access(path, os.R_OK)
 
 
-def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -> Iterator[tuple]:
-    """Yield (relative name, size, mtime) in output order, following symlinks without looping.
+@dataclass
+class _Files:
+    """A run of files in output order, as columns: the unit the walk hands on (no tuple a file)."""
+
+    texts: list[str]
+    names: list[str] | None = None  # relative names, when filters or callers need them
+    sizes: list | None = None
+    mtimes: list | None = None
+    readable: list | None = None
+
+    def take(self, keep: list[bool]) -> _Files:
+        def pick(column):
+            return None if column is None else list(itertools.compress(column, keep))
+
+        return _Files(*(pick(column) for column in (self.texts, self.names, self.sizes, self.mtimes, self.readable)))
+
+
+def _text(name: str) -> str:
+    return name if name.isascii() and "\\" not in name else path_text(name)
+
+
+class _Folder:
+    """One listed folder: its image files (stat'ed while the folder is open) and sub-folders, sorted.
+
+    Files are stat'ed relative to the open folder (``fstatat``), one path component a lookup rather
+    than the whole path: at ten million files the kernel's name lookups are most of a walk.
+    """
+
+    def __init__(self, path: str, prefix: str, prefix_text: str, fd: int, include_hidden: bool, with_stat: bool):
+        self.prefix, self.prefix_text = prefix, prefix_text
+        with os.scandir(fd) as scan:
+            entries = list(scan)
+        files, folders = [], []
+        for entry in entries:
+            name = entry.name
+            if name[0] == "." and not include_hidden:
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                folders.append((_text(name) + "/", name))
+            elif is_image_name(name):
+                files.append((_text(name), name))
+        files.sort()
+        folders.sort()
+        self.texts = [prefix_text + text for text, _ in files]
+        self.names = [name for _, name in files]
+        self.folders = [(prefix_text + text, name) for text, name in folders]
+        self.sizes = self.mtimes = self.readable = None
+        if with_stat:
+            self._stat(fd)
+        self.path = path
+        self.file_at = self.folder_at = 0
+
+    def _stat(self, fd: int) -> None:
+        stat, access, R_OK = os.stat, os.access, os.R_OK
+        sizes, mtimes, readable = [], [], []
+        for name in self.names:
+            try:
+                info = stat(name, dir_fd=fd)
+            except OSError:  # a broken link: still a row, whose error says so
+                sizes.append(None)
+                mtimes.append(None)
+                readable.append(False)
+                continue
+            sizes.append(info.st_size)
+            mtimes.append(info.st_mtime_ns // 1000)
+            readable.append(access(name, R_OK, dir_fd=fd))
+        self.sizes, self.mtimes, self.readable = sizes, mtimes, readable
+
+    def files_before(self, bound: str | None, with_names: bool) -> _Files | None:
+        """The files that sort before ``bound`` (a sub-folder's text; None for all that are left)."""
+        start = self.file_at
+        end = len(self.texts) if bound is None else bisect.bisect_left(self.texts, bound, start)
+        if end == start:
+            return None
+        self.file_at = end
+
+        def cut(column):
+            return None if column is None else column[start:end]
+
+        names = [self.prefix + name for name in self.names[start:end]] if with_names else None
+        return _Files(self.texts[start:end], names, cut(self.sizes), cut(self.mtimes), cut(self.readable))
+
+
+def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool, with_names: bool) -> Iterator[_Files]:
+    """Yield the image files under ``root`` in output order, following symlinks without looping.
 
     Directories are identified by (device, inode) so a symlink loop, or two links to one folder,
     is entered once; the folders above ``root`` count as visited, so a link to one of them (a loop
@@ -96,7 +183,9 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -
     ``unreadable`` (never silently skipped: a nightly run must not take its files for deleted).
 
     Entries are sorted by their path text, folders as ``name/``: a depth-first walk in that order
-    yields exactly the sorted order of the full path texts, so no global sort is needed.
+    yields exactly the sorted order of the full path texts, so no global sort is needed. Each folder
+    is opened once, listed and stat'ed, and closed before its sub-folders are entered, so a deep tree
+    holds no descriptors and, walked with an explicit stack, never meets Python's recursion limit.
     """
     visited: set[tuple[int, int]] = set()
     for ancestor in Path(os.path.realpath(root)).parents:
@@ -106,61 +195,53 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool) -
             continue
         visited.add((stat.st_dev, stat.st_ino))
 
-    def listing(directory: str, prefix: str) -> list[tuple[str, os.DirEntry, bool]]:
+    def opened(path: str, prefix: str, prefix_text: str) -> _Folder | None:
         try:
-            stat = os.stat(directory)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            return failed(prefix, prefix_text, error)
+        try:
+            stat = os.fstat(fd)
             key = (stat.st_dev, stat.st_ino)
             if key in visited:
-                return []
+                return None
             visited.add(key)
-            with os.scandir(directory) as scan:
-                entries = list(scan) if include_hidden else [e for e in scan if e.name[0] != "."]
+            return _Folder(path, prefix, prefix_text, fd, include_hidden, with_stat)
         except OSError as error:
-            if not prefix:
-                reason = error.strerror or str(error)
-                raise UsageError(f"cannot read the input folder {root}: {reason}; check its permissions") from None
-            unreadable.append((path_text(prefix), error.strerror or str(error)))
-            return []
-        keyed = []
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_dir = False
-            if is_dir or is_image_name(entry.name):
-                keyed.append((path_text(entry.name) + ("/" if is_dir else ""), entry, is_dir))
-        # The sort key is the entry's path text: joined to its folder's, it is the file's path text.
-        keyed.sort(key=lambda item: item[0])
-        return keyed
+            return failed(prefix, prefix_text, error)
+        finally:
+            os.close(fd)
 
-    access, R_OK = os.access, os.R_OK
-    # An explicit stack of open listings rather than recursion: a deep tree must not hit Python's
-    # recursion limit, and a folder is entered where it sorts, between the files around it.
-    stack = [("", "", iter(listing(os.fspath(root), "")))]
+    def failed(prefix: str, prefix_text: str, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        if not prefix:
+            raise UsageError(f"cannot read the input folder {root}: {reason}; check its permissions") from None
+        unreadable.append((prefix_text, reason))
+
+    top = opened(os.fspath(root), "", "")
+    stack = [top] if top else []
     while stack:
-        prefix, prefix_text, entries = stack[-1]
-        item = next(entries, None)
-        if item is None:
+        folder = stack[-1]
+        if folder.folder_at == len(folder.folders):
+            files = folder.files_before(None, with_names)
+            if files:
+                yield files
             stack.pop()
             continue
-        text, entry, is_dir = item
-        relative = prefix + entry.name
-        if is_dir:
-            stack.append((relative + "/", prefix_text + text, iter(listing(entry.path, relative + "/"))))
-        elif with_stat:
-            try:
-                stat = entry.stat()
-                yield relative, prefix_text + text, stat.st_size, stat.st_mtime_ns // 1000, access(entry.path, R_OK)
-            except OSError:  # a broken link: still a row, whose error says so
-                yield relative, prefix_text + text, None, None, False
-        else:
-            yield relative, prefix_text + text, None, None, None
+        text, name = folder.folders[folder.folder_at]
+        folder.folder_at += 1
+        files = folder.files_before(text, with_names)
+        if files:
+            yield files
+        child = opened(os.path.join(folder.path, name), folder.prefix + name + "/", text)
+        if child:
+            stack.append(child)
 
 
 def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
     """Image paths relative to ``root`` (``/``-separated), in output order."""
-    for relative, *_ in _walk(root, include_hidden, [], with_stat=False):
-        yield relative
+    for files in _walk(root, include_hidden, [], with_stat=False, with_names=True):
+        yield from files.names
 
 
 def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
@@ -201,16 +282,28 @@ def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
     return Path(root), sorted(relative, key=path_text)
 
 
-def _filtered(names: Iterator[tuple], include: Sequence[str], exclude: Sequence[str]) -> Iterator[tuple]:
+def _filtered(chunks: Iterator[_Files], include: Sequence[str], exclude: Sequence[str]) -> Iterator[_Files]:
     if not include and not exclude:
-        yield from names
+        yield from chunks
         return
-    for item in names:
-        if include and not _matches(item[0], include):
-            continue
-        if exclude and _matches(item[0], exclude):
-            continue
-        yield item
+    for files in chunks:
+        keep = [
+            (not include or _matches(name, include)) and not (exclude and _matches(name, exclude))
+            for name in files.names
+        ]
+        if any(keep):
+            yield files if all(keep) else files.take(keep)
+
+
+def _listed(root: Path, relative: list[str], with_stat: bool, chunk_rows: int = 4096) -> Iterator[_Files]:
+    """A list file's names, in output order, as runs of files like the walk's."""
+    for start in range(0, len(relative), chunk_rows):
+        names = relative[start : start + chunk_rows]
+        files = _Files([path_text(name) for name in names], names)
+        if with_stat:
+            signatures = [_signature(os.path.join(root, name)) for name in names]
+            files.sizes, files.mtimes, files.readable = (list(column) for column in zip(*signatures))
+        yield files
 
 
 def list_images(
@@ -226,16 +319,17 @@ def list_images(
 
     if storage.is_url(source):
         return _list_objects(source, include, exclude, include_hidden, batch_rows, storage_options)
+    filtered = bool(include or exclude)
     if source.is_dir():
         listing = Listing(root=source.resolve(), batches=iter(()))
-        names = _walk(source, include_hidden, listing.unreadable, with_stat=True)
+        chunks = _walk(source, include_hidden, listing.unreadable, with_stat=True, with_names=filtered)
     elif source.is_file():
         root, relative = read_path_list(source)
         listing = Listing(root=root, batches=iter(()))
-        names = ((name, path_text(name), *_signature(os.path.join(root, name))) for name in relative)
+        chunks = _listed(root, relative, with_stat=True)
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
-    listing.batches = _batches(_filtered(names, include, exclude), listing, batch_rows)
+    listing.batches = _batches(_filtered(chunks, include, exclude), listing, batch_rows)
     return listing
 
 
@@ -245,12 +339,16 @@ def _list_objects(url: str, include, exclude, include_hidden: bool, batch_rows: 
 
     root = url.rstrip("/")
     listing = Listing(root=root, batches=iter(()))
-    names = (
-        (name, path_text(name), size, mtime)
+    objects = [
+        (name, size, mtime)
         for name, size, mtime in storage.list_objects(root, options)
         if is_image_name(name.rsplit("/", 1)[-1]) and (include_hidden or not any(p[:1] == "." for p in name.split("/")))
-    )
-    table = storage.sorted_listing([item[1:] for item in _filtered(names, include, exclude)], LISTING_SCHEMA)
+    ]
+    names, sizes, mtimes = (list(column) for column in zip(*objects)) if objects else ([], [], [])
+    files = _Files([path_text(name) for name in names], names, sizes, mtimes)
+    kept = next(_filtered(iter([files]), include, exclude), None) if names else None
+    rows = list(zip(kept.texts, kept.sizes, kept.mtimes)) if kept else []
+    table = storage.sorted_listing(rows, LISTING_SCHEMA)
     listing.batches = (pa.Table.from_batches([batch]) for batch in table.to_batches(batch_rows))
 
     def counted(batches):
@@ -262,22 +360,21 @@ def _list_objects(url: str, include, exclude, include_hidden: bool, batch_rows: 
     return listing
 
 
-def _batches(names: Iterator[tuple], listing: Listing, batch_rows: int) -> Iterator[pa.Table]:
-    while True:
-        chunk = list(itertools.islice(names, batch_rows))
-        if not chunk:
+def _batches(chunks: Iterator[_Files], listing: Listing, batch_rows: int) -> Iterator[pa.Table]:
+    """Runs of files gathered into tables of about ``batch_rows`` rows."""
+    columns: tuple[list, list, list, list] = ([], [], [], [])
+    for files in itertools.chain(chunks, [None]):
+        if files is not None:
+            for column, values in zip(columns, (files.texts, files.sizes, files.mtimes, files.readable)):
+                column.extend(values)
+            if len(columns[0]) < batch_rows:
+                continue
+        if not columns[0]:
             return
-        listing.files += len(chunk)
-        _, texts, sizes, mtimes, readable = zip(*chunk)
-        yield pa.table(
-            [
-                pa.array(texts, pa.string()),
-                pa.array(sizes, pa.int64()),
-                pa.array(mtimes, pa.int64()),
-                pa.array(readable, pa.bool_()),
-            ],
-            schema=LISTING_SCHEMA,
-        )
+        listing.files += len(columns[0])
+        types = (pa.string(), pa.int64(), pa.int64(), pa.bool_())
+        yield pa.table([pa.array(c, t) for c, t in zip(columns, types)], schema=LISTING_SCHEMA)
+        columns = ([], [], [], [])
 
 
 def discover_images(
@@ -291,11 +388,11 @@ def discover_images(
     For small inputs (training sets, tests); a run streams ``list_images`` instead.
     """
     if source.is_dir():
-        names = ((name,) for name in walk_images(source, include_hidden))
+        chunks = _walk(source, include_hidden, [], with_stat=False, with_names=True)
         root = source.resolve()
     elif source.is_file():
         root, relative = read_path_list(source)
-        names = ((name,) for name in relative)
+        chunks = _listed(root, relative, with_stat=False)
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
-    return root, [item[0] for item in _filtered(names, include, exclude)]
+    return root, [name for files in _filtered(chunks, include, exclude) for name in files.names]
