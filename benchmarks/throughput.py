@@ -8,6 +8,8 @@ One command, on the same images in one run:
   (b)  `batchclf run` end to end (subprocess; images/s from wall time including start-up, and from
        the run's own summary)
   (c)  the usual Keras way: keras.utils.image_dataset_from_directory + model.predict, same model
+  (b') `batchclf run` on 1,000 images: warm cache, a first run with an empty cache (the LiteRT
+       conversion included), and `--backend tf`
   (d)  (a'), (b), (c) on 12-megapixel JPEGs, and (b) with full-size decoding (BATCHCLF_FULL_DECODE=1)
   int8 inference alone, and its top-1 agreement with fp32 on the same tensors
 
@@ -407,6 +409,12 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
     startup = batchclf_run(linked_tree(workdir / "startup-64", 64), workdir / "startup.parquet")["wall_s"]
     step(f"(b) batchclf run on {len(web_paths)} web-size images")
     b = batchclf_run(web, workdir / "web.parquet")
+    thousand = linked_tree(workdir / "web-1000", args.thousand)
+    step(f"(b) batchclf run on {args.thousand} images: warm cache, empty cache (first run), --backend tf")
+    b_thousand = batchclf_run(thousand, workdir / "web-1000.parquet")
+    with tempfile.TemporaryDirectory(dir=workdir) as empty_cache:  # what a new machine's first run costs
+        b_first = batchclf_run(thousand, workdir / "web-1000-first.parquet", env={"BATCHCLF_CACHE": empty_cache})
+    b_tf = batchclf_run(thousand, workdir / "web-1000-tf.parquet", ["--backend", "tf"])
     step(f"(c) image_dataset_from_directory + model.predict on {len(web_paths)} images")
     c = keras_way(web, workdir / "web-keras.json")
     step(f"(d) the same on {len(large_paths)} 12-megapixel JPEGs")
@@ -446,6 +454,7 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
         "top1_agreement_b_keras_same_tensors": b_vs_keras_tensors,
         "same_tensors_compared": compared_tensors,
     }
+    results["web"]["thousand"] = {"warm_cache": b_thousand, "empty_cache": b_first, "backend_tf": b_tf}
     results["12mp"] = {
         "images": len(large_paths),
         "a_decode_alone": decode_large,
@@ -541,6 +550,15 @@ def table(results: dict) -> str:
         add(f"(b) batchclf run, {n} images, wall incl. start-up", b["images_per_s_wall"], " img/s")
         add("(b) batchclf run, from the run's summary", b["images_per_s_summary"], " img/s")
         add(f"(b) batchclf run, after start-up (~{startup:.1f} s)", b["images_per_s_after_startup"], " img/s")
+        if "thousand" in web:
+            runs = web["thousand"]
+            count = runs["warm_cache"]["images"]
+            for label, key in (
+                ("", "warm_cache"),
+                (", first run, empty cache", "empty_cache"),
+                (", --backend tf", "backend_tf"),
+            ):
+                add(f"(b) batchclf run, {count} images{label}, wall", runs[key]["images_per_s_wall"], " img/s")
         add(f"(c) Keras image_dataset_from_directory + predict, {n}", web["c_keras_way"]["images_per_s_wall"], " img/s")
         add(
             "b / bound (wall; summary; after start-up)",
@@ -628,6 +646,7 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="measure 1,000 vs 20,000 images instead")
     parser.add_argument("--all", action="store_true", help="the main benchmark, then --scale (about 15 minutes)")
     parser.add_argument("--images", type=int, default=3000, help="web-size images for (a)-(c)")
+    parser.add_argument("--thousand", type=int, default=1000, help="web-size images for the cache and tf runs")
     parser.add_argument("--large", type=int, default=400, help="12-megapixel JPEGs for (d)")
     parser.add_argument("--tensors", type=int, default=512, help="pre-decoded tensors for (a)")
     parser.add_argument("--repeat", type=int, default=4, help="passes over the tensors in (a)")
@@ -648,7 +667,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.images, args.large, args.tensors, args.repeat = 300, 12, 128, 1
-        args.small, args.large_count = 200, 600
+        args.small, args.large_count, args.thousand = 200, 600, 100
         args.json = args.json.with_name("throughput-quick.json")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args.workdir.mkdir(parents=True, exist_ok=True)
