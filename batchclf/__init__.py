@@ -8,10 +8,11 @@ __all__ = ["__version__", "classify"]
 
 
 def classify(source, output=None, **options):
-    """Classify the images under ``source`` (a folder or a list file) and return a ``pyarrow.Table``.
+    """Classify the images under ``source`` (a folder, a list file or a URL prefix) and return a ``pyarrow.Table``.
 
     Runs the same engine as ``batchclf run``. ``options`` are the fields of ``batchclf.config.RunConfig``
-    (``model``, ``top_k``, ``workers``, ``scheduler``, ...). Without ``output`` the Parquet file is
+    (``model``, ``top_k``, ``workers``, ``scheduler``, ``storage_options`` (a dict) ...). ``output`` may be a
+    local path or a URL (``s3://bucket/out.parquet``). Without ``output`` the Parquet file is
     written to a temporary folder and removed after it is read. Safe to call at the top level of a
     script or from stdin: the embedded cluster's workers never import the caller's ``__main__``.
     """
@@ -22,9 +23,14 @@ def classify(source, output=None, **options):
 
     from .config import RunConfig
     from .job import run
+    from .storage import StorageOptions, location, location_argument
+    from .writer import readable
 
     options.setdefault("progress", False)
+    if not isinstance(options.get("storage_options", StorageOptions()), StorageOptions):
+        options["storage_options"] = StorageOptions(options["storage_options"])
     with tempfile.TemporaryDirectory(prefix="batchclf-") as scratch:
-        target = Path(output) if output is not None else Path(scratch) / "predictions.parquet"
-        run(RunConfig(input=Path(source), output=target, **options), log=lambda *a, **k: None)
-        return pq.read_table(target)
+        target = location_argument(str(output)) if output is not None else Path(scratch) / "predictions.parquet"
+        run(RunConfig(input=location_argument(str(source)), output=target, **options), log=lambda *a, **k: None)
+        with readable(location(target, options.get("storage_options"))) as stored:
+            return pq.read_table(stored)

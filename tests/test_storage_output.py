@@ -235,3 +235,14 @@ def test_report_of_a_bucket_run_reads_the_output_and_its_thumbnails_from_the_buc
     refused = run_cli("report", target, str(tmp_path / "r.html"), "--storage-options", unreachable)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert SECRET not in refused.stderr and not (tmp_path / "r.html").exists()
+
+
+def test_classify_reads_from_and_writes_to_a_bucket(s3, local_rows):
+    """The Python API takes URLs and storage options as the command line does."""
+    import batchclf
+
+    client, _, options = s3
+    target = f"s3://{BUCKET}/out-api/predictions.parquet"
+    table = batchclf.classify(IMAGES, target, workers=1, storage_options=json.loads(options))
+    assert table.select(COMPARED).to_pylist() == local_rows
+    assert _object_rows(client, "out-api/predictions.parquet") == local_rows
