@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from throughput import machine  # benchmarks/ is on the path when a script there runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("BATCHCLF_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -249,21 +249,6 @@ def evaluate(variant: Variant, model, images, reference, workdir: Path) -> tuple
     row.update(compare(got, reference, imagenet))
     row.update(conversion_seconds=round(seconds, 1), ops=op_counts(first.read_bytes()))
     return row, first
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
 
 
 def table(results: dict) -> str:
