@@ -6,7 +6,11 @@ import bisect
 import fnmatch
 import itertools
 import os
+import pickle
 import re
+import subprocess
+import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +27,8 @@ _IMAGE_SUFFIXES = tuple(IMAGE_EXTENSIONS)
 
 def is_image_name(name: str) -> bool:
     """An image extension, in any case, after a name (``.jpg`` alone is a hidden file's name)."""
-    lower = name.lower()
-    return lower.endswith(_IMAGE_SUFFIXES) and lower not in IMAGE_EXTENSIONS
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
 def path_text(relative: str) -> str:
@@ -115,47 +119,88 @@ class _Folder:
     """
 
     def __init__(self, path: str, prefix: str, prefix_text: str, fd: int, include_hidden: bool, with_stat: bool):
-        self.prefix, self.prefix_text = prefix, prefix_text
+        self.path, self.prefix, self.prefix_text = path, prefix, prefix_text
+        info = os.fstat(fd)
+        self.key = (info.st_dev, info.st_ino)  # a folder reached twice (a loop, two links) is walked once
+        names, folders = [], []
         with os.scandir(fd) as scan:
-            entries = list(scan)
-        files, folders = [], []
-        for entry in entries:
-            name = entry.name
-            if name[0] == "." and not include_hidden:
-                continue
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                folders.append((_text(name) + "/", name))
-            elif is_image_name(name):
-                files.append((_text(name), name))
-        files.sort()
+            for entry in scan:
+                name = entry.name
+                if name[0] == "." and not include_hidden:
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    folders.append((_text(name) + "/", name))
+                elif is_image_name(name):
+                    names.append(name)
+        joined = "".join(names)
+        if joined.isascii() and "\\" not in joined:  # the common case: each name is its own text
+            names.sort()
+            texts = names
+        else:
+            pairs = sorted((_text(name), name) for name in names)
+            texts, names = [text for text, _ in pairs], [name for _, name in pairs]
         folders.sort()
-        self.texts = [prefix_text + text for text, _ in files]
-        self.names = [name for _, name in files]
+        self.texts = [prefix_text + text for text in texts] if prefix_text else texts
+        self.names = names
         self.folders = [(prefix_text + text, name) for text, name in folders]
         self.sizes = self.mtimes = self.readable = None
         if with_stat:
             self._stat(fd)
-        self.path = path
         self.file_at = self.folder_at = 0
+        self.ahead: deque[int] = deque()  # requests to the listing helpers for the next sub-folders
+        self.submitted = 0
+
+    STATE = ("path", "prefix", "prefix_text", "key", "texts", "names", "folders", "sizes", "mtimes", "readable")
+
+    def __getstate__(self) -> tuple:  # what a listing helper sends back: plain lists, cheap to pickle
+        return tuple(getattr(self, name) for name in self.STATE)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.STATE, state):
+            setattr(self, name, value)
+        self.file_at = self.folder_at = self.submitted = 0
+        self.ahead = deque()
+
+    def next_child(self, helpers: _Helpers | None, lister) -> _Folder | OSError:
+        """The listing of the next sub-folder; with helpers, the few after it are being listed meanwhile."""
+        if helpers is not None:
+            while (
+                len(self.ahead) < LISTING_AHEAD
+                and self.submitted < len(self.folders)
+                and helpers.outstanding() < LISTING_MAX_OUTSTANDING
+            ):
+                self.ahead.append(helpers.submit(*self._child(self.submitted)))
+                self.submitted += 1
+        index = self.folder_at
+        self.folder_at += 1
+        if self.ahead and index < self.submitted:
+            return helpers.result(self.ahead.popleft())
+        self.submitted = max(self.submitted, self.folder_at)
+        return lister(*self._child(index))
+
+    def _child(self, index: int) -> tuple[str, str, str]:
+        text, name = self.folders[index]
+        return os.path.join(self.path, name), self.prefix + name + "/", text
 
     def _stat(self, fd: int) -> None:
         stat, access, R_OK = os.stat, os.access, os.R_OK
         sizes, mtimes, readable = [], [], []
+        add_size, add_mtime, add_readable = sizes.append, mtimes.append, readable.append
         for name in self.names:
             try:
                 info = stat(name, dir_fd=fd)
             except OSError:  # a broken link: still a row, whose error says so
-                sizes.append(None)
-                mtimes.append(None)
-                readable.append(False)
+                add_size(None)
+                add_mtime(None)
+                add_readable(False)
                 continue
-            sizes.append(info.st_size)
-            mtimes.append(info.st_mtime_ns // 1000)
-            readable.append(access(name, R_OK, dir_fd=fd))
+            add_size(info.st_size)
+            add_mtime(info.st_mtime_ns // 1000)
+            add_readable(access(name, R_OK, dir_fd=fd))
         self.sizes, self.mtimes, self.readable = sizes, mtimes, readable
 
     def files_before(self, bound: str | None, with_names: bool) -> _Files | None:
@@ -186,6 +231,10 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool, w
     yields exactly the sorted order of the full path texts, so no global sort is needed. Each folder
     is opened once, listed and stat'ed, and closed before its sub-folders are entered, so a deep tree
     holds no descriptors and, walked with an explicit stack, never meets Python's recursion limit.
+
+    Past ``LISTING_HELPERS_AFTER`` files, helper processes (one a core) list and stat the next
+    sub-folders while this process hands on the ones before: the answers are taken in walk order, and
+    whether a folder was seen before is decided here as it is entered, so the listing is the same.
     """
     visited: set[tuple[int, int]] = set()
     for ancestor in Path(os.path.realpath(root)).parents:
@@ -195,47 +244,182 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool, w
             continue
         visited.add((stat.st_dev, stat.st_ino))
 
-    def opened(path: str, prefix: str, prefix_text: str) -> _Folder | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as error:
-            return failed(prefix, prefix_text, error)
-        try:
-            stat = os.fstat(fd)
-            key = (stat.st_dev, stat.st_ino)
-            if key in visited:
-                return None
-            visited.add(key)
-            return _Folder(path, prefix, prefix_text, fd, include_hidden, with_stat)
-        except OSError as error:
-            return failed(prefix, prefix_text, error)
-        finally:
-            os.close(fd)
+    def listed(path: str, prefix: str, prefix_text: str) -> _Folder | OSError:
+        return _list_folder(path, prefix, prefix_text, include_hidden, with_stat)
 
-    def failed(prefix: str, prefix_text: str, error: OSError) -> None:
-        reason = error.strerror or str(error)
-        if not prefix:
-            raise UsageError(f"cannot read the input folder {root}: {reason}; check its permissions") from None
-        unreadable.append((prefix_text, reason))
+    def entered(result: _Folder | OSError, prefix: str, prefix_text: str) -> _Folder | None:
+        """The folder to walk, or None: one already walked (a loop, a second link) or one unreadable."""
+        if isinstance(result, OSError):
+            reason = result.strerror or str(result)
+            if not prefix:
+                raise UsageError(f"cannot read the input folder {root}: {reason}; check its permissions") from None
+            unreadable.append((prefix_text, reason))
+            return None
+        if result.key in visited:
+            return None
+        visited.add(result.key)
+        return result
 
-    top = opened(os.fspath(root), "", "")
+    top = entered(listed(os.fspath(root), "", ""), "", "")
     stack = [top] if top else []
-    while stack:
-        folder = stack[-1]
-        if folder.folder_at == len(folder.folders):
-            files = folder.files_before(None, with_names)
+    helpers, listed_files = None, 0
+    try:
+        while stack:
+            folder = stack[-1]
+            if folder.folder_at == len(folder.folders):
+                files = folder.files_before(None, with_names)
+                if files:
+                    yield files
+                stack.pop()
+                continue
+            if helpers is None and listed_files >= LISTING_HELPERS_AFTER and with_stat:
+                helpers = _Helpers.start(include_hidden, with_stat)
+            text = folder.folders[folder.folder_at][0]
+            result = folder.next_child(helpers, listed)
+            files = folder.files_before(text, with_names)
             if files:
                 yield files
-            stack.pop()
-            continue
-        text, name = folder.folders[folder.folder_at]
-        folder.folder_at += 1
-        files = folder.files_before(text, with_names)
-        if files:
-            yield files
-        child = opened(os.path.join(folder.path, name), folder.prefix + name + "/", text)
-        if child:
-            stack.append(child)
+            child = entered(result, folder.prefix + folder.folders[folder.folder_at - 1][1] + "/", text)
+            if child:
+                listed_files += len(child.texts)
+                stack.append(child)
+    finally:
+        if helpers is not None:
+            helpers.close()
+
+
+def _list_folder(path: str, prefix: str, prefix_text: str, include_hidden: bool, with_stat: bool) -> _Folder | OSError:
+    """One folder opened, listed, stat'ed and closed; an error is returned, not raised."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        return error
+    try:
+        return _Folder(path, prefix, prefix_text, fd, include_hidden, with_stat)
+    except OSError as error:
+        return error
+    finally:
+        os.close(fd)
+
+
+LISTING_HELPERS_AFTER = 100_000  # files listed in this process before helper processes join the walk
+LISTING_AHEAD = 16  # sub-folders of a folder handed to the helpers ahead of the walk
+LISTING_MAX_OUTSTANDING = 64  # requests in flight to all helpers at once (they and their pipes stay small)
+
+
+class _Helpers:
+    """Processes that list folders for the walk, one core each, so that the ``fstatat`` and ``faccessat``
+    of ten million files (most of a nightly run with nothing changed) use every core.
+
+    Each is ``python -c`` (never the caller's ``__main__``) in a session of its own, reading requests
+    from its stdin and answering in order on its stdout; it exits when its stdin closes, so it never
+    outlives the walk. A helper that fails is dropped and its requests are listed here instead.
+    """
+
+    def __init__(self, processes: list[subprocess.Popen], include_hidden: bool, with_stat: bool):
+        self.processes = processes
+        self.options = (include_hidden, with_stat)
+        self.pending: list[deque[int]] = [deque() for _ in processes]  # request ids, in the order sent
+        self.requests: dict[int, tuple] = {}
+        self.answers: dict[int, _Folder | OSError] = {}
+        self.next_id = 0
+
+    @classmethod
+    def start(cls, include_hidden: bool, with_stat: bool) -> _Helpers | None:
+        from .distribute import available_cores
+
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        command = [sys.executable, "-c", "from batchclf.discover import _serve_listings; _serve_listings()"]
+        processes = []
+        for _ in range(max(1, min(available_cores(), 8))):
+            try:
+                processes.append(
+                    subprocess.Popen(
+                        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True
+                    )
+                )
+            except OSError:
+                break
+        return cls(processes, include_hidden, with_stat) if processes else None
+
+    def outstanding(self) -> int:
+        return len(self.requests)
+
+    def submit(self, path: str, prefix: str, prefix_text: str) -> int:
+        request, self.next_id = self.next_id, self.next_id + 1
+        self.requests[request] = (path, prefix, prefix_text)
+        index = request % len(self.processes)
+        process = self.processes[index]
+        if process is not None:
+            try:
+                pickle.dump((path, prefix, prefix_text, *self.options), process.stdin, pickle.HIGHEST_PROTOCOL)
+                process.stdin.flush()
+                self.pending[index].append(request)
+            except (OSError, ValueError):
+                self._drop(index)
+        return request
+
+    def result(self, request: int) -> _Folder | OSError:
+        index = request % len(self.processes)
+        while request not in self.answers and self.pending[index]:
+            first = self.pending[index][0]
+            try:
+                answer = pickle.load(self.processes[index].stdout)
+            except Exception:  # the helper died or spoke nonsense: this process lists its share
+                self._drop(index)
+                break
+            self.pending[index].popleft()
+            self.answers[first] = answer
+        args = self.requests.pop(request)
+        if request in self.answers:
+            return self.answers.pop(request)
+        return _list_folder(*args, *self.options)
+
+    def _drop(self, index: int) -> None:
+        process, self.processes[index] = self.processes[index], None
+        self.pending[index].clear()
+        if process is not None:
+            _stop(process)
+
+    def close(self) -> None:
+        for index in range(len(self.processes)):
+            self._drop(index)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for stream in (process.stdin, process.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    try:
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _serve_listings() -> None:
+    """A listing helper's loop: a request (folder path, prefix, prefix text, options) in, its _Folder out."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the walk's process stops the run, and then this one
+    requests = sys.stdin.buffer
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing printed by accident reaches the answers
+    while True:
+        try:
+            path, prefix, prefix_text, include_hidden, with_stat = pickle.load(requests)
+        except EOFError:
+            return
+        answer = _list_folder(path, prefix, prefix_text, include_hidden, with_stat)
+        try:
+            pickle.dump(answer, answers, pickle.HIGHEST_PROTOCOL)
+            answers.flush()
+        except BrokenPipeError:
+            return
 
 
 def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
