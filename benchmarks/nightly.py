@@ -4,7 +4,8 @@ For each N: a tree of N hard links to the 200 flowers_small images (1,000 folder
 output for it, made without scoring N images: one real `batchclf run` on the 200 source images, its
 rows replicated to one a file of the tree (path, size and mtime of that file, everything else copied,
 the real schema and metadata). Then, each in its own subprocess, timed and with the driver's peak
-RSS (psutil, every 20 ms; and the rusage maximum, which includes the workers when a cluster starts):
+RSS (psutil, every 20 ms, the driver and its folder-listing helpers summed; and the rusage maximum,
+which includes the workers when a cluster starts):
 discovery alone, `--incremental` with nothing changed, and `--incremental` after 0.1 % of the files
 were added, changed (linked to another image) and deleted, a third each; the incremental counts in
 the run's summary are checked against what was done.
@@ -156,6 +157,18 @@ def change_files(tree: Tree, fraction: float, seed: int = 0) -> dict:
     return {"reused": reused, "scored": new + changed, "new": new, "changed": changed, "dropped": deleted}
 
 
+def _listing_helpers_rss(driver) -> int:
+    """The driver's folder-listing helper processes count as the driver (Dask workers do not)."""
+    total = 0
+    for child in driver.children():
+        try:
+            if "_serve_listings" in " ".join(child.cmdline()):
+                total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
 def measured(command: list[str], logs: Path) -> dict:
     """Run ``command``; wall time, exit code, peak RSS polled with psutil, and the rusage maximum from wait4."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -168,7 +181,7 @@ def measured(command: list[str], logs: Path) -> dict:
             watched = psutil.Process(process.pid)
             while not finished.is_set():
                 try:
-                    peak[0] = max(peak[0], watched.memory_info().rss)
+                    peak[0] = max(peak[0], watched.memory_info().rss + _listing_helpers_rss(watched))
                 except psutil.Error:
                     return
                 finished.wait(POLL_SECONDS)
