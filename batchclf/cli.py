@@ -224,9 +224,11 @@ def _add_run(subparsers) -> None:
 
 
 def _run(args) -> int:
+    from dataclasses import replace
+
     from .config import RunConfig
-    from .job import run
     from .storage import StorageOptions
+    from .supervise import supervised
 
     check_summary_path(args.summary)
 
@@ -263,6 +265,22 @@ def _run(args) -> int:
         progress=args.progress,
         storage_options=StorageOptions.parse(args.storage_options),
     )
+    if supervisable(config):  # score in this process, watched by a parent that survives a crash
+        return supervised(lambda in_process: exit_status(_run_job, args, replace(config, in_process=in_process)))
+    return _run_job(args, config)
+
+
+def supervisable(config) -> bool:
+    """The embedded cluster with the plan left to batchclf; not an attached or SLURM cluster, not --workers."""
+    from .supervise import can_supervise
+
+    attached = config.scheduler or config.scheduler_file or config.cluster != "local"
+    return not attached and config.workers is None and can_supervise()
+
+
+def _run_job(args, config) -> int:
+    from .job import run
+
     try:
         summary = run(config, log=print)
     except Interrupted as error:
@@ -349,8 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     stop_on_signals()
+    return exit_status(args.handler, args)
+
+
+def exit_status(handler, *args) -> int:
+    """Run ``handler(*args)``; an error a user can act on becomes one line on stderr and its exit status."""
     try:
-        return args.handler(args)
+        return handler(*args)
     except Interrupted as error:
         print(f"batchclf: {error}", file=sys.stderr)
         return error.exit_code

@@ -58,6 +58,7 @@ class RunConfig:
     hash: bool = False
     wait: bool = False
     progress: bool = True
+    in_process: bool = False  # may score in a worker thread of this process (batchclf run watches it: supervise.py)
     extra: dict = field(default_factory=dict, compare=False)
     # fsspec options for a URL input or output (endpoint, credentials): never printed, recorded or logged.
     storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)

@@ -10,7 +10,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -55,6 +55,7 @@ class RunSummary:
     dashboard: str | None = None
     incremental: dict | None = None
     unreadable: list = field(default_factory=list)  # folders that could not be listed
+    plan: dict | None = None  # the embedded cluster's worker plan (None: attached or SLURM cluster)
 
     @property
     def images_per_second(self) -> float:
@@ -281,7 +282,9 @@ def _score(config, spec, allowed, root, plan, shards, store, summary, log) -> No
         cluster_config,
         backend=config.backend,
         quantize=config.quantize,
+        in_process=config.in_process,
     ) as (client, worker_plan):
+        summary.plan = asdict(worker_plan) if worker_plan else None
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         options = _scoring_options(config, allowed, client, worker_plan, root, plan.to_score)
@@ -387,5 +390,6 @@ def summary_record(summary: RunSummary, config: RunConfig, exit_code: int, error
         "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 2),
         "timings": summary.timings,
+        "worker_plan": summary.plan,
         "versions": versions(),
     }

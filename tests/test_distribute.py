@@ -11,6 +11,7 @@ import pytest
 
 from batchclf import backends, distribute
 from batchclf.distribute import (
+    IN_PROCESS_MAX_CORES,
     WORKER_MEMORY_BYTES,
     WorkerPlan,
     available_cores,
@@ -40,6 +41,30 @@ def test_cpu_plan_fewer_workers_when_memory_is_short_and_threads_fill_the_cores(
 def test_cpu_plan_honours_an_explicit_worker_count():
     assert plan_workers(2, 24 * GIB, workers=1) == WorkerPlan(1, inference_threads=2, decode_threads=2)
     assert plan_workers(2, 24 * GIB, workers=4) == WorkerPlan(4, inference_threads=1, decode_threads=1)
+
+
+def test_a_small_cpu_machine_scores_in_process_when_the_job_is_supervised():
+    """One worker in the job's process with all the cores' threads, only where the command watches it."""
+    assert plan_workers(2, 24 * GIB, in_process=True) == WorkerPlan(1, 2, 2, in_process=True)
+    assert plan_workers(IN_PROCESS_MAX_CORES, GIB, in_process=True).in_process
+    assert plan_workers(2, 24 * GIB) == WorkerPlan(2, 1, 1)  # not supervised (classify()): worker processes
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"cores": IN_PROCESS_MAX_CORES + 1},  # one GIL for that many threads: processes
+        {"workers": 2},  # an explicit count means worker processes
+        {"workers": 1},
+        {"backend": "tf"},  # TensorFlow belongs in a worker process
+        {"gpus": ("0",)},  # the GPU plan
+    ],
+)
+def test_in_process_is_only_for_a_small_cpu_machine_with_the_plan_left_to_batchclf(arguments):
+    cores = arguments.pop("cores", 2)
+    plan = plan_workers(cores, 24 * GIB, in_process=True, **arguments)
+    assert not plan.in_process
+    assert plan == plan_workers(cores, 24 * GIB, **arguments)
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 6, 8, 16, 64])

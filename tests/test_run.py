@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -9,6 +10,7 @@ import pytest
 from conftest import run_cli, save_image
 
 import batchclf
+from batchclf.distribute import IN_PROCESS_MAX_CORES, available_cores
 from batchclf.writer import output_schema, read_run_metadata
 
 
@@ -101,6 +103,25 @@ def test_tree_summary_line(tree_run):
     assert "10 files, 7 ok, 3 errors" in result.stderr
     assert "dashboard: http" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_default_in_process_worker_gives_the_rows_of_worker_processes(tree, tree_run, tmp_path):
+    """The default run (on a small machine, one worker in the job's process running two shards at a time
+    on one shared model) writes what two worker processes wrote."""
+    root, _ = tree
+    _, processes_output = tree_run
+    output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    result = run_cli("run", str(root), str(output), "--shard-size", "4", "--no-progress", "--summary", str(summary))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(summary.read_text())["worker_plan"]
+    assert plan["in_process"] == (available_cores() <= IN_PROCESS_MAX_CORES)
+    in_process, processes = pq.read_table(output).to_pylist(), pq.read_table(processes_output).to_pylist()
+    assert [row["path"] for row in in_process] == [row["path"] for row in processes]
+    for ours, theirs in zip(in_process, processes):
+        for row in (ours, theirs):
+            row["score"] = row["score"] and round(row["score"], 5)
+            row["topk"] = row["topk"] and [(t["label"], round(t["score"], 5)) for t in row["topk"]]
+        assert ours == theirs
 
 
 def test_two_runs_identical_and_model_built_once_per_worker(tree, local_cluster, tmp_path):

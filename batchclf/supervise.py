@@ -1,0 +1,99 @@
+"""Crash isolation for the in-process worker: the command runs the job in a child it watches.
+
+On a small machine the embedded cluster scores in a worker thread of the job's own process (no
+worker processes to start, the model built while the first images decode). A file that crashes a
+decoder, or exhausts memory, would then take the job with it. So ``batchclf run`` forks first: the
+child runs the job, the parent only waits. When the child dies of a signal nobody sent it (SIGSEGV,
+SIGABRT, SIGBUS, the kernel's out-of-memory SIGKILL), the parent runs the job again with worker
+processes: the finished shards are reused from the parts (the usual resume), and the shard that
+kills its worker is split until the file responsible is one error row (``isolate.py``).
+
+The child leads a process group of its own, so a Ctrl-C at the terminal reaches the parent alone,
+which passes SIGINT, SIGTERM and SIGHUP on to the child once, as they come: the child's own handlers
+stop the job cleanly. The child asks the kernel for SIGKILL when the parent dies, so killing the
+command (even with SIGKILL) never leaves a job running that holds the output's lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1
+
+
+def can_supervise() -> bool:
+    """Linux only: the child's death signal (``prctl``) is what makes a killed command stop its job."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def supervised(job: Callable[[bool], int], log=print) -> int:
+    """Run ``job(in_process=True)`` in a child; if that child crashes, ``job(in_process=False)`` in another.
+
+    Returns the exit status to leave with: the child's, or 128 + the signal that ended it.
+    """
+    status, crashed = _in_child(job, True)
+    if crashed is None:
+        return status
+    log(
+        f"batchclf: the in-process worker crashed ({crashed.name}); running again with worker processes, "
+        "which turn the file that causes it into an error row",
+        file=sys.stderr,
+    )
+    status, crashed = _in_child(job, False)
+    if crashed is not None:
+        log(f"batchclf: error: the job died of {crashed.name} twice; run again with BATCHCLF_DEBUG=1", file=sys.stderr)
+    return status
+
+
+def _in_child(job: Callable[[bool], int], in_process: bool) -> tuple[int, signal.Signals | None]:
+    """(exit status, the signal that killed the child if nobody sent it one) for one run of ``job``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            status = _child(job, in_process, parent)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    sent: list[int] = []
+
+    def forward(number: int, frame) -> None:
+        sent.append(number)
+        try:
+            os.kill(child, number)
+        except ProcessLookupError:
+            pass
+
+    saved = {number: signal.signal(number, forward) for number in FORWARDED_SIGNALS}
+    try:
+        _, wait_status = os.waitpid(child, 0)
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    if os.WIFSIGNALED(wait_status):
+        number = os.WTERMSIG(wait_status)
+        crashed = signal.Signals(number) if not sent else None
+        return 128 + number, crashed
+    return os.waitstatus_to_exitcode(wait_status), None
+
+
+def _child(job: Callable[[bool], int], in_process: bool, parent: int) -> int:
+    os.setpgid(0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request was made
+        return 128 + signal.SIGKILL
+    try:
+        return job(in_process)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
