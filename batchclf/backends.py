@@ -226,7 +226,7 @@ class LiteRTBackend:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = tflite_path
-        with quiet_native_stderr():  # the XNNPACK delegate announces itself on the first invoke
+        with quiet_native_stderr():  # the XNNPACK delegate announces itself when the tensors are allocated
             self.interpreter = Interpreter(model_path=os.fspath(tflite_path), num_threads=threads)
             self.input = self.interpreter.get_input_details()[0]
             self.image_size = int(self.input["shape"][1])
@@ -234,7 +234,6 @@ class LiteRTBackend:
             shape = [batch_size, self.image_size, self.image_size, 3]
             self.interpreter.resize_tensor_input(self.input["index"], shape)
             self.interpreter.allocate_tensors()
-            self.interpreter.invoke()
         outputs = self.interpreter.get_output_details()
         # The converter may reorder outputs; the class vector is the one as wide as the label list.
         outputs.sort(key=lambda o: int(o["shape"][-1]) != num_classes)

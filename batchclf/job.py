@@ -19,13 +19,13 @@ from . import __version__
 from .backends import cache_dir
 from .config import RunConfig
 from .discover import list_images
-from .distribute import connect, submit_shards, threads_for_worker, worker_hosts
+from .distribute import IN_PROCESS_TASKS, connect, submit_shards, threads_for_worker, worker_hosts
 from .errors import AllFilesFailedError, FoldersUnreadableError, UsageError
 from .isolate import isolate_failing_shard
 from .merge import newest_rows
 from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders
-from .shard import balanced_shard_size, iter_shards, shard_name
+from .shard import MIN_SHARDS, balanced_shard_size, iter_shards, shard_name
 from .storage import URL_DECODE_THREADS, is_url, location
 from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, conversion_pending, score_shard
 from .writer import (
@@ -40,6 +40,7 @@ from .writer import (
 )
 
 ROW_GROUP_ROWS = 65536
+IN_PROCESS_MIN_SHARDS = 2 * IN_PROCESS_TASKS  # measured: 400 12 MP JPEGs ~6 % faster than with 16 shards
 
 
 @dataclass
@@ -192,10 +193,8 @@ def run(config: RunConfig, log=print) -> RunSummary:
         summary = RunSummary(files=plan.files + plan.kept_unverified, scored=len(plan.to_score))
         summary.incremental = plan.record() if config.incremental else None
         summary.unreadable = [folder for folder, _ in plan.unreadable]
-        shard_size = balanced_shard_size(len(plan.to_score), config.shard_size)
-        summary.shards = -(-len(plan.to_score) // shard_size)
-        if summary.shards:  # shards are made as they are submitted: their paths never all live as Python strings
-            _score(config, spec, allowed, root, plan, iter_shards(root, plan.to_score, shard_size), store, summary, log)
+        if len(plan.to_score):
+            _score(config, spec, allowed, root, plan, store, summary, log)
         parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]
         _count_statuses(plan.kept_errors, parts, summary)
         metadata = {
@@ -270,8 +269,14 @@ def write_output(output, schema, metadata: dict, sources: list, plan: RunPlan) -
             writer.write_table(table.cast(plain).replace_schema_metadata(metadata_bytes), row_group_size=ROW_GROUP_ROWS)
 
 
-def _score(config, spec, allowed, root, plan, shards, store, summary, log) -> None:
-    """Score the shards on a Dask cluster; every result lands in the parts store as it finishes."""
+def _score(config, spec, allowed, root, plan, store, summary, log) -> None:
+    """Cut what is left to score into shards and score them on a Dask cluster; every result lands in the
+    parts store as it finishes.
+
+    Shards are made as they are submitted: their paths never all live as Python strings. The
+    in-process worker shares one model between its tasks, so a few shards keep it busy to the end;
+    separate workers need more, so that none idles while another finishes.
+    """
     scheduler_file = config.scheduler_file and str(config.scheduler_file)
     cluster_config = config.cluster_config if config.cluster == "slurm" else None
     with connect(
@@ -285,6 +290,10 @@ def _score(config, spec, allowed, root, plan, shards, store, summary, log) -> No
         in_process=config.in_process,
     ) as (client, worker_plan):
         summary.plan = asdict(worker_plan) if worker_plan else None
+        min_shards = IN_PROCESS_MIN_SHARDS if worker_plan and worker_plan.in_process else MIN_SHARDS
+        shard_size = balanced_shard_size(len(plan.to_score), config.shard_size, min_shards)
+        summary.shards = -(-len(plan.to_score) // shard_size)
+        shards = iter_shards(root, plan.to_score, shard_size)
         summary.dashboard = client.dashboard_link
         log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         options = _scoring_options(config, allowed, client, worker_plan, root, plan.to_score)

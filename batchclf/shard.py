@@ -41,12 +41,12 @@ def make_shards(root: str, paths: Sequence[str] | pa.ChunkedArray, shard_size: i
     return list(iter_shards(root, paths, shard_size))
 
 
-def balanced_shard_size(count: int, shard_size: int) -> int:
-    """Cut small inputs into at least ``MIN_SHARDS`` shards so no worker idles while another finishes.
+def balanced_shard_size(count: int, shard_size: int, min_shards: int = MIN_SHARDS) -> int:
+    """Cut small inputs into at least ``min_shards`` shards so no worker idles while another finishes.
 
     With 3,000 images and 1,024-image shards, two workers would split 2 + 1 shards and the run would
     take a third longer than it needs. Sizes are whole batches, so no shard pays for a padded one it
-    could have avoided. The result depends only on the inputs, so resume still works.
+    could have avoided. (Resume does not need the same shards: rows are reused file by file.)
     """
-    size = SHARD_MULTIPLE * max(1, math.ceil(count / MIN_SHARDS / SHARD_MULTIPLE))
+    size = SHARD_MULTIPLE * max(1, math.ceil(count / min_shards / SHARD_MULTIPLE))
     return max(1, min(shard_size, size))

@@ -156,6 +156,13 @@ def test_small_inputs_are_cut_into_enough_shards(count, shard_size, expected):
     assert balanced_shard_size(count, shard_size) == expected
 
 
+def test_fewer_shards_suffice_for_the_in_process_worker():
+    """Its two tasks share one model: four shards keep it busy, where separate workers want sixteen."""
+    assert balanced_shard_size(400, 1024, min_shards=4) == 128
+    assert balanced_shard_size(400, 1024) == 32
+    assert balanced_shard_size(100_000, 1024, min_shards=4) == 1024
+
+
 def test_balanced_shards_split_evenly_between_two_workers():
     paths = [f"{i:05d}.jpg" for i in range(3000)]
     shards = make_shards("/r", paths, balanced_shard_size(len(paths), 1024))
@@ -332,6 +339,30 @@ def test_embedded_cluster_stops_its_worker_processes():
         pids = [client.run(os.getpid)[address] for address in client.scheduler_info()["workers"]]
         nannies = [worker.process.pid for worker in cluster.workers.values()]
     assert not [pid for pid in pids + nannies if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+@pytest.mark.slow
+def test_in_process_cluster_starts_no_process_and_listens_on_loopback_only():
+    """The in-process cluster: the worker is in this process, the dashboard link names where it listens."""
+    import psutil
+    from distributed import Client
+
+    from batchclf.distribute import in_process_cluster
+
+    def listening() -> set:
+        return {c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    children, sockets = {child.pid for child in psutil.Process().children(recursive=True)}, listening()
+    with in_process_cluster(WorkerPlan(1, 2, 2, in_process=True), "127.0.0.1:0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=30)
+        assert set(client.run(os.getpid).values()) == {os.getpid()}
+        assert list(client.nthreads().values()) == [distribute.IN_PROCESS_TASKS]
+        assert cluster.scheduler_address.startswith("inproc://")
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        opened = listening() - sockets
+        started = {child.pid for child in psutil.Process().children(recursive=True)} - children
+    assert opened and {address.ip for address in opened} == {"127.0.0.1"}
+    assert not started
 
 
 def test_worker_preload_ignores_sigint():
