@@ -11,6 +11,11 @@ One command, on the same images in one run:
   (b') `batchclf run` on 1,000 images: warm cache, a first run with an empty cache (the LiteRT
        conversion included), and `--backend tf`
   (d)  (a'), (b), (c) on 12-megapixel JPEGs, and (b) with full-size decoding (BATCHCLF_FULL_DECODE=1)
+  (b'') `batchclf run --workers N` (N = cores): worker processes instead of the plan's layout, on the
+       1,000 images and on the 12 MP JPEGs
+  (e)  a plain pipeline, on the 1,000 images and the 12 MP JPEGs: one process, LiteRT with all cores'
+       threads, batchclf's own decoding in a thread pool as wide, no Dask, no Parquet (wall time of
+       the subprocess, start-up included): what the same cores do with nothing around the model
   int8 inference alone, and its top-1 agreement with fp32 on the same tensors
 
 plus ratios, top-1 agreement and peak memory (psutil, sampled over the process tree).
@@ -296,6 +301,46 @@ json.dump({"paths": list(dataset.file_paths), "top1": probabilities.argmax(axis=
 """
 
 
+PLAIN_SCRIPT = """
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+from batchclf.backends import LiteRTBackend
+from batchclf.models.registry import resolve_model
+tflite, threads, paths = sys.argv[1], int(sys.argv[2]), open(sys.argv[3]).read().split(chr(10))
+spec = resolve_model()
+backend = LiteRTBackend(tflite, 32, threads, len(spec.labels), False)
+from batchclf.decode import decode_image
+pool = ThreadPoolExecutor(threads)
+batch, scored, started = [], 0, time.perf_counter()
+for pixels in pool.map(lambda path: decode_image(path, spec.preprocessing).pixels, paths):
+    batch.append(pixels)
+    if len(batch) == 32:
+        backend.predict(np.stack(batch))
+        scored, batch = scored + len(batch), []
+if batch:
+    backend.predict(np.stack(batch))
+    scored += len(batch)
+print(scored, time.perf_counter() - started)
+"""
+
+
+def plain_pipeline(tflite: Path, paths: list[str], threads: int, workdir: Path) -> dict:
+    """(e): decode in a pool and score in batches in one process, nothing else."""
+    listed = workdir / "plain-paths.txt"
+    listed.write_text("\n".join(paths))
+    command = [sys.executable, "-c", PLAIN_SCRIPT, str(tflite), str(threads), str(listed)]
+    seconds, result, memory = timed_subprocess(command)
+    scored, working = result.stdout.split()
+    return {
+        "images": int(scored),
+        "wall_s": round(seconds, 2),
+        "images_per_s_wall": int(scored) / seconds,
+        "images_per_s_after_model_load": int(scored) / float(working),
+        "memory": memory,
+    }
+
+
 def keras_way(folder: Path, output: Path) -> dict:
     command = [sys.executable, "-c", KERAS_SCRIPT, str(folder), str(output)]
     seconds, _, memory = timed_subprocess(command, {"TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -415,11 +460,18 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
     with tempfile.TemporaryDirectory(dir=workdir) as empty_cache:  # what a new machine's first run costs
         b_first = batchclf_run(thousand, workdir / "web-1000-first.parquet", env={"BATCHCLF_CACHE": empty_cache})
     b_tf = batchclf_run(thousand, workdir / "web-1000-tf.parquet", ["--backend", "tf"])
+    cores = plan.workers * plan.inference_threads
+    step(f"(b) with worker processes (--workers {cores}) instead of the plan's layout, on the same images")
+    b_processes = batchclf_run(thousand, workdir / "web-1000-processes.parquet", ["--workers", str(cores)])
+    step(f"(e) a plain pipeline on the same {args.thousand} images and on the 12 MP JPEGs")
+    e_thousand = plain_pipeline(tflite["fp32"], image_paths(thousand), cores, workdir)
+    e_large = plain_pipeline(tflite["fp32"], large_paths, cores, workdir)
     step(f"(c) image_dataset_from_directory + model.predict on {len(web_paths)} images")
     c = keras_way(web, workdir / "web-keras.json")
     step(f"(d) the same on {len(large_paths)} 12-megapixel JPEGs")
     b_large = batchclf_run(large, workdir / "12mp.parquet")
     b_large_full = batchclf_run(large, workdir / "12mp-full.parquet", env={"BATCHCLF_FULL_DECODE": "1"})
+    b_large_processes = batchclf_run(large, workdir / "12mp-processes.parquet", ["--workers", str(cores)])
     c_large = keras_way(large, workdir / "12mp-keras.json")
 
     step("agreement")
@@ -435,7 +487,7 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
     bound = 1 / (1 / a + 1 / decode_web)
     bound_large = 1 / (1 / a + 1 / decode_large)
     fixed = max(0.0, startup - 64 / bound)  # the 64-image run, less its images at the bound rate
-    for run in (b, b_large, b_large_full):  # the steady rate: what start-up costs once is taken out
+    for run in (b, b_large, b_large_full, b_large_processes):  # the steady rate: what start-up costs once is taken out
         run["images_per_s_after_startup"] = run["images"] / max(1e-3, run["wall_s"] - fixed)
     results["web"] = {
         "images": len(web_paths),
@@ -454,7 +506,14 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
         "top1_agreement_b_keras_same_tensors": b_vs_keras_tensors,
         "same_tensors_compared": compared_tensors,
     }
-    results["web"]["thousand"] = {"warm_cache": b_thousand, "empty_cache": b_first, "backend_tf": b_tf}
+    results["web"]["thousand"] = {
+        "warm_cache": b_thousand,
+        "empty_cache": b_first,
+        "backend_tf": b_tf,
+        "worker_processes": b_processes,
+        "e_plain_pipeline": e_thousand,
+        "b_over_e_wall": b_thousand["images_per_s_wall"] / e_thousand["images_per_s_wall"],
+    }
     results["12mp"] = {
         "images": len(large_paths),
         "a_decode_alone": decode_large,
@@ -470,6 +529,9 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
         "b_over_bound_after_startup": b_large["images_per_s_after_startup"] / bound_large,
         "b_over_c": b_large["images_per_s_wall"] / c_large["images_per_s_wall"],
         "top1_agreement_b_c": b_large_vs_c,
+        "b_worker_processes": b_large_processes,
+        "e_plain_pipeline": e_large,
+        "b_over_e_wall": b_large["images_per_s_wall"] / e_large["images_per_s_wall"],
     }
     results["int8"] = {
         "a_inference_alone": a_int8,
@@ -486,6 +548,9 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
         "inference_threads": plan.inference_threads,
         "decode_threads": plan.decode_threads,
         "batch_size": BATCH_SIZE,
+        "cores": cores,
+        "decode_per_core_web": decode_web / cores,  # to size a GPU node: how many cores keep one GPU fed
+        "decode_per_core_12mp": decode_large / cores,
     }
 
 
@@ -545,6 +610,12 @@ def table(results: dict) -> str:
         n = web["images"]
         add(f"(a) LiteRT inference alone, pre-decoded ({int8['tensors']} tensors)", web["a_inference_alone"], " img/s")
         add("(a') decode + resize alone, web-size", web["a_decode_alone"], " img/s")
+        if "decode_per_core_web" in results.get("plan", {}):
+            plan = results["plan"]
+            add(
+                "(a') decode per core, web-size / 12 MP (to size nodes)",
+                f"{plan['decode_per_core_web']:.0f} / {plan['decode_per_core_12mp']:.1f} img/s",
+            )
         add("bound 1/(1/a + 1/a')", web["bound"], " img/s")
         b, startup = web["b_batchclf_run"], web["startup_s_from_64_image_run"]
         add(f"(b) batchclf run, {n} images, wall incl. start-up", b["images_per_s_wall"], " img/s")
@@ -557,8 +628,16 @@ def table(results: dict) -> str:
                 ("", "warm_cache"),
                 (", first run, empty cache", "empty_cache"),
                 (", --backend tf", "backend_tf"),
+                (", worker processes (--workers N)", "worker_processes"),
             ):
+                if key not in runs:
+                    continue
                 add(f"(b) batchclf run, {count} images{label}, wall", runs[key]["images_per_s_wall"], " img/s")
+            if "e_plain_pipeline" in runs:
+                add(
+                    f"(e) plain pipeline, {count} images, wall", runs["e_plain_pipeline"]["images_per_s_wall"], " img/s"
+                )
+                add("(b) / (e), wall", f"{runs['b_over_e_wall']:.2f}")
         add(f"(c) Keras image_dataset_from_directory + predict, {n}", web["c_keras_way"]["images_per_s_wall"], " img/s")
         add(
             "b / bound (wall; summary; after start-up)",
@@ -585,13 +664,19 @@ def table(results: dict) -> str:
         for label, key in (
             ("12 MP (b) batchclf run", "b_batchclf_run"),
             ("12 MP (b) full-size decoding", "b_full_size_decoding"),
+            ("12 MP (b) worker processes (--workers N)", "b_worker_processes"),
         ):
+            if key not in large:
+                continue
             run = large[key]
             add(
                 f"{label}, wall; after start-up",
                 f"{run['images_per_s_wall']:.1f}; {run['images_per_s_after_startup']:.1f} img/s",
             )
         add("12 MP (c) Keras way, wall", large["c_keras_way"]["images_per_s_wall"], " img/s")
+        if "e_plain_pipeline" in large:
+            add("12 MP (e) plain pipeline, wall", large["e_plain_pipeline"]["images_per_s_wall"], " img/s")
+            add("12 MP (b) / (e), wall", f"{large['b_over_e_wall']:.2f}")
         add(
             "12 MP b / full-size b (wall; after start-up)",
             f"{large['b_over_b_full_size']:.2f}; {large['b_over_b_full_size_after_startup']:.2f}",
