@@ -4,7 +4,7 @@ For each N: a tree of N hard links to the 200 flowers_small images (1,000 folder
 output for it, made without scoring N images: one real `batchclf run` on the 200 source images, its
 rows replicated to one a file of the tree (path, size and mtime of that file, everything else copied,
 the real schema and metadata). Then, each in its own subprocess, timed and with the driver's peak
-RSS (psutil, every 20 ms, the driver and its folder-listing helpers summed; and the rusage maximum,
+RSS (psutil, every 20 ms, the driver and its folder-listing helpers summed, see `driver_rss`; and the rusage maximum,
 which includes the workers when a cluster starts):
 discovery alone, `--incremental` with nothing changed, and `--incremental` after 0.1 % of the files
 were added, changed (linked to another image) and deleted, a third each; the incremental counts in
@@ -169,6 +169,22 @@ def _listing_helpers_rss(driver) -> int:
     return total
 
 
+def driver_rss(command) -> int:
+    """The driver's memory: the process that runs the job, with its listing helpers, at full RSS.
+
+    `batchclf run` runs the job in a child it forked (same command line) and only watches it: that
+    watching process then adds its private memory (USS), not the pages it shares with the job.
+    """
+    for child in command.children():
+        try:
+            if child.cmdline() == command.cmdline():
+                job = child.memory_info().rss + _listing_helpers_rss(child)
+                return job + command.memory_full_info().uss
+        except psutil.Error:
+            continue
+    return command.memory_info().rss + _listing_helpers_rss(command)
+
+
 def measured(command: list[str], logs: Path) -> dict:
     """Run ``command``; wall time, exit code, peak RSS polled with psutil, and the rusage maximum from wait4."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -181,7 +197,7 @@ def measured(command: list[str], logs: Path) -> dict:
             watched = psutil.Process(process.pid)
             while not finished.is_set():
                 try:
-                    peak[0] = max(peak[0], watched.memory_info().rss + _listing_helpers_rss(watched))
+                    peak[0] = max(peak[0], driver_rss(watched))
                 except psutil.Error:
                     return
                 finished.wait(POLL_SECONDS)
