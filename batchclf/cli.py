@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -347,12 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPEAT_SECONDS = 1.0  # a second copy of a signal sooner than this is the same request, delivered twice
+
+
 def stop_on_signals() -> None:
     """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread, so every ``with`` block on the way
-    out closes the cluster, the lock and the parts cleanly. A second signal stops the process at once."""
+    out closes the cluster, the lock and the parts cleanly. A second signal stops the process at once.
+
+    A signal sent to every process of a group or cgroup (a SLURM time limit, systemd's default
+    KillMode) reaches a supervised job twice: directly, and passed on by ``batchclf run``'s watching
+    parent. A copy that comes within ``REPEAT_SECONDS`` of the first is taken as that same request.
+    """
 
     def interrupt(number: int, frame) -> None:
-        signal.signal(number, signal.SIG_DFL)
+        first = time.monotonic()
+
+        def again(number: int, frame) -> None:
+            if time.monotonic() - first < REPEAT_SECONDS:
+                return
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+
+        signal.signal(number, again)
         raise Interrupted(number)
 
     for number in (signal.SIGTERM, signal.SIGINT):

@@ -115,7 +115,7 @@ def test_ctrl_c_at_a_terminal_stops_cleanly_and_the_run_resumes(images, uninterr
 
 
 @pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_becomes_interrupted_once_then_stops_at_once(number, code):
+def test_a_signal_becomes_interrupted_once_and_a_copy_right_after_is_absorbed(number, code):
     from batchclf.cli import stop_on_signals
     from batchclf.errors import Interrupted
 
@@ -128,7 +128,47 @@ def test_a_signal_becomes_interrupted_once_then_stops_at_once(number, code):
         assert caught.value.exit_code == code
         assert not isinstance(caught.value, Exception)  # passes through the 'except Exception' of the run
         assert str(caught.value) == f"interrupted by {signal.Signals(number).name}"
-        assert signal.getsignal(number) == signal.SIG_DFL  # a second one is not caught
+        os.kill(os.getpid(), number)  # a copy of the same request (sent to every process): absorbed
+        time.sleep(0.1)
     finally:
         for n, handler in saved.items():
             signal.signal(n, handler)
+
+
+SECOND_SIGNAL = """
+import os, signal, sys, time
+from batchclf.cli import REPEAT_SECONDS, stop_on_signals
+from batchclf.errors import Interrupted
+stop_on_signals()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)
+except Interrupted:
+    print("interrupted", flush=True)
+time.sleep(REPEAT_SECONDS + 0.2)
+os.kill(os.getpid(), signal.SIGTERM)  # a person asking again: stop at once
+time.sleep(5)
+print("still running", flush=True)
+"""
+
+
+def test_a_second_signal_later_stops_at_once():
+    result = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert result.stdout.split() == ["interrupted"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_stops_cleanly_once(images, uninterrupted, tmp_path):
+    """A SLURM time limit or systemd's default KillMode signals every process: the job, which batchclf run
+    forked, gets SIGTERM directly and again from its watching parent, and still stops cleanly."""
+    import psutil
+
+    def everyone(pid: int) -> None:
+        for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            process.send_signal(signal.SIGTERM)
+
+    output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    result = _interrupt(images, output, summary, everyone)
+    _check_interrupted(result, output, summary, 143, "SIGTERM")
+    _check_resume(images, output, summary, uninterrupted)
