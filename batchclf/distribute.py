@@ -10,7 +10,7 @@ On a small CPU machine (``IN_PROCESS_MAX_CORES``) whose job ``batchclf run`` sup
 cluster is in-process instead: the scheduler and one worker live in the job's own process and talk
 over ``inproc://``, so no process is started and nothing listens but the dashboard. That worker runs
 two tasks at a time (a shard decodes while the one before finishes) on one shared model with all the
-cores' inference threads and a decode pool as wide. Measured end to end on 2 cores, it is 20-40 %
+cores' inference threads and a decode pool as wide. Measured end to end on 2 cores, it is 30-50 %
 faster than worker processes (docs/performance.md); a crash in it is caught by ``supervise.py``.
 
 The embedded cluster of worker processes listens on loopback only and speaks TLS with throw-away
