@@ -150,7 +150,8 @@ def _add_run(subparsers) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes of the embedded cluster (default: one per core, as memory allows)",
+        help="worker processes of the embedded cluster (default: on up to 4 cores, one worker in this "
+        "process; on more, one process per core, as memory allows)",
     )
     dask.add_argument(
         "--scheduler", default=None, metavar="ADDRESS", help="attach to a running Dask scheduler, e.g. tcp://host:8786"
