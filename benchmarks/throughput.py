@@ -111,7 +111,9 @@ def image_paths(folder: Path) -> list[str]:
 
 
 class PeakMemory:
-    """Peak RSS of a process (the driver) and of its descendants (workers), sampled every 0.1 s.
+    """Peak RSS of a process (the driver) and of its descendants (workers), sampled every 0.1 s, and of
+    the process that runs the job: the driver, or the child `batchclf run` forked to run it (same
+    command line; it hosts the in-process worker).
 
     Also the CPU seconds the whole tree used (last sample of each process): unlike wall time, hardly
     changed by other programs sharing the machine.
@@ -121,6 +123,7 @@ class PeakMemory:
         self.pid = pid
         self.driver = 0
         self.worker = 0
+        self.job = 0
         self.total = 0
         self.cpu_by_pid: dict[int, float] = {}
         self._stop = threading.Event()
@@ -143,18 +146,21 @@ class PeakMemory:
             return
         while not self._stop.is_set():
             try:
-                driver = root.memory_info().rss
+                driver = job = root.memory_info().rss
                 self._add_cpu(root)
                 children = []
                 for child in root.children(recursive=True):
                     try:
                         children.append(child.memory_info().rss)
                         self._add_cpu(child)
+                        if child.ppid() == root.pid and child.cmdline() == root.cmdline():
+                            job = children[-1]
                     except psutil.NoSuchProcess:
                         pass
             except psutil.NoSuchProcess:
                 return
             self.driver = max(self.driver, driver)
+            self.job = max(self.job, job)
             self.worker = max(self.worker, max(children, default=0))
             self.total = max(self.total, driver + sum(children))
             self._stop.wait(0.1)
@@ -168,6 +174,7 @@ class PeakMemory:
         return {
             "cpu_s": round(sum(self.cpu_by_pid.values()), 2),
             "driver_mb": round(self.driver / mb),
+            "job_process_mb": round(self.job / mb),
             "worker_max_mb": round(self.worker / mb),
             "total_mb": round(self.total / mb),
         }
@@ -580,6 +587,10 @@ def scale_benchmark(args, workdir: Path, results: dict) -> None:
             str(args.small): small["memory"]["driver_mb"],
             str(args.large_count): big["memory"]["driver_mb"],
         },
+        "job_process_peak_mb": {
+            str(args.small): small["memory"]["job_process_mb"],
+            str(args.large_count): big["memory"]["job_process_mb"],
+        },
         "startup_s_from_64_image_run": startup,
         "per_image_cpu_ms_after_startup": {
             str(args.small): per_image_cpu_ms(small, runs[64]),
@@ -721,6 +732,11 @@ def table(results: dict) -> str:
             f"driver peak memory: {small} / {big} images",
             f"{s['driver_peak_mb'][small]} / {s['driver_peak_mb'][big]} MB",
         )
+        if "job_process_peak_mb" in s:
+            add(
+                f"peak memory of the process running the job: {small} / {big} images",
+                f"{s['job_process_peak_mb'][small]} / {s['job_process_peak_mb'][big]} MB",
+            )
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{what:<{width}}  {value}" for what, value in rows)
 
