@@ -1,7 +1,7 @@
 """Crash isolation for the in-process worker: the command runs the job in a child it watches.
 
-On a small machine the embedded cluster scores in a worker thread of the job's own process (no
-worker processes to start, the model built while the first images decode). A file that crashes a
+On a small machine the embedded cluster scores in worker threads of the job's own process (no
+worker processes to start, one model built once). A file that crashes a
 decoder, or exhausts memory, would then take the job with it. So ``batchclf run`` forks first: the
 child runs the job, the parent only waits. When the child dies of a signal nobody sent it (SIGSEGV,
 SIGABRT, SIGBUS, the kernel's out-of-memory SIGKILL), the parent runs the job again with worker
