@@ -37,6 +37,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from throughput import forked_job  # benchmarks/ is on the path when a script there runs
 
 import batchclf.discover as discover
 from batchclf import __version__
@@ -175,14 +176,10 @@ def driver_rss(command) -> int:
     `batchclf run` runs the job in a child it forked (same command line) and only watches it: that
     watching process then adds its private memory (USS), not the pages it shares with the job.
     """
-    for child in command.children():
-        try:
-            if child.cmdline() == command.cmdline():
-                job = child.memory_info().rss + _listing_helpers_rss(child)
-                return job + command.memory_full_info().uss
-        except psutil.Error:
-            continue
-    return command.memory_info().rss + _listing_helpers_rss(command)
+    job = forked_job(command)
+    if job is None:
+        return command.memory_info().rss + _listing_helpers_rss(command)
+    return job.memory_info().rss + _listing_helpers_rss(job) + command.memory_full_info().uss
 
 
 def measured(command: list[str], logs: Path) -> dict:

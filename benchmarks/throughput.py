@@ -110,6 +110,19 @@ def image_paths(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------- memory
 
 
+def forked_job(command):
+    """The child `batchclf run` forked to run its job (it has the command's own command line), or None."""
+    import psutil
+
+    for child in command.children():
+        try:
+            if child.cmdline() == command.cmdline():
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
 class PeakMemory:
     """Peak RSS of a process (the driver) and of its descendants (workers), sampled every 0.1 s, and of
     the process that runs the job: the driver, or the child `batchclf run` forked to run it (same
@@ -148,12 +161,13 @@ class PeakMemory:
             try:
                 driver = job = root.memory_info().rss
                 self._add_cpu(root)
+                job_process = forked_job(root)
                 children = []
                 for child in root.children(recursive=True):
                     try:
                         children.append(child.memory_info().rss)
                         self._add_cpu(child)
-                        if child.ppid() == root.pid and child.cmdline() == root.cmdline():
+                        if child == job_process:
                             job = children[-1]
                     except psutil.NoSuchProcess:
                         pass
