@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .fsutil import current_umask, fsync_path, process_alive
 from .models.efficientnet_lite import FEATURE_LAYER
 from .models.registry import BUILTIN_MODELS, KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
 
@@ -104,8 +105,8 @@ def save_model_dir(model, model_dir: Path, classes: tuple[str, ...], metadata: d
         (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in classes), encoding="utf-8")
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         for name in (KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE):
-            _fsync(staging / name)
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the folder is an ordinary output
+            fsync_path(staging / name)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the folder is an ordinary output
         _move_into_place(staging, model_dir.absolute())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -128,7 +129,7 @@ def _move_into_place(staging: Path, model_dir: Path) -> None:
             holder.rmdir()
             raise
         shutil.rmtree(holder, ignore_errors=True)  # removes a link without following it
-    _fsync(model_dir.parent)
+    fsync_path(model_dir.parent)
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -167,32 +168,8 @@ def _remove_abandoned(parent: Path, name: str) -> None:
     for role in (_ASIDE, _STAGING):
         for path in parent.glob(f".{name}.{role}-*-*"):
             pid = path.name[len(f".{name}.{role}-") :].split("-")[0]
-            if not pid.isdigit() or not path.is_dir() or path.is_symlink() or _process_alive(int(pid)):
+            if not pid.isdigit() or not path.is_dir() or path.is_symlink() or process_alive(int(pid)):
                 continue
             if role == _ASIDE and os.path.lexists(path / name) and not os.path.lexists(parent / name):
                 os.rename(path / name, parent / name)
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

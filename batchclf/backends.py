@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .fsutil import write_atomically
 from .models.sidecar import InputFormat
 
 BACKENDS = ("auto", "tf", "litert")
@@ -149,9 +150,7 @@ def convert_to_tflite(
             with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the converter's notes are about its internals, not the user's data
                 content = _converter(model, representative).convert()
-            partial = target.with_suffix(f".tmp{os.getpid()}")
-            partial.write_bytes(content)
-            os.replace(partial, target)
+            write_atomically(target, content)
     return target
 
 

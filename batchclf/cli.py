@@ -304,7 +304,7 @@ def check_summary_path(path: Path | None) -> None:
     """Refuse a --summary the run could not write, before any work rather than after all of it."""
     if path is None:
         return
-    from .config import can_create_files_in
+    from .fsutil import can_create_files_in
 
     if path.is_dir():
         raise UsageError(f"--summary {path} is a folder; give a file name such as {path}/summary.json")

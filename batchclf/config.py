@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .backends import BACKENDS, QUANTIZATIONS
 from .errors import UsageError
+from .fsutil import can_create_files_in
 from .models.registry import DEFAULT_MODEL
 from .storage import StorageOptions, check_input, check_output, is_url
 
@@ -15,15 +15,6 @@ DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s w
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"  # loopback: the dashboard shows file paths and accepts no login
-
-
-def can_create_files_in(folder: Path) -> bool:
-    """Try it: permission bits say nothing for root or on read-only mounts."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchclf-probe-"):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -162,14 +162,6 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarr
     return [np.flatnonzero(assignment == k) for k in range(folds)]
 
 
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_fingerprint(digests: list[str], labels: list[str]) -> str:
     """A hash of the (content, label) pairs, independent of file names and order."""
     digest = hashlib.sha256()

@@ -14,7 +14,6 @@ unchanged.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import math
 import os
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .fsutil import content_digest
 
 ORIENTATION_TAG = 0x0112
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -158,7 +159,7 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
         raise _reason(error, path, content) from None
     if orientation in TRANSPOSED_ORIENTATIONS:
         width, height = height, width
-    digest = hashlib.blake2b(content.data, digest_size=16).hexdigest() if content_hash else None
+    digest = content_digest((content.data,)) if content_hash else None
     return DecodedImage(pixels, width, height, content.size, content.mtime, digest)
 
 

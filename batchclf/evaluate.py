@@ -8,7 +8,6 @@ so what it reports is what ``run`` predicts.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 
 from .dataset import LabelledImages, read_dataset
 from .errors import UsageError
+from .fsutil import can_create_files_in
 
 EPSILON = 1e-15  # probabilities are clipped to [EPSILON, 1] before the logarithm
 FULL_REPORT_CLASSES = 100  # larger models report only the classes seen in the truth or the predictions
@@ -93,7 +93,7 @@ def check_json_target(path: Path) -> None:
         raise UsageError(f"--json {path} is a folder; give the name of a file to write the report to")
     if not folder.is_dir():
         raise UsageError(f"--json {path}: folder {folder} does not exist; create it or choose another file")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not can_create_files_in(folder):
         raise UsageError(f"--json {path}: folder {folder} is not writable; choose another file")
 
 

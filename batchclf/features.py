@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .backends import cache_dir
-from .dataset import file_digest
 from .errors import AllFilesFailedError
+from .fsutil import atomic_file, sha256_file
 
 FEATURES_FORMAT = 1  # bump when the cached arrays change meaning
 
@@ -93,15 +93,9 @@ def _load_cached(folder: Path, digest: str) -> np.ndarray | None:
 
 
 def _store(folder: Path, digest: str, vector: np.ndarray) -> None:
-    """Write through a private temporary file (``mkstemp``: an unpredictable name, never a followed link)."""
-    descriptor, partial = tempfile.mkstemp(prefix=f".{digest}.", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            np.save(stream, vector.astype(np.float32))
-        os.replace(partial, folder / f"{digest}.npy")
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    """Write through ``fsutil.atomic_file``: an unpredictable name, never a followed link."""
+    with atomic_file(folder / f"{digest}.npy") as stream:
+        np.save(stream, vector.astype(np.float32))
 
 
 def extract_features(paths: list[str], config: ExtractionConfig, log=print) -> Features:
@@ -113,7 +107,7 @@ def extract_features(paths: list[str], config: ExtractionConfig, log=print) -> F
     digests: dict[str, str] = {}
     for path in paths:
         try:
-            digests[path] = file_digest(path)
+            digests[path] = sha256_file(path)
         except OSError as error:
             errors[path] = f"cannot read file: {error.strerror}"
     vectors = {d: v for d in set(digests.values()) if (v := _load_cached(folder, d)) is not None}

@@ -13,7 +13,6 @@ them in step (``merge.aligned``), one bounded batch at a time, whatever the numb
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .discover import Listing, fs_path
+from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, newest_rows
 from .writer import read_output, read_parts, read_run_metadata, read_schema
 
@@ -88,15 +88,12 @@ class RunPlan:
 
 
 def content_hash(path: str) -> str | None:
-    """BLAKE2b-128 of the file's bytes (fast, and in the standard library); None when unreadable."""
-    digest = hashlib.blake2b(digest_size=16)
+    """The ``--hash`` of a file on disk (``fsutil.content_digest``, as the workers hash what they read);
+    None when unreadable."""
     try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
+        return content_digest(read_blocks(path))
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:

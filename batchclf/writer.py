@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .fsutil import atomic_file, open_regular_no_follow, process_alive, write_atomically
 from .storage import ObjectPath
 
 TOPK_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
@@ -64,18 +64,6 @@ def output_schema(embedding_size: int | None = None, content_hash: bool = False)
     return pa.schema(fields)
 
 
-def _open_no_follow(path: Path, flags: int) -> int:
-    """Open without following a symlink, and only a regular file: the folder may be writable by others."""
-    try:
-        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-    except OSError as error:
-        raise UsageError(f"cannot open {path}: {error.strerror} (a symlink there is refused); remove it") from None
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise UsageError(f"{path} is not a regular file; remove it")
-    return descriptor
-
-
 def _lock_holder(descriptor: int) -> str:
     """The pid holding an flock on this file, from /proc/locks (nothing is ever written to the lock file)."""
     inode = os.fstat(descriptor).st_ino
@@ -105,7 +93,7 @@ def _file_lock(output: Path, wait: bool = False):
     """
     from .errors import LockedError
 
-    descriptor = _open_no_follow(output.with_name(output.name + ".lock"), os.O_RDONLY | os.O_CREAT)
+    descriptor = open_regular_no_follow(output.with_name(output.name + ".lock"), os.O_RDONLY | os.O_CREAT)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -121,16 +109,6 @@ def _file_lock(output: Path, wait: bool = False):
 
 
 LOCK_POLL_SECONDS = 2.0
-
-
-def _pid_is_gone(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError, TypeError):  # alive under another user, or not a pid at all
-        return False
-    return False
 
 
 def _lock_record(lock: ObjectPath) -> dict | None:
@@ -151,10 +129,10 @@ def _break_if_stale(lock: ObjectPath, record: dict) -> bool:
     makes the check and the removal one step among this host's runs, so two of them never both
     break one stale lock and then both hold a fresh one; runs elsewhere never break a lock at all.
     """
-    if record.get("host") != socket.gethostname() or not _pid_is_gone(record.get("pid")):
+    if record.get("host") != socket.gethostname() or process_alive(record.get("pid")):
         return False
     key = hashlib.sha256(lock.url.encode()).hexdigest()[:24]
-    guard = _open_no_follow(Path(tempfile.gettempdir()) / f".batchclf-lock-{key}", os.O_RDONLY | os.O_CREAT)
+    guard = open_regular_no_follow(Path(tempfile.gettempdir()) / f".batchclf-lock-{key}", os.O_RDONLY | os.O_CREAT)
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
         if _lock_record(lock) == record:
@@ -237,14 +215,6 @@ def read_run_metadata(path: Path | ObjectPath) -> dict:
     return json.loads(metadata.get(METADATA_KEY, b"{}"))
 
 
-def fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 @contextlib.contextmanager
 def atomic_parquet(target: Path | ObjectPath, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
     """A ParquetWriter on a fresh temporary file beside ``target``, renamed over it only when complete.
@@ -261,44 +231,14 @@ def atomic_parquet(target: Path | ObjectPath, schema: pa.Schema, **options) -> I
                 yield writer
             target.upload(local)
         return
-    descriptor, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            with pq.ParquetWriter(stream, schema, compression="zstd", **options) as writer:
-                yield writer
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, target)
-        fsync_folder(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
+    with atomic_file(target) as stream:
+        with pq.ParquetWriter(stream, schema, compression="zstd", **options) as writer:
+            yield writer
 
 
 def write_text_atomically(path: Path, text: str) -> int:
-    """Write ``text`` to ``path`` through a new file of our own beside it, then rename it; return its size.
-
-    ``mkstemp`` creates the file exclusively (``O_EXCL``) under a random name, so a link planted at a
-    predictable temporary name cannot redirect the write; a reader sees the old file or the new one.
-    The file gets the mode a plain ``open`` would give it.
-    """
-    data = text.encode("utf-8")
-    folder = path.parent if str(path.parent) else Path(".")
-    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o666 & ~umask)
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
-    return len(data)
+    """Write ``text`` to ``path`` atomically (``fsutil.atomic_file``); return its size in bytes."""
+    return write_atomically(path, text)
 
 
 class PartsStore:

@@ -52,14 +52,14 @@ def test_a_failed_save_keeps_the_old_model_and_leaves_nothing_behind(tmp_path, m
     if not exchange:
         monkeypatch.setattr(artifact, "_exchange", lambda first, second: False)
 
-    real_fsync = artifact._fsync
+    real_fsync = artifact.fsync_path
 
     def fsync(path):
         if path.name == "metadata.json":  # every file is written; flushing the last one fails
             raise OSError(28, "No space left on device")
         real_fsync(path)
 
-    monkeypatch.setattr(artifact, "_fsync", fsync)
+    monkeypatch.setattr(artifact, "fsync_path", fsync)
     with pytest.raises(OSError, match="No space left"):
         _save(model_dir, 2)
     assert _load(model_dir) == (1, 1.0)
@@ -187,7 +187,8 @@ def test_train_refuses_bad_options_before_any_work(food, tmp_path, options, expe
 
 def test_train_refuses_zero_workers_even_with_every_feature_cached(food, tmp_path, monkeypatch):
     """With every feature cached no worker would be started, so the check must not depend on starting one."""
-    from batchclf.dataset import file_digest, read_dataset
+    from batchclf.dataset import read_dataset
+    from batchclf.fsutil import sha256_file as file_digest
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("BATCHCLF_CACHE", str(cache))

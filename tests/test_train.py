@@ -245,8 +245,8 @@ def test_two_featurizers_concatenated_then_run(food, scheduler, tmp_path):
     network, and ``run --model`` classifies with the one saved model (2560 concatenated features)."""
     import keras
 
-    from batchclf.dataset import file_digest
     from batchclf.features import _cache_folder, featurizer_id
+    from batchclf.fsutil import sha256_file as file_digest
 
     model_dir = tmp_path / "two"
     featurizers = ("efficientnet-lite0", "efficientnet-lite2")

@@ -7,7 +7,6 @@ TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from ..decode import Preprocessing
 from ..errors import UsageError
+from ..fsutil import sha256_tree
 from .introspect import keras_output_size
 from .sidecar import ONNX_DEFAULTS, TFLITE_DEFAULTS, InputFormat, read_sidecar, sidecar_path
 
@@ -117,17 +117,6 @@ def imagenet_aliases() -> dict[str, str]:
     return aliases
 
 
-def _content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
-        with open(file, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, trust_model: bool = False) -> ModelSpec:
     """Check that ``model`` can be loaded and that its labels fit its outputs, and describe it as a ``ModelSpec``.
 
@@ -176,7 +165,7 @@ def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, t
     preprocessing = None
     if "image_size" in metadata:
         preprocessing = Preprocessing(int(metadata["image_size"]), float(metadata.get("crop_fraction", 0.875)))
-    model_id = f"{path.resolve().name}@{_content_hash(path)}"
+    model_id = f"{path.resolve().name}@{sha256_tree(path)[:16]}"
     return ModelSpec(
         model_id,
         kind,
@@ -243,9 +232,9 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
     preprocessing = Preprocessing(image_size, float(settings["crop_fraction"]), settings["interpolation"])
     input_format = InputFormat(layout, float(settings["scale"]), settings["mean"], settings["std"])
     sidecar = sidecar_path(path)
-    model_id = f"{path.resolve().name}@{_content_hash(path)}"
+    model_id = f"{path.resolve().name}@{sha256_tree(path)[:16]}"
     if sidecar.is_file():  # other preprocessing, other results
-        model_id += f"+{_content_hash(sidecar)[:8]}"
+        model_id += f"+{sha256_tree(sidecar)[:8]}"
     return ModelSpec(model_id, kind, os.fspath(path.resolve()), labels, preprocessing, None, input_format)
 
 

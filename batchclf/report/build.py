@@ -7,13 +7,12 @@ is capped (``max_thumbnails``): a report over a million rows is the same few MB 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..fsutil import can_create_files_in
 from ..storage import StorageOptions, is_url, location
 from ..writer import write_text_atomically
 from . import run as runs
@@ -64,14 +63,8 @@ def _check_writable_folder(option: str, folder: Path) -> None:
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
         raise UsageError(f"{option}: {folder} {state}; create the folder first or choose another")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".batchclf-report-", dir=folder)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        message = f"{option}: cannot write in folder {folder} ({reason}); choose a folder you can write to"
-        raise UsageError(message) from None
-    os.close(handle)
-    os.unlink(probe)
+    if not can_create_files_in(folder):
+        raise UsageError(f"{option}: cannot write in folder {folder}; choose a folder you can write to")
 
 
 @dataclass

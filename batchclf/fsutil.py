@@ -1,0 +1,158 @@
+"""File-system policies, one copy each: the atomic write, fsync, "is this process alive", the content
+digests and "can I write here". Every module that writes or checks goes through these, so a policy
+(a file's mode, what an interrupted write leaves behind) is decided once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import UsageError
+
+READ_BLOCK = 1 << 20
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_path(path: Path | str) -> None:
+    """Flush a file or a folder (a folder's entry list: what makes a rename durable)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _folder_of(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def temporary_prefix(target: Path) -> str:
+    """The prefix of every temporary name made beside ``target``: ``.NAME.``, so a reader of the folder
+    can tell whose it is (``.NAME.XXXXXXXX.partial``)."""
+    return f".{target.name}."
+
+
+TEMPORARY_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary stream to a new file beside ``target`` that replaces it only when the block ends.
+
+    ``mkstemp`` makes the name (exclusive, unpredictable: a link planted at a guessable name cannot
+    redirect the write); the data is fsynced before the rename and the folder after it, so a crash at
+    any point leaves the old file or the new one. The file gets the mode a plain ``open`` would give
+    it (``0o666 & ~umask``) unless ``mode`` says otherwise. An exception removes the temporary file.
+    """
+    folder = _folder_of(target)
+    descriptor, partial = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(partial, (0o666 & ~current_umask()) if mode is None else mode)
+        os.replace(partial, target)
+        fsync_path(folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+
+
+def write_atomically(target: Path, data: bytes | str, mode: int | None = None) -> int:
+    """``data`` (text as UTF-8) written to ``target`` through ``atomic_file``; return its size in bytes."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_file(target, mode) as stream:
+        stream.write(payload)
+    return len(payload)
+
+
+def open_regular_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open without following a symlink, and only a regular file (the folder may be writable by others).
+
+    Non-blocking, so a FIFO planted there cannot hang the open; refused in one line that says what to do.
+    """
+    try:
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as error:
+        raise UsageError(f"cannot open {path}: {error.strerror} (a symlink there is refused); remove it") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise UsageError(f"{path} is not a regular file; remove it")
+    return descriptor
+
+
+def process_alive(pid: int | str | None) -> bool:
+    """Whether a process of this pid runs on this machine (one of another user's counts as alive).
+
+    Anything that is not a pid is taken as alive: the caller must then not treat its holder as gone.
+    """
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, TypeError):  # alive under another user, or not a pid at all
+        return True
+    return True
+
+
+def can_create_files_in(folder: Path) -> bool:
+    """Try it: permission bits say nothing for root (``os.access`` answers yes) or on read-only mounts."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchclf-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- content digests
+
+
+def content_digest(blocks: Iterable[bytes]) -> str:
+    """The ``--hash`` of a file's bytes: BLAKE2b-128 in hex (fast, in the standard library).
+
+    The one definition: the planner hashes files on disk with it and the workers hash the bytes they
+    decoded with it, and a row is reused only when the two agree.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for block in blocks:
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def read_blocks(path: Path | str) -> Iterator[bytes]:
+    """A file's bytes in 1 MiB blocks."""
+    with open(path, "rb") as stream:
+        yield from iter(lambda: stream.read(READ_BLOCK), b"")
+
+
+def sha256_file(path: Path | str) -> str:
+    """SHA-256 of a file's bytes in hex: the identity of a training image's content."""
+    digest = hashlib.sha256()
+    for block in read_blocks(path):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files with their relative names: what identifies a model."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        for block in read_blocks(file):
+            digest.update(block)
+    return digest.hexdigest()
