@@ -22,9 +22,6 @@ import numpy as np
 from .fsutil import write_atomically
 from .models.sidecar import InputFormat
 
-BACKENDS = ("auto", "tf", "litert")
-QUANTIZATIONS = ("int8",)
-
 
 def cache_dir() -> Path:
     base = os.environ.get("BATCHCLF_CACHE") or os.path.join(

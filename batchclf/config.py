@@ -1,20 +1,40 @@
-"""The run's settings: one frozen object that the CLI and the Python API build and every stage reads."""
+"""The run's settings: one frozen object that the CLI and the Python API build and every stage reads.
+
+Every default and every choice list lives here, and this module imports nothing of the package but
+``errors``: the command line builds its parser from these constants and checks a config before any
+heavy import (Dask, TensorFlow, Arrow's compute kernels) or fork.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .backends import BACKENDS, QUANTIZATIONS
 from .errors import UsageError
 from .fsutil import can_create_files_in
-from .models.registry import DEFAULT_MODEL
 from .storage import StorageOptions, check_input, check_output, is_url
 
+DEFAULT_MODEL = "efficientnet-lite0"
+BUILTIN_MODEL_NAMES = (
+    "efficientnet-lite0",
+    "efficientnet-lite1",
+    "efficientnet-lite2",
+)  # models/registry.py builds each
+BACKENDS = ("auto", "tf", "litert")
+QUANTIZATIONS = ("int8",)
+CLUSTERS = ("local", "slurm")
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
+DEFAULT_RETRIES = 2
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"  # loopback: the dashboard shows file paths and accepts no login
+TUPLE_FIELDS = ("allow", "deny", "include", "exclude")
+
+# batchclf report
+REPORT_LOW_SCORE = 0.5  # a top-1 score below this counts as a low-confidence prediction
+REPORT_PER_LABEL = 24  # thumbnails a label
+REPORT_TOP_LABELS = 20  # labels charted
 
 
 @dataclass(frozen=True)
@@ -42,7 +62,7 @@ class RunConfig:
     cluster: str = "local"
     cluster_config: Path | None = None
     dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS
-    retries: int = 2
+    retries: int = DEFAULT_RETRIES
     keep_parts: bool = False
     incremental: bool = False
     keep_error_rows: bool = False
@@ -54,8 +74,21 @@ class RunConfig:
     # fsspec options for a URL input or output (endpoint, credentials): never printed, recorded or logged.
     storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        for name in TUPLE_FIELDS:  # a list from the API or argparse's append: one hashable, ordered form
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value or ()))
+
+    @classmethod
+    def from_fields(cls, values: dict) -> RunConfig:
+        """A config from a mapping that may hold other keys too (``vars(args)``): taken by field name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
     def validate(self) -> None:
         """Refuse bad settings before any work starts, with a message that says what to do."""
+        self.check()
         if is_url(self.input):
             if self.hash:
                 raise UsageError("--hash reads every file on the driver; for a URL input leave it out")
@@ -64,7 +97,6 @@ class RunConfig:
             raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
         if not is_url(str(self.output)):
             self._check_local_output()
-        self._check_scalars()
         if is_url(str(self.output)):  # last: the one check that writes (a probe object, removed at once)
             check_output(str(self.output), self.storage_options)
 
@@ -79,7 +111,8 @@ class RunConfig:
         if not can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
 
-    def _check_scalars(self) -> None:
+    def check(self) -> None:
+        """The checks that need no file system and no import: numbers, choices and how options combine."""
         positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k}
         if self.workers is not None:
             positive["--workers"] = self.workers
@@ -98,7 +131,7 @@ class RunConfig:
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
         if self.quantize and self.backend == "tf":
             raise UsageError("--quantize runs a LiteRT model; use it with --backend litert or auto, not tf")
-        if self.cluster not in ("local", "slurm"):
+        if self.cluster not in CLUSTERS:
             raise UsageError(f"--cluster must be local or slurm, got {self.cluster!r}")
         if self.cluster == "slurm":
             if not self.cluster_config or not self.cluster_config.is_file():
@@ -141,3 +174,14 @@ class RunConfig:
         )
         values = asdict(self)
         return {k: (list(values[k]) if isinstance(values[k], tuple) else values[k]) for k in keep}
+
+
+# batchclf train --fine-tune
+@dataclass(frozen=True)
+class FineTuneSettings:
+    unfreeze: int = 3  # MBConv blocks retrained, counted from the top (the head convolution is always retrained)
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-5
+    validation_fraction: float = 0.2
+    patience: int = 3

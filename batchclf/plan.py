@@ -13,6 +13,8 @@ them in step (``merge.aligned``), one bounded batch at a time, whatever the numb
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +24,45 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .config import RunConfig
 from .discover import Listing, fs_path
 from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, newest_rows
+from .models.registry import BUILTIN_MODELS, ModelSpec
 from .writer import read_output, read_parts, read_run_metadata, read_schema
+
+PATH_FORMAT = 2  # path texts with the backslash escaped (discover.path_text)
+
+
+def reuse_key(spec: ModelSpec, config: RunConfig, root: str) -> str:
+    """What a reusable row must have been made with: model, weights, class names, result options, root.
+
+    Checked for last night's output and for every part file, so no row made by another model or
+    with other options is ever carried into an output.
+    """
+    record = {
+        "model": spec.id,
+        "weights": _weights_version(spec),
+        "labels": hashlib.sha256("\n".join(spec.labels).encode()).hexdigest(),
+        "options": config.result_options(),
+        "input_root": root,
+        "path_format": PATH_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _weights_version(spec: ModelSpec) -> str | None:
+    """A built-in model's weights come from a pip package: its version names them (user models are hashed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    builtin = BUILTIN_MODELS.get(spec.source) if spec.kind == "builtin" else None
+    if builtin is None:
+        return None
+    try:
+        return version(builtin.package)
+    except PackageNotFoundError:
+        return None
+
 
 HASH_THREADS = 8
 SIGNATURE_SCHEMA = pa.schema(

@@ -1,4 +1,6 @@
-"""Crash isolation for the in-process worker: the command runs the job in a child it watches.
+"""Signals and crash isolation: how a run stops cleanly, and how the in-process worker survives a crash.
+
+The command runs the job in a child it watches.
 
 On a small machine the embedded cluster scores in worker threads of the job's own process (no
 worker processes to start, one model built once). A file that crashes a
@@ -20,8 +22,11 @@ import ctypes
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
+
+from .errors import Interrupted
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -97,3 +102,31 @@ def _child(job: Callable[[bool], int], in_process: bool, parent: int) -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+REPEAT_SECONDS = 1.0  # a second copy of a signal sooner than this is the same request, delivered twice
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread, so every ``with`` block on the way
+    out closes the cluster, the lock and the parts cleanly. A second signal stops the process at once.
+
+    A signal sent to every process of a group or cgroup (a SLURM time limit, systemd's default
+    KillMode) reaches a supervised job twice: directly, and passed on by ``batchclf run``'s watching
+    parent. A copy that comes within ``REPEAT_SECONDS`` of the first is taken as that same request.
+    """
+
+    def interrupt(number: int, frame) -> None:
+        first = time.monotonic()
+
+        def again(number: int, frame) -> None:
+            if time.monotonic() - first < REPEAT_SECONDS:
+                return
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+
+        signal.signal(number, again)
+        raise Interrupted(number)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, interrupt)

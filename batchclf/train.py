@@ -27,6 +27,7 @@ from .artifact import (
     save_model_dir,
 )
 from .backends import quiet_native_stderr
+from .config import FineTuneSettings
 from .dataset import (
     LabelledImages,
     check_known_labels,
@@ -43,16 +44,6 @@ from .models.efficientnet_lite import FEATURE_LAYER
 from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model
 
 LARGEST_SEED = 2**32 - 1  # NumPy's and Keras's global seeds are 32-bit
-
-
-@dataclass(frozen=True)
-class FineTuneSettings:
-    unfreeze: int = 3  # MBConv blocks retrained, counted from the top (the head convolution is always retrained)
-    epochs: int = 10
-    batch_size: int = 16
-    learning_rate: float = 1e-5
-    validation_fraction: float = 0.2
-    patience: int = 3
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_ctrl_c_at_a_terminal_stops_cleanly_and_the_run_resumes(images, uninterr
 
 @pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_becomes_interrupted_once_and_a_copy_right_after_is_absorbed(number, code):
-    from batchclf.cli import stop_on_signals
+    from batchclf.supervise import stop_on_signals
     from batchclf.errors import Interrupted
 
     saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
@@ -137,7 +137,7 @@ def test_a_signal_becomes_interrupted_once_and_a_copy_right_after_is_absorbed(nu
 
 SECOND_SIGNAL = """
 import os, signal, sys, time
-from batchclf.cli import REPEAT_SECONDS, stop_on_signals
+from batchclf.supervise import REPEAT_SECONDS, stop_on_signals
 from batchclf.errors import Interrupted
 stop_on_signals()
 try:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..config import DEFAULT_MODEL
 from ..decode import Preprocessing
 from ..errors import UsageError
 from ..fsutil import sha256_tree
 from .introspect import keras_output_size
 from .sidecar import ONNX_DEFAULTS, TFLITE_DEFAULTS, InputFormat, read_sidecar, sidecar_path
 
-DEFAULT_MODEL = "efficientnet-lite0"
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"
 KERAS_MODEL_FILE = "model.keras"
@@ -261,3 +261,24 @@ def load_keras_model(spec: ModelSpec):
     if isinstance(outputs, dict):
         outputs = next(iter(outputs.values()))
     return keras.Model(inputs, outputs)
+
+
+def class_indices(spec: ModelSpec, allow: tuple[str, ...], deny: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The classes ``--allow``/``--deny`` leave the output (None: all); unknown names are refused."""
+    names = allow or deny
+    if not names:
+        return None
+    index = {label: i for i, label in enumerate(spec.labels)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise UsageError(
+            f"unknown label(s) {', '.join(map(repr, unknown[:5]))} for model {spec.id}; "
+            "labels must match the model's class names exactly"
+        )
+    if allow:
+        return tuple(sorted(index[n] for n in allow))
+    denied = {index[n] for n in deny}
+    kept = tuple(i for i in range(len(spec.labels)) if i not in denied)
+    if not kept:
+        raise UsageError("--deny removes every class; nothing would be left to predict")
+    return kept

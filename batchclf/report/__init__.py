@@ -8,13 +8,11 @@ Nothing in the page is fetched over the network: CSS, charts and images are all 
 
 from __future__ import annotations
 
-from .command import add_parser
-
-__all__ = ["ReportConfig", "ReportSummary", "add_parser", "build_report"]
+__all__ = ["ReportConfig", "ReportSummary", "build_report"]
 
 
 def __getattr__(name: str):
-    # The CLI imports this package to register its parser; pyarrow and Pillow load only when a report is built.
+    # pyarrow and Pillow load only when a report is built.
     if name in ("ReportConfig", "ReportSummary", "build_report"):
         from . import build
 

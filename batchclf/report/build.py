@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..errors import UsageError
 from ..fsutil import can_create_files_in
 from ..storage import StorageOptions, is_url, location
 from ..writer import write_text_atomically
 from . import run as runs
-from .command import DEFAULT_LOW, DEFAULT_PER_LABEL, DEFAULT_TOP
 from .drift import Drift, compare_runs
 from .page import LabelSheet, Page, render
 from .thumbnails import Thumbnail, make_thumbnails
@@ -30,9 +30,9 @@ class ReportConfig:
     output: Path | str  # the Parquet file written by ``batchclf run`` (a URL: an object in a bucket)
     report: Path  # the HTML file to write
     root: Path | str | None = None  # overrides the input root recorded in the Parquet metadata (a folder or URL)
-    low: float = DEFAULT_LOW
-    per_label: int = DEFAULT_PER_LABEL
-    top: int = DEFAULT_TOP
+    low: float = REPORT_LOW_SCORE
+    per_label: int = REPORT_PER_LABEL
+    top: int = REPORT_TOP_LABELS
     compare: Path | str | None = None
     json: Path | None = None
     truth: Path | None = None

@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..storage import location_argument
-
-DEFAULT_LOW = 0.5
-DEFAULT_PER_LABEL = 24
-DEFAULT_TOP = 20
 
 
 def add_parser(subparsers) -> None:
@@ -37,18 +34,18 @@ def add_parser(subparsers) -> None:
         help="folder (or URL prefix) the image paths are relative to (default: the run's input root)",
     )
     report.add_argument(
-        "--low", type=float, default=DEFAULT_LOW, help="a score below this counts as a low-confidence prediction"
+        "--low", type=float, default=REPORT_LOW_SCORE, help="a score below this counts as a low-confidence prediction"
     )
     report.add_argument(
         "--per-label",
         type=int,
-        default=DEFAULT_PER_LABEL,
+        default=REPORT_PER_LABEL,
         help="thumbnails per label: half the highest, half the lowest scores",
     )
     report.add_argument(
         "--top",
         type=int,
-        default=DEFAULT_TOP,
+        default=REPORT_TOP_LABELS,
         help="labels charted (the rest are grouped as 'other') and given a contact sheet",
     )
     report.add_argument(
@@ -84,8 +81,8 @@ def add_parser(subparsers) -> None:
 
 
 def _report(args) -> int:
+    from ..report.build import ReportConfig, build_report
     from ..storage import StorageOptions
-    from .build import ReportConfig, build_report
 
     config = ReportConfig(
         output=args.output,

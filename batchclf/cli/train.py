@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..config import BACKENDS, BUILTIN_MODEL_NAMES, DEFAULT_MODEL, FineTuneSettings
+from .common import DefaultsHelpFormatter
+
 DATA_HELP = "a tags.tsv file (image_path<TAB>label, paths relative to its folder) or a folder of class folders"
 
 
@@ -15,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 def _add_cluster_options(parser) -> None:
     group = parser.add_argument_group("feature extraction (the same job as 'run')")
-    group.add_argument("--backend", default="auto", choices=("auto", "tf", "litert"), help="inference engine")
+    group.add_argument("--backend", default="auto", choices=BACKENDS, help="inference engine")
     group.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="attach to a running Dask scheduler")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -25,9 +28,6 @@ def _add_cluster_options(parser) -> None:
 
 
 def _add_train(subparsers) -> None:
-    from .cli import DefaultsHelpFormatter
-    from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL
-    from .train import FineTuneSettings
 
     defaults = FineTuneSettings()
     train = subparsers.add_parser(
@@ -45,7 +45,7 @@ def _add_train(subparsers) -> None:
         "--featurizer",
         default=DEFAULT_MODEL,
         metavar="NAME[,NAME]",
-        help=f"the pretrained network ({', '.join(BUILTIN_MODELS)}), or several separated by commas whose "
+        help=f"the pretrained network ({', '.join(BUILTIN_MODEL_NAMES)}), or several separated by commas whose "
         "pooled features are concatenated",
     )
     split = train.add_argument_group("test set")
@@ -91,9 +91,9 @@ def _add_train(subparsers) -> None:
 
 
 def _train(args) -> int:
-    from .errors import UsageError
-    from .features import ExtractionConfig
-    from .train import FineTuneSettings, TrainConfig, parse_featurizers, summary_lines, train
+    from ..errors import UsageError
+    from ..features import ExtractionConfig
+    from ..train import TrainConfig, parse_featurizers, summary_lines, train
 
     if args.test is not None and args.test_fraction is not None:
         raise UsageError("give --test or --test-fraction, not both")
@@ -126,8 +126,6 @@ def _train(args) -> int:
 
 
 def _add_evaluate(subparsers) -> None:
-    from .cli import DefaultsHelpFormatter
-    from .models.registry import DEFAULT_MODEL
 
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -154,7 +152,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
+    from ..evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
 
     if args.json is not None:
         check_json_target(args.json)

@@ -1,0 +1,41 @@
+"""The command line: one module a command, each of which parses, builds its config by field name,
+checks it and calls the library. This package imports nothing heavy: a usage error is answered before
+Dask, TensorFlow or Arrow's compute kernels are loaded. Errors a user can fix print one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import __version__
+from ..supervise import stop_on_signals
+from . import report, run, train
+from .common import EXIT_CODES_HELP, exit_status
+
+__all__ = ["EXIT_CODES_HELP", "build_parser", "exit_status", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchclf",
+        description="Batch image classification for large image folders, on Dask, to Parquet.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"batchclf {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in (run, train, report):
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    stop_on_signals()
+    return exit_status(args.handler, args)

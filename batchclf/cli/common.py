@@ -1,0 +1,75 @@
+"""What every command's parser shares: the help layout, the exit codes, the label-list argument."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, BatchclfError, Interrupted
+
+EXIT_CODES_HELP = """exit codes:
+  0    success (some files may be error rows)
+  1    the job failed (a cluster or worker failure; see the message)
+  2    usage error: bad option, missing input or output folder, unknown model, no images found
+  3    every file failed to decode (the output is still written)
+  4    another run holds the lock on this output
+  5    output written but some folders could not be read; their previous rows were carried over
+  130  interrupted (Ctrl-C, SIGINT); run the same command again to resume
+  143  stopped by SIGTERM (a time limit, kubectl, systemctl stop); run the same command again to resume
+"""
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something: not for flags, empty values, or help that gives its own.
+    Text laid out in lines (the exit codes) keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or "(default:" in text or action.default in (None, (), [], "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def labels_list(text: str) -> tuple[str, ...]:
+    """``a,b,c`` or ``@file`` (one label a line)."""
+    if text.startswith("@"):
+        try:
+            lines = Path(text[1:]).read_text(encoding="utf-8-sig").splitlines()
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise argparse.ArgumentTypeError(f"{text[1:]} is not UTF-8 text; write one label a line") from None
+        labels = tuple(line.strip() for line in lines if line.strip())
+    else:
+        labels = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not labels:  # an empty filter would silently mean no filter at all
+        raise argparse.ArgumentTypeError(f"{text!r} names no labels; give 'a,b,c' or @FILE with one label a line")
+    return labels
+
+
+def exit_status(handler, *args) -> int:
+    """Run ``handler(*args)``; an error a user can act on becomes one line on stderr and its exit status."""
+    try:
+        return handler(*args)
+    except Interrupted as error:
+        print(f"batchclf: {error}", file=sys.stderr)
+        return error.exit_code
+    except BatchclfError as error:
+        print(f"batchclf: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"batchclf: {Interrupted(signal.SIGINT)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a failure we did not foresee: one line, and where to look
+        print(f"batchclf: error: the job failed: {type(error).__name__}: {error}", file=sys.stderr)
+        if os.environ.get("BATCHCLF_DEBUG"):
+            raise
+        return EXIT_JOB_FAILED

@@ -1,0 +1,236 @@
+"""``batchclf run``: the parser, and the handler that builds the config by field name, refuses bad
+settings before anything heavy is imported or forked, then runs the job (watched, on a small machine)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import (
+    BACKENDS,
+    BUILTIN_MODEL_NAMES,
+    CLUSTERS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DASHBOARD_ADDRESS,
+    DEFAULT_MODEL,
+    DEFAULT_RETRIES,
+    DEFAULT_SHARD_SIZE,
+    DEFAULT_TOP_K,
+    QUANTIZATIONS,
+    RunConfig,
+)
+from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted
+from ..storage import StorageOptions, location_argument
+from ..summary import check_summary_path, write_summary
+from ..supervise import can_supervise, supervised
+from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, exit_status, labels_list
+
+
+def add_parser(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="classify every image under a folder and write one Parquet file",
+        description="Classify every image under INPUT with a pretrained or trained model on a Dask cluster "
+        "and write one row per image file to OUTPUT (Parquet).",
+        formatter_class=DefaultsHelpFormatter,
+        epilog=EXIT_CODES_HELP,
+    )
+    run.add_argument(
+        "input",
+        type=location_argument,
+        help="folder of images (searched recursively), a text file of paths, or a URL prefix (s3://bucket/images)",
+    )
+    run.add_argument(
+        "output",
+        type=location_argument,
+        help="Parquet file to write (replaced atomically), or a URL (s3://bucket/out/predictions.parquet)",
+    )
+    run.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options for a URL input or output, e.g. "
+        '\'{"endpoint_url": "http://..."}\' (never logged or recorded)',
+    )
+    model = run.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in model ({', '.join(BUILTIN_MODEL_NAMES)}), a .keras/.h5/.tflite/.onnx file, a SavedModel "
+        "folder or a folder written by 'batchclf train'",
+    )
+    model.add_argument(
+        "--labels", type=Path, default=None, help="class names, one a line (default: labels.txt beside a user model)"
+    )
+    model.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow models whose loading runs the code they hold (a SavedModel, a Keras file with a Lambda layer): "
+        "only for models from people you trust",
+    )
+    model.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="inference engine: auto picks LiteRT on CPU and TensorFlow on GPU",
+    )
+    model.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZATIONS,
+        help="run a full-integer LiteRT model calibrated on a sample of the input (see docs/performance.md)",
+    )
+    model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference batch")
+    model.add_argument(
+        "--embeddings", action="store_true", help="add an 'embedding' column with the model's pooled features"
+    )
+    out = run.add_argument_group("predictions")
+    out.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="classes kept in the topk column")
+    out.add_argument(
+        "--threshold", type=float, default=0.0, help="a top-1 score below this leaves the label null (status stays ok)"
+    )
+    out.add_argument(
+        "--allow",
+        type=labels_list,
+        default=(),
+        metavar="LABELS",
+        help="only report these classes: 'a,b,c' or @FILE with one label a line",
+    )
+    out.add_argument(
+        "--deny", type=labels_list, default=(), metavar="LABELS", help="never report these classes: 'a,b,c' or @FILE"
+    )
+    files = run.add_argument_group("files")
+    files.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only paths matching this glob (repeatable; without '/' it matches the file name)",
+    )
+    files.add_argument(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip paths matching this glob (repeatable)"
+    )
+    files.add_argument(
+        "--hidden", dest="include_hidden", action="store_true", help="also walk hidden files and folders"
+    )
+    dask = run.add_argument_group("cluster")
+    dask.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the embedded cluster (default: on up to 4 cores, one worker in this "
+        "process; on more, one process per core, as memory allows)",
+    )
+    dask.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="attach to a running Dask scheduler, e.g. tcp://host:8786"
+    )
+    dask.add_argument(
+        "--scheduler-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="attach to the Dask scheduler described in this JSON file",
+    )
+    dask.add_argument(
+        "--cluster",
+        default="local",
+        choices=CLUSTERS,
+        help="local: the embedded cluster (or --scheduler); slurm: dask-jobqueue submits workers as SLURM jobs",
+    )
+    dask.add_argument(
+        "--cluster-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML settings for --cluster slurm (see jobs/slurm/jobqueue.yaml)",
+    )
+    dask.add_argument(
+        "--dashboard-address",
+        default=DEFAULT_DASHBOARD_ADDRESS,
+        metavar="HOST:PORT",
+        help="where the embedded cluster serves its dashboard (':8787' for every interface; another port if taken)",
+    )
+    dask.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="images per task: the unit of scheduling, retry and resume",
+    )
+    dask.add_argument("--retries", type=int, default=DEFAULT_RETRIES, help="times a failed shard is retried")
+    dask.add_argument("--keep-parts", action="store_true", help="keep the per-shard files in OUTPUT.parts/")
+    nightly = run.add_argument_group("nightly runs")
+    nightly.add_argument(
+        "--incremental",
+        action="store_true",
+        help="reuse rows of an existing OUTPUT made with the same model and options for unchanged files "
+        "(same path, size and mtime); score new and changed files; drop deleted ones",
+    )
+    nightly.add_argument(
+        "--keep-error-rows",
+        action="store_true",
+        help="with --incremental, keep the error rows of unchanged files instead of scoring them again",
+    )
+    nightly.add_argument(
+        "--hash",
+        action="store_true",
+        help="compare file content (BLAKE2b) instead of size and mtime; adds a content_hash column",
+    )
+    nightly.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another run holds OUTPUT's lock, wait for it instead of exiting with code 4",
+    )
+    nightly.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write counts, errors by kind, timings and versions as JSON",
+    )
+    run.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (shown unless given)"
+    )
+    run.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Check everything that can be checked without the machinery, then run the job."""
+    check_summary_path(args.summary)
+    config = RunConfig.from_fields({**vars(args), "storage_options": StorageOptions.parse(args.storage_options)})
+    try:
+        config.validate()
+    except BatchclfError as error:
+        write_summary(args.summary, None, config, error.exit_code, str(error))
+        raise
+    if supervisable(config):  # score in this process, watched by a parent that survives a crash
+        return supervised(
+            lambda in_process: exit_status(_run_job, args.summary, replace(config, in_process=in_process))
+        )
+    return _run_job(args.summary, config)
+
+
+def supervisable(config) -> bool:
+    """The embedded cluster with the plan left to batchclf; not an attached or SLURM cluster, not --workers."""
+    attached = config.scheduler or config.scheduler_file or config.cluster != "local"
+    return not attached and config.workers is None and can_supervise()
+
+
+def _run_job(summary_path: Path | None, config: RunConfig) -> int:
+    from ..job import run  # Dask and Arrow's compute kernels: only once the settings are known to be good
+
+    try:
+        summary = run(config, log=print)
+    except Interrupted as error:
+        error.hint = "the finished shards are kept: run the same command again to resume"
+        write_summary(summary_path, None, config, error.exit_code, str(error))
+        raise
+    except BatchclfError as error:
+        write_summary(summary_path, getattr(error, "summary", None), config, error.exit_code, str(error))
+        raise
+    except Exception as error:
+        write_summary(summary_path, None, config, EXIT_JOB_FAILED, f"{type(error).__name__}: {error}")
+        raise
+    print(summary.line(), file=sys.stderr)
+    write_summary(summary_path, summary, config, 0)
+    return 0

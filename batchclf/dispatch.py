@@ -1,0 +1,166 @@
+"""Hand what is left to score to a Dask cluster, shard by shard, and land each result in the parts store.
+
+Shards are made as they are submitted: their paths never all live as Python strings, and only a
+bounded window of them is in flight. A shard that fails on every try is split until the file that
+kills its worker is one error row (``isolate.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import sys
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from .backends import cache_dir
+from .config import RunConfig
+from .distribute import IN_PROCESS_TASKS, connect, submit_shards, threads_for_worker, worker_hosts
+from .isolate import isolate_failing_shard
+from .models.registry import ModelSpec
+from .shard import MIN_SHARDS, balanced_shard_size, iter_shards
+from .storage import URL_DECODE_THREADS, is_url
+from .worker import PROGRESS_TOPIC, ScoringOptions, calibration_sample, conversion_pending, score_shard
+
+IN_PROCESS_MIN_SHARDS = 2 * IN_PROCESS_TASKS  # measured: 400 12 MP JPEGs ~6 % faster than with 16 shards
+TIMED_STAGES = ("decode_wait", "inference", "build", "total")
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    """What the cluster must score: the path texts under ``root``, with this model and these settings."""
+
+    config: RunConfig
+    spec: ModelSpec
+    allowed: tuple[int, ...] | None  # class indices the output may name (None: all)
+    root: str
+    to_score: pa.ChunkedArray
+    store: object  # the parts store each finished shard is written to
+
+
+@dataclass
+class ScoringResult:
+    shards: int = 0
+    timings: dict = field(default_factory=dict)  # per-task sums, by stage
+    plan: dict | None = None  # the embedded cluster's worker plan (None: attached or SLURM cluster)
+    dashboard: str | None = None
+
+
+def score(task: ScoringTask, log=print) -> ScoringResult:
+    """Score every path of ``task`` on the cluster the config names; return what it took."""
+    config = task.config
+    cluster_config = config.cluster_config if config.cluster == "slurm" else None
+    with connect(
+        config.scheduler,
+        config.scheduler_file and str(config.scheduler_file),
+        config.workers,
+        config.dashboard_address,
+        cluster_config,
+        backend=config.backend,
+        quantize=config.quantize,
+        in_process=config.in_process,
+    ) as (client, worker_plan):
+        # The in-process worker shares one model between its tasks, so a few shards keep it busy to the
+        # end; separate workers need more, so that none idles while another finishes.
+        min_shards = IN_PROCESS_MIN_SHARDS if worker_plan and worker_plan.in_process else MIN_SHARDS
+        shard_size = balanced_shard_size(len(task.to_score), config.shard_size, min_shards)
+        result = ScoringResult(
+            shards=-(-len(task.to_score) // shard_size),
+            plan=asdict(worker_plan) if worker_plan else None,
+            dashboard=client.dashboard_link,
+        )
+        log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        options = _scoring_options(task, client, worker_plan)
+        if conversion_pending(task.spec, options):
+            log(
+                f"converting {task.spec.id} for LiteRT: once per machine (about 20 s, the bar waits meanwhile); "
+                f"later runs reuse it from {cache_dir() / 'litert'}",
+                file=sys.stderr,
+            )
+        shards = iter_shards(task.root, task.to_score, shard_size)
+        result.timings = _score_pending(client, shards, task, options, len(task.to_score), log)
+    return result
+
+
+def _scoring_options(task: ScoringTask, client, plan) -> ScoringOptions:
+    config = task.config
+    if plan is not None:
+        threads, decode_threads = plan.inference_threads, plan.decode_threads
+    else:  # attached cluster: the smallest share any worker has of its host
+        threads, decode_threads = min(
+            (threads_for_worker(cores, count) for cores, count in worker_hosts(client).values()), default=(1, 1)
+        )
+    remote = is_url(task.root)
+    if remote:  # object reads wait on the network: keep several in flight per worker
+        decode_threads = max(decode_threads, URL_DECODE_THREADS)
+    return ScoringOptions(
+        storage=config.storage_options if remote else None,
+        batch_size=config.batch_size,
+        top_k=config.top_k,
+        threshold=config.threshold,
+        allowed=task.allowed,
+        backend=config.backend,
+        threads=threads,
+        decode_threads=decode_threads,
+        embeddings=config.embeddings,
+        quantize=config.quantize,
+        calibration=calibration_sample(task.root, task.to_score) if config.quantize else (),
+        content_hash=config.hash,
+    )
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+
+
+def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, total: int, log) -> dict:
+    """Keep a bounded window of shards in flight: ten thousand shards are never all futures at once.
+    Returns the per-task timings summed by stage."""
+    from distributed import as_completed
+
+    timings: dict = {}
+    bar = _progress_bar(total, task.config.progress)
+    client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(min(event[1], bar.total - bar.n)))
+    token = secrets.token_hex(4)
+    window = max(8, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
+    pending = iter(shards)
+    by_key = {}
+
+    def submit(count: int) -> list:
+        batch = list(itertools.islice(pending, count))
+        futures = submit_shards(
+            client,
+            score_shard,
+            batch,
+            task.spec,
+            options,
+            retries=task.config.retries,
+            key_prefix=f"batchclf-{token}",
+        )
+        by_key.update({f.key: s for f, s in zip(futures, batch)})
+        return futures
+
+    try:
+        running = as_completed(submit(window))
+        for future in running:
+            shard = by_key.pop(future.key)
+            try:
+                table, shard_timings = future.result()
+            except Exception as error:  # failed on every try: find the file that kills the worker
+                log(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr)
+                table, shard_timings = isolate_failing_shard(client, shard, task.spec, options, error), None
+            task.store.write(shard.name, table)
+            if shard_timings:
+                for key in TIMED_STAGES:
+                    timings[key] = timings.get(key, 0.0) + shard_timings[key]
+                timings["backend"] = shard_timings["backend"]
+            future.release()
+            for new in submit(1):
+                running.add(new)
+    finally:
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+        bar.close()
+    return timings

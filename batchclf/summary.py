@@ -1,0 +1,105 @@
+"""What a run reports: the counts and timings of ``RunSummary``, its one console line, and the
+``--summary FILE.json`` record for monitoring."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
+from .fsutil import can_create_files_in, write_atomically
+
+VERSIONED_PACKAGES = ("batchclf", "tensorflow", "keras", "ai-edge-litert", "dask", "distributed", "pyarrow", "pillow")
+
+
+@dataclass
+class RunSummary:
+    files: int = 0  # rows in the output
+    scored: int = 0  # of which this run scored; the rest were reused
+    ok: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    shards: int = 0
+    errors_by_kind: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    dashboard: str | None = None
+    incremental: dict | None = None
+    unreadable: list = field(default_factory=list)  # folders that could not be listed
+    plan: dict | None = None  # the embedded cluster's worker plan (None: attached or SLURM cluster)
+
+    @property
+    def images_per_second(self) -> float:
+        """Images scored per second: reused rows cost nothing and are not counted."""
+        return self.scored / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        speed = f"{self.images_per_second:.1f} images/s" if self.scored else "nothing needed scoring"
+        scored = f" ({self.scored} scored)" if self.scored != self.files else ""
+        return f"{self.files} files{scored}, {self.ok} ok, {self.errors} errors, {self.seconds:.1f} s, {speed}"
+
+    def count_errors(self, messages: list[str | None]) -> None:
+        """Count error rows by kind: the message up to its first colon, semicolon or parenthesis."""
+        for message in messages:
+            kind = (message or "unknown").split(":")[0].split(";")[0].split(" (")[0]
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+        self.errors = len(messages)
+        self.ok = self.files - self.errors
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def summary_record(summary: RunSummary, config, exit_code: int, error: str | None = None) -> dict:
+    """What ``--summary FILE.json`` holds, for monitoring."""
+    interrupted = exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
+    return {
+        "status": "ok" if exit_code == 0 else "interrupted" if interrupted else "failed",
+        "exit_code": exit_code,
+        "error": error,
+        "input": str(config.input),
+        "output": str(config.output),
+        "model": config.model,
+        "files": summary.files,
+        "ok": summary.ok,
+        "errors": summary.errors,
+        "errors_by_kind": summary.errors_by_kind,
+        "scored": summary.scored,
+        "shards": summary.shards,
+        "unreadable_folders": summary.unreadable,
+        "incremental": summary.incremental,
+        "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 2),
+        "timings": summary.timings,
+        "worker_plan": summary.plan,
+        "versions": versions(),
+    }
+
+
+def check_summary_path(path: Path | None) -> None:
+    """Refuse a --summary the run could not write, before any work rather than after all of it."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--summary {path} is a folder; give a file name such as {path}/summary.json")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"--summary folder {folder} does not exist; create it first")
+    if not can_create_files_in(folder):
+        raise UsageError(f"--summary folder {folder} is not writable; choose another path")
+
+
+def write_summary(path: Path | None, summary: RunSummary | None, config, exit_code: int, error: str | None = None):
+    if path is not None:
+        record = summary_record(summary or RunSummary(), config, exit_code, error)
+        write_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
