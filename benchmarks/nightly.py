@@ -97,8 +97,8 @@ class Tree:
 def _reuse_key(root: Path, output: Path) -> str:
     """The reuse key a run with the benchmark's options computes for this tree (it covers the input root)."""
     from batchclf.config import RunConfig
-    from batchclf.plan import reuse_key
     from batchclf.models.registry import resolve_model
+    from batchclf.plan import reuse_key
 
     config = RunConfig(input=root, output=output, incremental=True)
     return reuse_key(resolve_model(config.model), config, str(root.resolve()))

@@ -116,8 +116,8 @@ def test_ctrl_c_at_a_terminal_stops_cleanly_and_the_run_resumes(images, uninterr
 
 @pytest.mark.parametrize(("number", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_becomes_interrupted_once_and_a_copy_right_after_is_absorbed(number, code):
-    from batchclf.supervise import stop_on_signals
     from batchclf.errors import Interrupted
+    from batchclf.supervise import stop_on_signals
 
     saved = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
     try:
