@@ -17,13 +17,12 @@ import errno
 import io
 import math
 import os
-import stat
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .fsutil import content_digest
+from .fsutil import NotRegularFileError, content_digest, open_regular
 
 ORIENTATION_TAG = 0x0112
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -67,6 +66,34 @@ class ImageDecodeError(Exception):
 
 
 READ_ATTEMPTS = 3
+MAX_FILE_BYTES = 1 << 30  # 1 GiB: above any image Pillow's pixel limit lets through; padding is never read
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+# What Pillow may decode: the formats of the extensions the walk takes (a phone's JPEG opens as MPO).
+DECODED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+# Formats named in the error row of a file that is not one of those: (offset, magic bytes, name).
+# Nothing here is ever decoded.
+OTHER_FORMATS = (
+    (0, b"%!PS", "PostScript"),
+    (0, b"\xc5\xd0\xd3\xc6", "PostScript (binary EPS)"),
+    (0, b"%PDF", "PDF"),
+    (0, b"<?xml", "XML (an SVG?)"),
+    (0, b"<svg", "SVG"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"8BPS", "Photoshop (PSD)"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+    (0, b"\x1f\x8b", "gzip data"),
+    (0, b"\x7fELF", "an executable (ELF)"),
+    (0, b"icns", "an Apple icon (ICNS)"),
+    (0, b"\x00\x00\x01\x00", "a Windows icon (ICO)"),
+    (0, b"DDS ", "a DirectDraw surface (DDS)"),
+    (0, b"SIMPLE  =", "FITS"),
+    (0, b"qoif", "QOI"),
+)
 REDUCING_GAP = 3.0  # Pillow: from 3 on, "indistinguishable from fair resampling in most cases"
 
 
@@ -80,19 +107,23 @@ class FileContent:
 def read_file(path: str) -> FileContent:
     """The file's bytes with the size and mtime they were read at.
 
-    The file is checked before it is opened (a FIFO would block) and its status is taken from the
-    open descriptor before and after reading: a file rewritten while it is read is read again, so
-    the size and mtime recorded always describe the bytes that are scored.
+    Only a regular file is read (``fsutil.open_regular``: a FIFO or a device is refused, never
+    waited on), and only up to ``MAX_FILE_BYTES``. Its status is taken from the open descriptor
+    before and after reading: a file rewritten while it is read is read again, so the size and
+    mtime recorded always describe the bytes that are scored.
     """
-    _check_regular_file(path)
     for _ in range(READ_ATTEMPTS):
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
-        with os.fdopen(descriptor, "rb") as stream:
-            before = os.fstat(descriptor)
-            if not stat.S_ISREG(before.st_mode):
-                raise ImageDecodeError("not a regular file: it changed kind while being opened")
-            data = stream.read()
-            after = os.fstat(descriptor)
+        with os.fdopen(open_regular(path), "rb") as stream:
+            before = os.fstat(stream.fileno())
+            if before.st_size > MAX_FILE_BYTES:
+                raise ImageDecodeError(
+                    f"file too large: {before.st_size} bytes, more than the {MAX_FILE_BYTES} bytes "
+                    "batchclf reads for one image",
+                    before.st_size,
+                    before.st_mtime_ns // 1000,
+                )
+            data = stream.read(MAX_FILE_BYTES + 1)
+            after = os.fstat(stream.fileno())
         signature = (after.st_size, after.st_mtime_ns, after.st_ino)
         if signature == (before.st_size, before.st_mtime_ns, before.st_ino) and len(data) == after.st_size:
             return FileContent(data, after.st_size, after.st_mtime_ns // 1000)
@@ -104,12 +135,13 @@ def read_file(path: str) -> FileContent:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Every mode to 8-bit RGB; transparency is composited on white, 16-bit data scaled down."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        array = np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8)
-        image = Image.fromarray(array, mode="L")
+    """Every mode to 8-bit RGB; transparency is composited on white, 16-bit data scaled down.
+
+    16-bit, 32-bit and float pixels are scaled in their own array, in place: a 9400x9400 16-bit
+    PNG costs one copy of its pixels, not several float64 ones.
+    """
+    if image.mode in WIDE_MODES:
+        image = Image.fromarray(_to_uint8(np.array(image), image.mode), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -117,6 +149,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """A wide single-channel array as 0-255: 16-bit data (or any value above 255) over 0-65535."""
+    if mode.startswith("I;16"):
+        return np.right_shift(array, 8, out=array).astype(np.uint8)
+    peak = 65535 if array.max(initial=0) > 255 else 255
+    if array.dtype.kind == "f":
+        np.multiply(array, 255.0 / peak, out=array)
+    elif peak != 255:
+        np.multiply(array, 255, out=array)  # int32: 65535 * 255 fits
+        np.floor_divide(array, peak, out=array)
+    return np.clip(array, 0, 255, out=array).astype(np.uint8)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open image bytes with the decoders of the formats batchclf walks, and no other.
+
+    Pillow picks a decoder by content; left to itself it would hand a PostScript file named ``.jpg``
+    to Ghostscript. A file of another format is refused, saying what it appears to be.
+    """
+    try:
+        return Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+    except UnidentifiedImageError:
+        if not data:
+            raise ImageDecodeError("empty file (0 bytes)") from None
+        found = next((name for at, magic, name in OTHER_FORMATS if data.startswith(magic, at)), None)
+        if found:
+            raise ImageDecodeError(f"not an image batchclf reads: the content is {found}") from None
+        raise
 
 
 def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = False, read=None) -> DecodedImage:
@@ -128,7 +190,7 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
     content = None
     try:
         content = (read or read_file)(path)
-        with Image.open(io.BytesIO(content.data)) as image:
+        with open_image(content.data) as image:
             width, height = image.size
             # Checked here rather than through Pillow's warning filter, which is not thread-safe.
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):
@@ -180,6 +242,8 @@ def _message(error: Exception, content: FileContent | None) -> str:
         return "file not found (deleted during the run, or a broken symlink)"
     if isinstance(error, PermissionError):
         return "permission denied; make the file readable"
+    if isinstance(error, NotRegularFileError):
+        return str(error)
     if isinstance(error, IsADirectoryError):
         return "not a regular file: a directory"
     if isinstance(error, Image.DecompressionBombError):
@@ -197,22 +261,6 @@ def _message(error: Exception, content: FileContent | None) -> str:
             return f"truncated file: {error}"
         return f"cannot decode: {error.strerror or error}"
     return f"cannot decode: {type(error).__name__}: {error}"  # a malformed file can make a decoder raise anything
-
-
-def _check_regular_file(path: str) -> None:
-    """Refuse FIFOs, devices and sockets before opening them: reading a FIFO would block forever."""
-    mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
-        return
-    kinds = {
-        stat.S_ISDIR: "a directory",
-        stat.S_ISFIFO: "a FIFO (named pipe)",
-        stat.S_ISSOCK: "a socket",
-        stat.S_ISCHR: "a character device",
-        stat.S_ISBLK: "a block device",
-    }
-    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
-    raise ImageDecodeError(f"not a regular file: {kind}")
 
 
 def _orientation(image: Image.Image) -> int:

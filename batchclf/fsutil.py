@@ -133,9 +133,41 @@ def content_digest(blocks: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
+class NotRegularFileError(OSError):
+    """A FIFO, socket, device or folder where a file's content was expected: never read from."""
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` says the path is, in words."""
+    kinds = {
+        stat.S_ISREG: "a regular file",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
+
+
+def open_regular(path: Path | str) -> int:
+    """A read-only descriptor on ``path`` (symlinks followed), only if it is a regular file.
+
+    Opened non-blocking and without becoming a controlling terminal, and checked on the descriptor,
+    so a FIFO, a socket or a device under an image name (or a link to ``/dev/zero``) is refused at
+    once instead of hanging or feeding endless bytes: every reader of file content goes through here.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise NotRegularFileError(f"not a regular file: {file_kind(mode)}")
+    return descriptor
+
+
 def read_blocks(path: Path | str) -> Iterator[bytes]:
-    """A file's bytes in 1 MiB blocks."""
-    with open(path, "rb") as stream:
+    """A regular file's bytes in 1 MiB blocks (``open_regular``: special files raise, never block)."""
+    with os.fdopen(open_regular(path), "rb") as stream:
         yield from iter(lambda: stream.read(READ_BLOCK), b"")
 
 
