@@ -326,7 +326,7 @@ class _Helpers:
 
     @classmethod
     def start(cls, include_hidden: bool, with_stat: bool) -> _Helpers | None:
-        from .distribute import available_cores
+        from .machine import available_cores
 
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))

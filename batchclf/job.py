@@ -17,11 +17,12 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .backends import cache_dir
+from .cluster import connect, submit_shards, worker_hosts
 from .config import RunConfig
 from .discover import list_images
-from .distribute import IN_PROCESS_TASKS, connect, submit_shards, threads_for_worker, worker_hosts
 from .errors import AllFilesFailedError, FoldersUnreadableError, UsageError
 from .isolate import isolate_failing_shard
+from .machine import IN_PROCESS_TASKS, threads_for_worker
 from .merge import newest_rows
 from .models.registry import ModelSpec, check_scoring_options, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, under_folders

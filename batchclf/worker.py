@@ -157,7 +157,7 @@ def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
 
     Asked on the driver, without importing TensorFlow: a GPU machine on ``auto`` is taken to run TensorFlow.
     """
-    from .distribute import visible_gpus
+    from .machine import visible_gpus
 
     if spec.kind in ("tflite", "onnx") or options.backend == "tf":
         return False

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from batchclf import backends, distribute
-from batchclf.distribute import (
+from batchclf import backends, cluster, machine
+from batchclf.machine import (
     IN_PROCESS_MAX_CORES,
     WORKER_MEMORY_BYTES,
     WorkerPlan,
@@ -195,8 +195,8 @@ def test_a_quota_sizes_the_plan_of_a_big_node(monkeypatch):
     monkeypatch.setattr(dask.system, "_try_extract_cgroup_cpu_quota", lambda: (200_000, 100_000))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setattr(dask.system.psutil.Process, "cpu_affinity", lambda self: list(range(64)))
-    monkeypatch.setattr(distribute, "visible_gpus", lambda: ())
-    monkeypatch.setattr(distribute, "total_memory", lambda: 256 * GIB)
+    monkeypatch.setattr(machine, "visible_gpus", lambda: ())
+    monkeypatch.setattr(machine, "total_memory", lambda: 256 * GIB)
     assert machine_plan() == WorkerPlan(2, inference_threads=1, decode_threads=1)
 
 
@@ -204,10 +204,10 @@ def test_a_quota_sizes_the_plan_of_a_big_node(monkeypatch):
 
 
 def _gpu_node(monkeypatch, tensorflow_gpus: int) -> None:
-    monkeypatch.setattr(distribute, "available_cores", lambda: 16)
-    monkeypatch.setattr(distribute, "total_memory", lambda: 64 * GIB)
-    monkeypatch.setattr(distribute, "visible_gpus", lambda: ("0", "1"))
-    monkeypatch.setattr(distribute, "tensorflow_gpu_count", lambda: tensorflow_gpus)
+    monkeypatch.setattr(machine, "available_cores", lambda: 16)
+    monkeypatch.setattr(machine, "total_memory", lambda: 64 * GIB)
+    monkeypatch.setattr(machine, "visible_gpus", lambda: ("0", "1"))
+    monkeypatch.setattr(machine, "tensorflow_gpu_count", lambda: tensorflow_gpus)
 
 
 def test_a_gpu_node_gets_the_gpu_plan_only_for_tensorflow_on_the_gpu(monkeypatch):
@@ -228,9 +228,9 @@ def test_a_gpu_tensorflow_cannot_use_gets_the_cpu_plan(monkeypatch):
 
 def test_tensorflow_is_asked_only_when_inference_could_use_a_gpu(monkeypatch):
     _gpu_node(monkeypatch, tensorflow_gpus=2)
-    monkeypatch.setattr(distribute, "tensorflow_gpu_count", lambda: pytest.fail("LiteRT runs on the CPU"))
+    monkeypatch.setattr(machine, "tensorflow_gpu_count", lambda: pytest.fail("LiteRT runs on the CPU"))
     assert machine_plan(backend="litert").gpus == ()
-    monkeypatch.setattr(distribute, "visible_gpus", lambda: ())
+    monkeypatch.setattr(machine, "visible_gpus", lambda: ())
     assert machine_plan(backend="auto").gpus == ()
 
 
@@ -255,10 +255,10 @@ def test_tensorflow_gpu_count_runs_in_a_child_process(monkeypatch):
         calls.append(command)
         return subprocess.CompletedProcess(command, 0, stdout="2\n", stderr="")
 
-    monkeypatch.setattr(distribute.subprocess, "run", fake_run)
+    monkeypatch.setattr(machine.subprocess, "run", fake_run)
     assert tensorflow_gpu_count() == 2
     assert calls[0][0] == sys.executable and "list_physical_devices('GPU')" in calls[0][-1]
-    monkeypatch.setattr(distribute.subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 1, "", "boom"))
+    monkeypatch.setattr(machine.subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 1, "", "boom"))
     assert tensorflow_gpu_count() == 0
 
 
@@ -270,7 +270,7 @@ def embedded():
     """The real embedded cluster, with made-up GPU ids so its pinning shows too (TensorFlow is not imported)."""
     from distributed import Client
 
-    from batchclf.distribute import embedded_cluster
+    from batchclf.cluster import embedded_cluster
 
     plan = WorkerPlan(2, inference_threads=1, decode_threads=2, gpus=("5", "7"))
     with embedded_cluster(plan, "127.0.0.1:0") as cluster, Client(cluster) as client:
@@ -332,7 +332,7 @@ def test_embedded_cluster_stops_its_worker_processes():
     import psutil
     from distributed import Client
 
-    from batchclf.distribute import embedded_cluster
+    from batchclf.cluster import embedded_cluster
 
     with embedded_cluster(WorkerPlan(1, 1, 1), "127.0.0.1:0") as cluster, Client(cluster) as client:
         client.wait_for_workers(1, timeout=120)
@@ -347,7 +347,7 @@ def test_in_process_cluster_starts_no_process_and_listens_on_loopback_only():
     import psutil
     from distributed import Client
 
-    from batchclf.distribute import in_process_cluster
+    from batchclf.cluster import in_process_cluster
 
     def listening() -> set:
         return {c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
@@ -356,7 +356,7 @@ def test_in_process_cluster_starts_no_process_and_listens_on_loopback_only():
     with in_process_cluster(WorkerPlan(1, 2, 2, in_process=True), "127.0.0.1:0") as cluster, Client(cluster) as client:
         client.wait_for_workers(1, timeout=30)
         assert set(client.run(os.getpid).values()) == {os.getpid()}
-        assert list(client.nthreads().values()) == [distribute.IN_PROCESS_TASKS]
+        assert list(client.nthreads().values()) == [machine.IN_PROCESS_TASKS]
         assert cluster.scheduler_address.startswith("inproc://")
         assert client.dashboard_link.startswith("http://127.0.0.1:")
         opened = listening() - sockets
@@ -368,7 +368,7 @@ def test_in_process_cluster_starts_no_process_and_listens_on_loopback_only():
 def test_worker_preload_ignores_sigint():
     previous = signal.getsignal(signal.SIGINT)
     try:
-        distribute.dask_setup(worker=None)
+        cluster.dask_setup(worker=None)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -383,7 +383,7 @@ def test_tensorflow_on_the_gpu_agrees_with_litert(datasets, tmp_path):
     import pyarrow.parquet as pq
     from conftest import run_cli
 
-    from batchclf.distribute import connect
+    from batchclf.cluster import connect
 
     if not tensorflow_gpu_count():
         pytest.skip("TensorFlow cannot use the visible GPU: pip install 'batchclf[gpu]'")
