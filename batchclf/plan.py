@@ -22,9 +22,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .discover import Listing, fs_path
+from .discover import Listing
 from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, newest_rows
+from .paths import fs_path
 from .writer import read_output, read_parts, read_run_metadata, read_schema
 
 HASH_THREADS = 8

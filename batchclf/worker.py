@@ -32,8 +32,8 @@ from .backends import (
     tflite_path,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
-from .discover import fs_path
 from .models.registry import ModelSpec, load_keras_model
+from .paths import fs_path
 from .shard import Shard
 from .storage import StorageOptions, is_url, read_object
 from .writer import output_schema

@@ -41,7 +41,8 @@ from throughput import forked_job  # benchmarks/ is on the path when a script th
 
 import batchclf.discover as discover
 from batchclf import __version__
-from batchclf.discover import path_text, walk_images
+from batchclf.discover import walk_images
+from batchclf.paths import path_text
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "datasets" / "flowers_small"
