@@ -164,7 +164,7 @@ def _listing_helpers_rss(driver) -> int:
     total = 0
     for child in driver.children():
         try:
-            if "_serve_listings" in " ".join(child.cmdline()):
+            if "serve_listings" in " ".join(child.cmdline()):
                 total += child.memory_info().rss
         except psutil.Error:
             continue
