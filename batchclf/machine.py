@@ -21,6 +21,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from .supervise import can_supervise
+
 WORKER_MEMORY_BYTES = 1_500_000_000  # a TensorFlow worker with one model peaks near 1.2 GB
 IN_PROCESS_MAX_CORES = 4  # past this, one process's GIL would be shared by too many threads (measured on 2)
 IN_PROCESS_TASKS = 2  # tasks the in-process worker runs at once, on one shared model
@@ -82,6 +84,17 @@ def tensorflow_gpu_count() -> int:
         return int(result.stdout.split()[-1]) if result.returncode == 0 else 0
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         return 0
+
+
+def may_score_in_process(config) -> bool:
+    """Whether the run of ``config`` (a ``RunConfig``) may score in a worker thread of its own process,
+    watched by ``supervise.py``: only on the embedded cluster with the worker count left to the plan
+    (not an attached or SLURM cluster, not ``--workers``), where the job can be watched (Linux).
+
+    ``plan_workers`` then takes the in-process worker or not, from the machine and the backend.
+    """
+    attached = config.scheduler or config.scheduler_file or config.cluster != "local"
+    return not attached and config.workers is None and can_supervise()
 
 
 def plan_workers(
