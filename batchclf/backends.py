@@ -82,7 +82,7 @@ def choose_backend(requested: str, quantize: str | None = None) -> str:
         return requested
     if quantize:
         return "litert"
-    from .distribute import visible_gpus
+    from .machine import visible_gpus
 
     return "tf" if visible_gpus() and gpu_count() else "litert"
 

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from .backends import cache_dir
+from .cluster import connect, submit_shards, worker_hosts
 from .config import RunConfig
-from .distribute import IN_PROCESS_TASKS, connect, submit_shards, threads_for_worker, worker_hosts
 from .isolate import isolate_failing_shard
+from .machine import IN_PROCESS_TASKS, threads_for_worker
 from .models.registry import ModelSpec
 from .shard import MIN_SHARDS, balanced_shard_size, iter_shards
 from .storage import URL_DECODE_THREADS, is_url

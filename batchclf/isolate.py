@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from .discover import fs_path
 from .models.registry import ModelSpec
+from .paths import fs_path
 from .shard import Shard
 from .worker import ScoringOptions, score_shard
 

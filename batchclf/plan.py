@@ -25,10 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import RunConfig
-from .discover import Listing, fs_path
+from .discover import Listing
 from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, newest_rows
 from .models.registry import BUILTIN_MODELS, ModelSpec
+from .paths import fs_path
 from .writer import read_output, read_parts, read_run_metadata, read_schema
 
 PATH_FORMAT = 2  # path texts with the backslash escaped (discover.path_text)

@@ -32,8 +32,8 @@ from .backends import (
     tflite_path,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
-from .discover import fs_path
 from .models.registry import ModelSpec, load_keras_model
+from .paths import fs_path
 from .shard import Shard
 from .storage import StorageOptions, is_url, read_object
 from .writer import output_schema
@@ -157,7 +157,7 @@ def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
 
     Asked on the driver, without importing TensorFlow: a GPU machine on ``auto`` is taken to run TensorFlow.
     """
-    from .distribute import visible_gpus
+    from .machine import visible_gpus
 
     if spec.kind in ("tflite", "onnx") or options.backend == "tf":
         return False

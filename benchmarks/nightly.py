@@ -41,7 +41,8 @@ from throughput import forked_job  # benchmarks/ is on the path when a script th
 
 import batchclf.discover as discover
 from batchclf import __version__
-from batchclf.discover import path_text, walk_images
+from batchclf.discover import walk_images
+from batchclf.paths import path_text
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "datasets" / "flowers_small"
@@ -163,7 +164,7 @@ def _listing_helpers_rss(driver) -> int:
     total = 0
     for child in driver.children():
         try:
-            if "_serve_listings" in " ".join(child.cmdline()):
+            if "serve_listings" in " ".join(child.cmdline()):
                 total += child.memory_info().rss
         except psutil.Error:
             continue

@@ -449,7 +449,7 @@ def keras_on_tensors(spec, tensors_file: Path, count: int) -> dict[int, int]:
 
 
 def main_benchmark(args, workdir: Path, results: dict) -> None:
-    from batchclf.distribute import available_cores, plan_workers, total_memory
+    from batchclf.machine import available_cores, plan_workers, total_memory
     from batchclf.worker import calibration_sample
 
     plan = plan_workers(available_cores(), total_memory())

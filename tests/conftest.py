@@ -61,30 +61,3 @@ def save_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", **par
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color).save(path, **params)
     return path
-
-
-# ----------------------------------------------------------------------------- the unit tier's guard
-UNIT_TESTS = Path(__file__).resolve().parent / "unit"
-
-
-def _refuse(what: str):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a unit test started {what}; move it to tests/integration")
-
-    return refuse
-
-
-@pytest.fixture(autouse=True)
-def no_machinery_in_unit_tests(request, monkeypatch):
-    """tests/unit is pure logic on canned inputs: a subprocess, a Dask cluster or client, or a sleep there
-    fails the test instead of making the tier slow."""
-    if UNIT_TESTS not in Path(request.node.path).resolve().parents:
-        return
-    import time
-
-    monkeypatch.setattr(subprocess, "Popen", _refuse("a subprocess"))
-    monkeypatch.setattr(time, "sleep", _refuse("a sleep"))
-    import distributed
-
-    for name in ("Client", "LocalCluster", "SpecCluster", "Scheduler", "Worker", "Nanny"):
-        monkeypatch.setattr(distributed, name, _refuse(f"distributed.{name}"))

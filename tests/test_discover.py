@@ -7,7 +7,6 @@ from conftest import save_image
 
 from batchclf.discover import discover_images
 from batchclf.errors import UsageError
-from batchclf.shard import make_shards
 
 
 @pytest.fixture
@@ -67,11 +66,3 @@ def test_list_file_relative_and_absolute(tree, tmp_path):
     root, paths = discover_images(listing)
     assert root == tree.resolve()
     assert paths == ["b/1.png", "c/d/e/f.TIFF"]
-
-
-def test_shards_are_deterministic_consecutive_slices():
-    paths = [f"{i:04d}.jpg" for i in range(10)]
-    shards = make_shards("/r", paths, 4)
-    assert [s.paths for s in shards] == [tuple(paths[0:4]), tuple(paths[4:8]), tuple(paths[8:10])]
-    assert [s.name for s in shards] == ["shard-000000", "shard-000001", "shard-000002"]
-    assert make_shards("/r", paths, 4) == shards

@@ -270,7 +270,7 @@ def test_sbatch_certificate_command_works(tmp_path):
 
 def test_jobqueue_config_builds_a_slurm_job(tmp_path):
     pytest.importorskip("dask_jobqueue", reason="pip install 'batchclf[slurm]' to test the --cluster slurm path")
-    from batchclf.distribute import slurm_cluster
+    from batchclf.cluster import slurm_cluster
 
     settings = load_yaml("slurm/jobqueue.yaml")
     settings["batchclf"]["jobs"] = 0  # check the refusal without submitting anything

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 import batchclf.discover as discover
+import batchclf.folders as folders
 
 # Root reads whatever the mode; without these capabilities file modes apply to it as to anyone.
 DROP_READ_OVERRIDE = (
@@ -25,14 +26,15 @@ import json, sys
 from pathlib import Path
 import pyarrow as pa
 import batchclf.discover as discover
+import batchclf.folders as folders
 discover.LISTING_HELPERS_AFTER = int(sys.argv[2])
 started = []
-original = discover._Helpers.start
+original = folders.ListingHelpers.start
 def start(*args):
     helpers = original(*args)
     started.append(len(helpers.processes))
     return helpers
-discover._Helpers.start = start
+folders.ListingHelpers.start = start
 listing = discover.list_images(Path(sys.argv[1]))
 table = pa.concat_tables(listing.batches)
 print(json.dumps({"rows": table.to_pylist(), "unreadable": listing.unreadable, "helpers": started}))
@@ -89,7 +91,7 @@ def test_helpers_list_exactly_what_one_process_lists(hostile_tree):
 def test_a_helper_that_dies_loses_nothing(hostile_tree, monkeypatch):
     (hostile_tree / "f10" / "s1").chmod(0o755)
     alone = pa.concat_tables(discover.list_images(hostile_tree).batches)
-    original, seen = discover._Helpers.start, []
+    original, seen = folders.ListingHelpers.start, []
 
     def start_and_kill_one(*args):
         helpers = original(*args)
@@ -98,14 +100,14 @@ def test_a_helper_that_dies_loses_nothing(hostile_tree, monkeypatch):
         return helpers
 
     monkeypatch.setattr(discover, "LISTING_HELPERS_AFTER", 0)
-    monkeypatch.setattr(discover._Helpers, "start", start_and_kill_one)
+    monkeypatch.setattr(folders.ListingHelpers, "start", start_and_kill_one)
     helped = pa.concat_tables(discover.list_images(hostile_tree).batches)
     assert seen and helped.equals(alone)
     assert all(process is None for process in seen[0].processes)  # every helper stopped with the walk
 
 
 def test_helpers_stop_when_the_walk_is_abandoned(hostile_tree, monkeypatch):
-    original, seen = discover._Helpers.start, []
+    original, seen = folders.ListingHelpers.start, []
 
     def start(*args):
         helpers = original(*args)
@@ -113,7 +115,7 @@ def test_helpers_stop_when_the_walk_is_abandoned(hostile_tree, monkeypatch):
         return helpers
 
     monkeypatch.setattr(discover, "LISTING_HELPERS_AFTER", 0)
-    monkeypatch.setattr(discover._Helpers, "start", start)
+    monkeypatch.setattr(folders.ListingHelpers, "start", start)
     batches = discover.list_images(hostile_tree, batch_rows=1).batches
     next(batches)
     next(batches)

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchclf.discover import fs_path, list_images, path_text
+from batchclf.discover import list_images
 from batchclf.errors import EXIT_INCOMPLETE
 from batchclf.merge import aligned, newest_rows
 from batchclf.models.registry import imagenet_labels
+from batchclf.paths import fs_path, path_text
 
 # Root reads whatever the mode; without these capabilities file modes apply to it as to anyone.
 DROP_READ_OVERRIDE = (

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, save_image
 
 import batchclf
-from batchclf.distribute import IN_PROCESS_MAX_CORES, available_cores
+from batchclf.machine import IN_PROCESS_MAX_CORES, available_cores
 from batchclf.writer import output_schema, read_run_metadata
 
 

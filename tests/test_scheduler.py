@@ -134,7 +134,7 @@ def tls_processes(tmp_path_factory):
     started with the --tls-* options the SLURM and Kubernetes files use."""
     from distributed.security import Security
 
-    from batchclf.distribute import write_certificates
+    from batchclf.cluster import write_certificates
 
     folder = tmp_path_factory.mktemp("dask-tls")
     client_env = write_certificates(folder / "tls")
@@ -171,7 +171,7 @@ def tls_processes(tmp_path_factory):
 
 
 def test_certificates_are_private_files(tmp_path):
-    from batchclf.distribute import write_certificates
+    from batchclf.cluster import write_certificates
 
     env = write_certificates(tmp_path / "tls")
     assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700

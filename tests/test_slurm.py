@@ -124,11 +124,11 @@ def _jobqueue_config(folder: Path, job_name: str, jobs: int) -> Path:
 
 
 def test_jobqueue_slurm_cluster_runs_workers_as_jobs(slurm, tmp_path):
-    """``distribute.slurm_cluster``: dask-jobqueue submits the workers as SLURM jobs; a run attaches to them."""
+    """``cluster.slurm_cluster``: dask-jobqueue submits the workers as SLURM jobs; a run attaches to them."""
     pytest.importorskip("dask_jobqueue", reason="pip install 'batchclf[slurm]' to test the --cluster slurm path")
     from distributed import Client
 
-    from batchclf.distribute import slurm_cluster
+    from batchclf.cluster import slurm_cluster
 
     folder, environment = slurm
     config = _jobqueue_config(tmp_path, "batchclf-test-worker", jobs=2)

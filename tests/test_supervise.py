@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DATASETS, run_cli
 
-from batchclf.distribute import IN_PROCESS_MAX_CORES, available_cores
 from batchclf.isolate import CRASH_MESSAGE
+from batchclf.machine import IN_PROCESS_MAX_CORES, available_cores
 from batchclf.supervise import supervised
 
 

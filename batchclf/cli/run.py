@@ -22,9 +22,10 @@ from ..config import (
     RunConfig,
 )
 from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted
+from ..machine import may_score_in_process
 from ..storage import StorageOptions, location_argument
 from ..summary import check_summary_path, write_summary
-from ..supervise import can_supervise, supervised
+from ..supervise import supervised
 from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, exit_status, labels_list
 
 
@@ -203,17 +204,11 @@ def handle(args: argparse.Namespace) -> int:
     except BatchclfError as error:
         write_summary(args.summary, None, config, error.exit_code, str(error))
         raise
-    if supervisable(config):  # score in this process, watched by a parent that survives a crash
+    if may_score_in_process(config):  # score in this process, watched by a parent that survives a crash
         return supervised(
             lambda in_process: exit_status(_run_job, args.summary, replace(config, in_process=in_process))
         )
     return _run_job(args.summary, config)
-
-
-def supervisable(config) -> bool:
-    """The embedded cluster with the plan left to batchclf; not an attached or SLURM cluster, not --workers."""
-    attached = config.scheduler or config.scheduler_file or config.cluster != "local"
-    return not attached and config.workers is None and can_supervise()
 
 
 def _run_job(summary_path: Path | None, config: RunConfig) -> int:

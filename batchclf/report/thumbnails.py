@@ -26,7 +26,7 @@ from typing import BinaryIO
 from PIL import Image, ImageOps
 
 from ..decode import to_rgb
-from ..discover import fs_path
+from ..paths import fs_path
 from ..storage import StorageOptions, is_url, read_object
 
 THUMBNAIL_SIZE = 112  # longest side, in pixels

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..discover import path_text
 from ..errors import UsageError
+from ..paths import path_text
 from .run import Run
 
 MATRIX_CLASSES = 30  # classes drawn in the heat map; the rest of the predictions go to "(other)"

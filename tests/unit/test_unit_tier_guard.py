@@ -9,12 +9,12 @@ import pytest
 
 
 def test_a_subprocess_in_a_unit_test_fails_it():
-    with pytest.raises(AssertionError, match="a unit test started"):
+    with pytest.raises(AssertionError, match="a unit test must not"):
         subprocess.run([sys.executable, "-c", "pass"])
 
 
 def test_a_dask_client_in_a_unit_test_fails_it():
-    import distributed
+    with pytest.raises((AssertionError, ImportError), match="a unit test must not"):
+        import distributed
 
-    with pytest.raises(AssertionError, match="a unit test started"):
         distributed.Client()
