@@ -43,6 +43,7 @@ class ScoringTask:
 @dataclass
 class ScoringResult:
     shards: int = 0
+    saved: int = 0  # rows written to parts
     timings: dict = field(default_factory=dict)  # per-task sums, by stage
     plan: dict | None = None  # the embedded cluster's worker plan (None: attached or SLURM cluster)
     dashboard: str | None = None
@@ -80,7 +81,7 @@ def score(task: ScoringTask, log=print) -> ScoringResult:
                 file=sys.stderr,
             )
         shards = iter_shards(task.root, task.to_score, shard_size)
-        result.timings = _score_pending(client, shards, task, options, len(task.to_score), log)
+        result.timings, result.saved = _score_pending(client, shards, task, options, len(task.to_score), log)
     return result
 
 
@@ -117,12 +118,14 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
 
 
-def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, total: int, log) -> dict:
+def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, total: int, log) -> tuple[dict, int]:
     """Keep a bounded window of shards in flight: ten thousand shards are never all futures at once.
-    Returns the per-task timings summed by stage."""
+    Returns the per-task timings summed by stage and the rows saved; an exception that stops it
+    carries the rows saved so far (``saved_rows``), which the next run reuses."""
     from distributed import as_completed
 
     timings: dict = {}
+    saved = 0
     bar = _progress_bar(total, task.config.progress)
     client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(min(event[1], bar.total - bar.n)))
     token = secrets.token_hex(4)
@@ -154,6 +157,7 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
                 log(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr)
                 table, shard_timings = isolate_failing_shard(client, shard, task.spec, options, error), None
             task.store.write(shard.name, table)
+            saved += table.num_rows
             if shard_timings:
                 for key in TIMED_STAGES:
                     timings[key] = timings.get(key, 0.0) + shard_timings[key]
@@ -161,7 +165,10 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
             future.release()
             for new in submit(1):
                 running.add(new)
+    except BaseException as error:
+        error.saved_rows = saved
+        raise
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
-    return timings
+    return timings, saved

@@ -12,6 +12,10 @@ EXIT_LOCKED = 4
 EXIT_INCOMPLETE = 5  # output written, but some folders could not be read: their previous rows were carried over
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: SLURM's time limit, Kubernetes, systemd
+EXIT_HANGUP = 128 + signal.SIGHUP  # 129: the terminal or SSH session closed
+# The signals that stop a run cleanly (summary written, lock released, finished shards kept).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+INTERRUPTED_EXIT_CODES = tuple(128 + number for number in STOP_SIGNALS)
 
 
 class BatchclfError(Exception):
@@ -41,7 +45,7 @@ class FoldersUnreadableError(BatchclfError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A signal (SIGINT or SIGTERM) stopped the run.
+    """A signal (SIGINT, SIGTERM or SIGHUP) stopped the run.
 
     Raised in the main thread so every ``with`` block on the way out closes the cluster and the lock.
     Like Ctrl-C's ``KeyboardInterrupt`` it is no ``Exception``: the handlers that turn a failed shard

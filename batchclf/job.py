@@ -16,7 +16,7 @@ from . import __version__
 from .config import RunConfig
 from .discover import list_images
 from .dispatch import ScoringTask, score
-from .errors import AllFilesFailedError, FoldersUnreadableError, UsageError
+from .errors import AllFilesFailedError, BatchclfError, FoldersUnreadableError, Interrupted, UsageError
 from .merge import newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
@@ -38,8 +38,39 @@ ROW_GROUP_ROWS = 65536
 
 
 def run(config: RunConfig, log=print) -> RunSummary:
-    """Classify every image ``config`` names and write ``config.output``; return the summary."""
+    """Classify every image ``config`` names and write ``config.output``; return the summary.
+
+    An error or a signal that stops the run carries the summary so far (``error.summary``): how many
+    files were planned and how many rows were saved in parts for the next run to reuse.
+    """
     started = time.perf_counter()
+    summary = RunSummary()
+    try:
+        _run(config, summary, started, log)
+    except (BatchclfError, Interrupted) as error:
+        summary.saved = getattr(error, "saved_rows", summary.saved)
+        summary.seconds = time.perf_counter() - started
+        if getattr(error, "summary", None) is None:
+            error.summary = summary
+        raise
+    summary.seconds = time.perf_counter() - started
+    if summary.ok == 0:
+        error = AllFilesFailedError(
+            f"all {summary.files} files failed to decode; see the error column of {config.output}"
+        )
+        error.summary = summary
+        raise error
+    if summary.unreadable:
+        error = FoldersUnreadableError(
+            f"{len(summary.unreadable)} folder(s) could not be read ({summary.unreadable[0]} ...); their previous "
+            f"rows were kept and marked unverified in {config.output}: fix their permissions and run again"
+        )
+        error.summary = summary
+        raise error
+    return summary
+
+
+def _run(config: RunConfig, summary: RunSummary, started: float, log) -> None:
     config.validate()
     spec = resolve_model(config.model, config.labels, config.trust_model)
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
@@ -70,12 +101,12 @@ def run(config: RunConfig, log=print) -> RunSummary:
             log(plan.line(), file=sys.stderr)
         if plan.resumed:
             log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
-        summary = RunSummary(files=plan.files + plan.kept_unverified, scored=len(plan.to_score))
+        summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)
         summary.incremental = plan.record() if config.incremental else None
         summary.unreadable = [folder for folder, _ in plan.unreadable]
         if len(plan.to_score):
             scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
-            summary.shards, summary.timings = scoring.shards, scoring.timings
+            summary.shards, summary.timings, summary.saved = scoring.shards, scoring.timings, scoring.saved
             summary.plan, summary.dashboard = scoring.plan, scoring.dashboard
         parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]
         summary.count_errors(plan.kept_errors + _error_messages(parts))
@@ -98,21 +129,6 @@ def run(config: RunConfig, log=print) -> RunSummary:
         write_output(output, schema, metadata, [*plan.sources, parts_source(parts)], plan)
         if not config.keep_parts:
             store.remove()
-    summary.seconds = time.perf_counter() - started
-    if summary.ok == 0:
-        error = AllFilesFailedError(
-            f"all {summary.files} files failed to decode; see the error column of {config.output}"
-        )
-        error.summary = summary
-        raise error
-    if summary.unreadable:
-        error = FoldersUnreadableError(
-            f"{len(summary.unreadable)} folder(s) could not be read ({summary.unreadable[0]} ...); their previous "
-            f"rows were kept and marked unverified in {config.output}: fix their permissions and run again"
-        )
-        error.summary = summary
-        raise error
-    return summary
 
 
 def _plan(config: RunConfig, output, listing, store: PartsStore, key: str) -> RunPlan:

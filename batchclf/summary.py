@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
+from .errors import INTERRUPTED_EXIT_CODES, UsageError
 from .fsutil import can_create_files_in, write_atomically
 
 VERSIONED_PACKAGES = ("batchclf", "tensorflow", "keras", "ai-edge-litert", "dask", "distributed", "pyarrow", "pillow")
@@ -28,6 +28,7 @@ class RunSummary:
     incremental: dict | None = None
     unreadable: list = field(default_factory=list)  # folders that could not be listed
     plan: dict | None = None  # the embedded cluster's worker plan (None: attached or SLURM cluster)
+    saved: int = 0  # rows this run saved in parts (what an interrupted run leaves for the next to reuse)
 
     @property
     def images_per_second(self) -> float:
@@ -62,7 +63,7 @@ def versions() -> dict[str, str]:
 
 def summary_record(summary: RunSummary, config, exit_code: int, error: str | None = None) -> dict:
     """What ``--summary FILE.json`` holds, for monitoring."""
-    interrupted = exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
+    interrupted = exit_code in INTERRUPTED_EXIT_CODES
     return {
         "status": "ok" if exit_code == 0 else "interrupted" if interrupted else "failed",
         "exit_code": exit_code,
@@ -75,6 +76,7 @@ def summary_record(summary: RunSummary, config, exit_code: int, error: str | Non
         "errors": summary.errors,
         "errors_by_kind": summary.errors_by_kind,
         "scored": summary.scored,
+        "saved_in_parts": summary.saved,
         "shards": summary.shards,
         "unreadable_folders": summary.unreadable,
         "incremental": summary.incremental,

@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .errors import Interrupted
+from .errors import STOP_SIGNALS, Interrupted
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -66,6 +66,8 @@ def _in_child(job: Callable[[bool], int], in_process: bool) -> tuple[int, signal
         status = 1
         try:
             status = _child(job, in_process, parent)
+        except Interrupted as error:  # stopped before the job's own handlers were reached
+            status = error.exit_code
         except BaseException:
             traceback.print_exc()
         finally:
@@ -108,7 +110,7 @@ REPEAT_SECONDS = 1.0  # a second copy of a signal sooner than this is the same r
 
 
 def stop_on_signals() -> None:
-    """Turn SIGTERM and SIGINT into ``Interrupted`` in the main thread, so every ``with`` block on the way
+    """Turn SIGTERM, SIGINT and SIGHUP into ``Interrupted`` in the main thread, so every ``with`` block on the way
     out closes the cluster, the lock and the parts cleanly. A second signal stops the process at once.
 
     A signal sent to every process of a group or cgroup (a SLURM time limit, systemd's default
@@ -128,5 +130,5 @@ def stop_on_signals() -> None:
         signal.signal(number, again)
         raise Interrupted(number)
 
-    for number in (signal.SIGTERM, signal.SIGINT):
+    for number in STOP_SIGNALS:
         signal.signal(number, interrupt)

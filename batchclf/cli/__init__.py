@@ -32,10 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    stop_on_signals()  # first: a signal in the first instant stops the command as cleanly as a later one
+    return exit_status(_dispatch, argv)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    stop_on_signals()
-    return exit_status(args.handler, args)
+    return args.handler(args)

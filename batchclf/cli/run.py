@@ -201,7 +201,7 @@ def handle(args: argparse.Namespace) -> int:
     config = RunConfig.from_fields({**vars(args), "storage_options": StorageOptions.parse(args.storage_options)})
     try:
         config.validate()
-    except BatchclfError as error:
+    except (BatchclfError, Interrupted) as error:
         write_summary(args.summary, None, config, error.exit_code, str(error))
         raise
     if may_score_in_process(config):  # score in this process, watched by a parent that survives a crash
@@ -212,13 +212,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _run_job(summary_path: Path | None, config: RunConfig) -> int:
-    from ..job import run  # Dask and Arrow's compute kernels: only once the settings are known to be good
-
     try:
+        from ..job import run  # Dask and Arrow's compute kernels: only once the settings are known to be good
+
         summary = run(config, log=print)
     except Interrupted as error:
         error.hint = "the finished shards are kept: run the same command again to resume"
-        write_summary(summary_path, None, config, error.exit_code, str(error))
+        write_summary(summary_path, getattr(error, "summary", None), config, error.exit_code, str(error))
         raise
     except BatchclfError as error:
         write_summary(summary_path, getattr(error, "summary", None), config, error.exit_code, str(error))
