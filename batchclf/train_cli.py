@@ -27,7 +27,7 @@ def _add_cluster_options(parser) -> None:
 def _add_train(subparsers) -> None:
     from .cli import DefaultsHelpFormatter
     from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL
-    from .train import FineTuneSettings
+    from .training.train import FineTuneSettings
 
     defaults = FineTuneSettings()
     train = subparsers.add_parser(
@@ -92,8 +92,8 @@ def _add_train(subparsers) -> None:
 
 def _train(args) -> int:
     from .errors import UsageError
-    from .features import ExtractionConfig
-    from .train import FineTuneSettings, TrainConfig, parse_featurizers, summary_lines, train
+    from .training.features import ExtractionConfig
+    from .training.train import FineTuneSettings, TrainConfig, parse_featurizers, summary_lines, train
 
     if args.test is not None and args.test_fraction is not None:
         raise UsageError("give --test or --test-fraction, not both")
@@ -154,7 +154,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
+    from .training.evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
 
     if args.json is not None:
         check_json_target(args.json)

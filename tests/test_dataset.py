@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli, save_image
 
-from batchclf.dataset import (
+from batchclf.errors import UsageError
+from batchclf.training.dataset import (
     LabelledImages,
     check_known_labels,
     check_trainable,
@@ -18,7 +19,6 @@ from batchclf.dataset import (
     stratified_folds,
     stratified_split,
 )
-from batchclf.errors import UsageError
 
 
 def _images(folder: Path, *names: str) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .discover import walk_images
-from .errors import UsageError
+from ..discover import walk_images
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

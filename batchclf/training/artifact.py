@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .fsutil import current_umask, fsync_path, process_alive
-from .models.efficientnet_lite import FEATURE_LAYER
-from .models.registry import BUILTIN_MODELS, KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
+from ..errors import UsageError
+from ..fsutil import current_umask, fsync_path, process_alive
+from ..models.efficientnet_lite import FEATURE_LAYER
+from ..models.registry import BUILTIN_MODELS, KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
 
 HEAD_LAYER = "predictions"
 CONCATENATED_FEATURES_LAYER = "features"  # the feature layer of a model with several featurizers
@@ -47,8 +47,8 @@ def check_model_dir(model_dir: Path) -> None:
 
 def base_network(model_name: str):
     """The pretrained network as a Keras model (its ImageNet head is cut off by ``classifier``)."""
-    from .backends import quiet_native_stderr
-    from .models.registry import load_keras_model, resolve_model
+    from ..backends import quiet_native_stderr
+    from ..models.registry import load_keras_model, resolve_model
 
     with quiet_native_stderr():  # TensorFlow announces its CUDA probing on first use
         return load_keras_model(resolve_model(model_name))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
+from ..fsutil import can_create_files_in
 from .dataset import LabelledImages, read_dataset
-from .errors import UsageError
-from .fsutil import can_create_files_in
 
 EPSILON = 1e-15  # probabilities are clipped to [EPSILON, 1] before the logarithm
 FULL_REPORT_CLASSES = 100  # larger models report only the classes seen in the truth or the predictions
@@ -101,7 +101,7 @@ def truth_labels(data: LabelledImages, labels: tuple[str, ...], builtin: bool) -
     """The truth labels in the model's vocabulary; ImageNet synonyms are accepted for the built-in model."""
     aliases = {}
     if builtin:
-        from .models.registry import imagenet_aliases
+        from ..models.registry import imagenet_aliases
 
         aliases = imagenet_aliases()
     known = set(labels)
@@ -146,7 +146,7 @@ def predict_files(paths: list[str], config: EvaluateConfig, labels: tuple[str, .
 
 def evaluate(config: EvaluateConfig, log=print) -> dict:
     """Score the labelled images of ``config.data`` with ``config.model`` and return the report."""
-    from .models.registry import resolve_model
+    from ..models.registry import resolve_model
 
     config.validate()
     spec = resolve_model(config.model, trust_model=config.trust_model)
@@ -227,6 +227,6 @@ def format_report(report: dict, verbose: bool = False) -> str:
 
 def write_json(report: dict, path: Path) -> None:
     """Write the report so that a reader never sees half of it."""
-    from .writer import write_text_atomically
+    from ..writer import write_text_atomically
 
     write_text_atomically(path, json.dumps(report, indent=2) + "\n")
