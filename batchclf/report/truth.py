@@ -1,4 +1,4 @@
-"""Score a run against known labels: a tolerant ``tags.tsv`` reader and the confusion-matrix metrics.
+"""Score a run against known labels: a ``tags.tsv`` matched to the run's rows, and the confusion-matrix metrics.
 
 The metrics are computed here, from the matched rows, with no other dependency; they are the usual
 definitions (precision = TP / predicted, recall = TP / actual, F1 their harmonic mean).
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..discover import path_text
-from ..errors import UsageError
+from ..training.dataset import read_tags
 from .run import Run
 
 MATRIX_CLASSES = 30  # classes drawn in the heat map; the rest of the predictions go to "(other)"
@@ -23,34 +23,22 @@ OTHER = "(other)"
 
 
 def read_truth(tsv: Path, root: Path) -> tuple[dict[str, str], list[str]]:
-    """``path relative to root → label`` from ``path<TAB>label`` lines, and the paths outside ``root``.
+    """``path relative to root → label`` from a tags.tsv, and the paths outside ``root``.
 
-    Paths are relative to the TSV's folder. Blank lines, ``#`` comments, CRLF line ends and trailing
-    whitespace are ignored.
+    The lines are read by ``training.dataset.read_tags`` (the format is the trainer's); paths are
+    relative to the TSV's folder, and need not exist on disk: they are matched to the run's rows.
     """
-    try:
-        text = tsv.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UsageError(f"--truth {tsv} does not exist; give a tags.tsv with path<TAB>label lines") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read --truth {tsv}: {error}; it must be UTF-8 text") from None
     folder = tsv.resolve().parent
     root_text = os.path.realpath(root)  # resolved like the TSV's folder, so a linked root still matches
     labels: dict[str, str] = {}
     outside: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        path, tab, label = line.partition("\t")
-        label = label.strip()
-        if not tab or not path.strip() or not label:
-            raise UsageError(f"--truth {tsv} line {number}: expected 'path<TAB>label', got {line.strip()[:60]!r}")
-        absolute = os.path.normpath(os.path.join(folder, path.strip()))
+    for tag in read_tags(tsv, f"--truth {tsv}"):
+        absolute = os.path.normpath(os.path.join(folder, tag.path))
         relative = os.path.relpath(absolute, root_text)
         if relative == os.pardir or relative.startswith(os.pardir + os.sep):
-            outside.append(path.strip())
+            outside.append(tag.path)
             continue
-        labels[path_text(relative.replace(os.sep, "/"))] = label  # the run's spelling of the name
+        labels[path_text(relative.replace(os.sep, "/"))] = tag.label  # the run's spelling of the name
     return labels, outside
 
 
