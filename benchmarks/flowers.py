@@ -30,7 +30,8 @@ import numpy as np
 
 from batchclf.training.dataset import read_dataset, stratified_split
 from batchclf.training.features import ExtractionConfig, extract_concatenated
-from batchclf.training.logistic import choose_l2, fit_logistic, log_loss
+from batchclf.training.logistic import choose_l2, fit_logistic
+from batchclf.training.metrics import log_loss
 from batchclf.training.train import FineTuneSettings, TrainConfig, check_featurizers, parse_featurizers, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers_small"

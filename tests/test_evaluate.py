@@ -11,7 +11,8 @@ from conftest import run_cli
 
 from batchclf.errors import UsageError
 from batchclf.training.dataset import read_dataset
-from batchclf.training.evaluate import EPSILON, compute_metrics, format_report, truth_labels
+from batchclf.training.evaluate import format_report, truth_labels
+from batchclf.training.metrics import EPSILON, compute_metrics
 
 CLASSES = ("cat", "dog", "fox")
 # Five images. Rows: probabilities of cat, dog, fox. Predicted: cat, cat, dog, dog, fox.

@@ -1,15 +1,13 @@
 """How good a model is on labelled images: accuracy, log-loss, per-class scores and the confusion matrix.
 
-``compute_metrics`` is a pure function of truth labels and probabilities, shared by the trainer (for
-the metrics it records) and by ``evaluate``, which scores the images through the same job as ``run``,
-so what it reports is what ``run`` predicts.
+``evaluate`` scores the images through the same job as ``run``, so what it reports is what ``run``
+predicts; the numbers come from ``metrics.compute_metrics``, as the trainer's do.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,52 +16,7 @@ import numpy as np
 from ..errors import UsageError
 from ..fsutil import can_create_files_in
 from .dataset import LabelledImages, read_dataset
-
-EPSILON = 1e-15  # probabilities are clipped to [EPSILON, 1] before the logarithm
-FULL_REPORT_CLASSES = 100  # larger models report only the classes seen in the truth or the predictions
-
-
-def compute_metrics(truth: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]) -> dict:
-    """Metrics of ``probabilities`` (images × classes, rows summing to 1) against ``truth`` labels."""
-    classes = list(classes)
-    index = {label: i for i, label in enumerate(classes)}
-    targets = np.array([index[label] for label in truth], dtype=int)
-    predicted = probabilities.argmax(axis=1)
-    true_probability = np.clip(probabilities[np.arange(len(targets)), targets], EPSILON, 1.0)
-    losses = -np.log(true_probability)
-    confusion = np.zeros((len(classes), len(classes)), dtype=int)
-    np.add.at(confusion, (targets, predicted), 1)
-    shown = range(len(classes))
-    if len(classes) > FULL_REPORT_CLASSES:
-        shown = sorted(set(targets.tolist()) | set(predicted.tolist()))
-    per_class = {}
-    recalls = []
-    for i in shown:
-        support = int(confusion[i].sum())
-        predicted_count = int(confusion[:, i].sum())
-        hits = int(confusion[i, i])
-        precision = hits / predicted_count if predicted_count else None
-        recall = hits / support if support else None
-        f1 = None
-        if support:
-            recalls.append(recall)
-            f1 = 2 * precision * recall / (precision + recall) if precision and recall else 0.0
-        per_class[classes[i]] = {
-            "support": support,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "log_loss": float(losses[targets == i].mean()) if support else None,
-        }
-    return {
-        "images": int(len(targets)),
-        "micro_accuracy": float((predicted == targets).mean()),
-        "macro_accuracy": float(np.mean(recalls)),
-        "log_loss": float(losses.mean()),
-        "log_loss_epsilon": EPSILON,
-        "per_class": per_class,
-        "confusion": {"labels": [classes[i] for i in shown], "matrix": confusion[np.ix_(shown, shown)].tolist()},
-    }
+from .metrics import compute_metrics
 
 
 @dataclass(frozen=True)

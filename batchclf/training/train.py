@@ -38,9 +38,9 @@ from .dataset import (
     read_dataset,
     stratified_split,
 )
-from .evaluate import compute_metrics
 from .features import ExtractionConfig, Features, extract_concatenated, featurizer_id
 from .logistic import choose_l2, fit_logistic
+from .metrics import compute_metrics
 
 LARGEST_SEED = 2**32 - 1  # NumPy's and Keras's global seeds are 32-bit
 
