@@ -86,16 +86,18 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def _aliases(run: Run) -> dict[str, str]:
-    """WordNet synonyms → class names for the built-in ImageNet models (a tags.tsv may say "canoe")."""
-    from ..models.registry import BUILTIN_MODELS, imagenet_aliases
+def _model_labels(run: Run, labels: set[str]) -> dict[str, str]:
+    """Each truth label → the class it is scored as: for the built-in ImageNet models, the class it or
+    its WordNet synonym names (a tags.tsv may say "canoe" for "kayak"); otherwise itself."""
+    from ..models.registry import BUILTIN_MODELS, imagenet_class
 
-    return imagenet_aliases() if run.metadata.get("model") in BUILTIN_MODELS else {}
+    if run.metadata.get("model") not in BUILTIN_MODELS:
+        return {label: label for label in labels}
+    return {label: imagenet_class(label) or label for label in labels}
 
 
 def score_run(run: Run, truth: dict[str, str]) -> TruthResult:
-    aliases = _aliases(run)
-    mapped = {label: aliases.get(label, label) for label in set(truth.values())}
+    mapped = _model_labels(run, set(truth.values()))
     aliased = {k: v for k, v in sorted(mapped.items()) if k != v}
     outcomes = run.outcomes()
     outcomes = outcomes.filter(pc.is_in(outcomes["path"], value_set=pa.array(list(truth), type=pa.string())))

@@ -52,15 +52,12 @@ def check_json_target(path: Path) -> None:
 
 def truth_labels(data: LabelledImages, labels: tuple[str, ...], builtin: bool) -> list[str]:
     """The truth labels in the model's vocabulary; ImageNet synonyms are accepted for the built-in model."""
-    aliases = {}
-    if builtin:
-        from ..models.registry import imagenet_aliases
+    from ..models.registry import imagenet_class
 
-        aliases = imagenet_aliases()
     known = set(labels)
     mapped = []
     for label, where in zip(data.labels, data.lines):
-        name = label if label in known else aliases.get(label, aliases.get(label.lower().replace("_", " ")))
+        name = label if label in known else (imagenet_class(label) if builtin else None)
         if name not in known:
             shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
             raise UsageError(f"{where}: label {label!r} is not a class of the model ({shown})")

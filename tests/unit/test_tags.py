@@ -1,14 +1,18 @@
-"""The one tags.tsv reader, on canned text files: what is skipped, where a line splits, what is refused."""
+"""The one tags.tsv reader on canned text files (what is skipped, where a line splits, what is refused), and the
+one rule that turns its labels into ImageNet classes."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from batchclf.errors import UsageError
-from batchclf.report.truth import read_truth
-from batchclf.training.dataset import Tag, read_dataset, read_tags
+from batchclf.models.registry import imagenet_class, imagenet_labels
+from batchclf.report.truth import _model_labels, read_truth
+from batchclf.training.dataset import LabelledImages, Tag, read_dataset, read_tags
+from batchclf.training.evaluate import truth_labels
 
 
 def _tsv(folder: Path, text: str) -> Path:
@@ -124,3 +128,20 @@ def test_training_names_a_path_with_a_tab_that_is_not_found(tmp_path):
     tsv = _tsv(tmp_path, "a.jpg\tcat\na.jpg\tcat\textra\n")
     with pytest.raises(UsageError, match=r"line 2: image 'a\.jpg\\tcat' not found in .*; a line splits at its last"):
         read_dataset(tsv)
+
+
+def test_one_rule_turns_a_label_into_an_imagenet_class():
+    assert imagenet_class("kayak") == "kayak" and imagenet_class("canoe") == "kayak"  # a WordNet synonym
+    assert imagenet_class("Great_White_Shark") == imagenet_class("great  white shark") == "great white shark"
+    assert imagenet_class("cardigan") == imagenet_class("CARDIGAN") == "cardigan"  # the class, not the corgi
+    assert imagenet_class("Cardigan") == "Cardigan Welsh Corgi"  # an exact synonym comes first
+    assert imagenet_class("no such thing") is None
+
+
+def test_evaluate_and_the_report_translate_labels_alike():
+    labels = ["canoe", "Great_White_Shark", "kayak", "CARDIGAN"]
+    data = LabelledImages(Path("tags.tsv"), ("a", "b", "c", "d"), tuple(labels), ("1", "2", "3", "4"))
+    evaluated = truth_labels(data, imagenet_labels(), builtin=True)
+    reported = _model_labels(SimpleNamespace(metadata={"model": "efficientnet-lite0"}), set(labels))
+    assert evaluated == [reported[label] for label in labels] == ["kayak", "great white shark", "kayak", "cardigan"]
+    assert _model_labels(SimpleNamespace(metadata={"model": "mine"}), {"canoe"}) == {"canoe": "canoe"}
