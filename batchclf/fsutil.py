@@ -109,13 +109,18 @@ def process_alive(pid: int | str | None) -> bool:
     return True
 
 
-def can_create_files_in(folder: Path) -> bool:
-    """Try it: permission bits say nothing for root (``os.access`` answers yes) or on read-only mounts."""
+def creation_error(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (None: one can). Tried, not guessed: permission bits
+    say nothing for root (``os.access`` answers yes) or on a read-only mount."""
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".batchclf-probe-"):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
+
+
+def can_create_files_in(folder: Path) -> bool:
+    return creation_error(folder) is None
 
 
 # --------------------------------------------------------------------------- content digests

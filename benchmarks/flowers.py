@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from batchclf.dataset import read_dataset, stratified_split
-from batchclf.features import ExtractionConfig, extract_concatenated
-from batchclf.logistic import choose_l2, fit_logistic, log_loss
-from batchclf.train import FineTuneSettings, TrainConfig, check_featurizers, parse_featurizers, train
+from batchclf.training.dataset import read_dataset, stratified_split
+from batchclf.training.features import ExtractionConfig, extract_concatenated
+from batchclf.training.logistic import choose_l2, fit_logistic
+from batchclf.training.metrics import log_loss
+from batchclf.training.train import FineTuneSettings, TrainConfig, check_featurizers, parse_featurizers, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers_small"
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
@@ -42,8 +43,8 @@ def in_model_features(paths: list[str], featurizers: tuple[str, ...]) -> np.ndar
     """The concatenated features as the saved model computes them: one decoding at the largest size."""
     import keras
 
-    from batchclf.artifact import CONCATENATED_FEATURES_LAYER, combined_classifier, input_size
-    from batchclf.finetune import decode_all
+    from batchclf.training.artifact import CONCATENATED_FEATURES_LAYER, combined_classifier, input_size
+    from batchclf.training.finetune import decode_all
 
     size = input_size(featurizers)
     model = combined_classifier(featurizers, 2, np.zeros((1280 * len(featurizers), 2)), np.zeros(2))

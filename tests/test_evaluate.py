@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from batchclf.dataset import read_dataset
 from batchclf.errors import UsageError
-from batchclf.evaluate import EPSILON, compute_metrics, format_report, truth_labels
+from batchclf.training.dataset import read_dataset
+from batchclf.training.evaluate import format_report, truth_labels
+from batchclf.training.metrics import EPSILON, compute_metrics
 
 CLASSES = ("cat", "dog", "fox")
 # Five images. Rows: probabilities of cat, dog, fox. Predicted: cat, cat, dog, dog, fox.

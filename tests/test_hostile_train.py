@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from batchclf import artifact
-from batchclf.artifact import check_model_dir, save_model_dir
-from batchclf.features import ExtractionConfig, _cache_folder, featurizer_id
+from batchclf.training import artifact
+from batchclf.training.artifact import check_model_dir, save_model_dir
+from batchclf.training.features import ExtractionConfig, _cache_folder, featurizer_id
 
 NOWHERE = "tcp://127.0.0.1:9"  # a scheduler that is never reached: any work started would fail differently
 
@@ -187,8 +187,8 @@ def test_train_refuses_bad_options_before_any_work(food, tmp_path, options, expe
 
 def test_train_refuses_zero_workers_even_with_every_feature_cached(food, tmp_path, monkeypatch):
     """With every feature cached no worker would be started, so the check must not depend on starting one."""
-    from batchclf.dataset import read_dataset
     from batchclf.fsutil import sha256_file as file_digest
+    from batchclf.training.dataset import read_dataset
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("BATCHCLF_CACHE", str(cache))
@@ -242,7 +242,7 @@ def test_evaluate_refuses_non_positive_numbers(food, option, value):
 
 def test_cached_features_are_written_through_unpredictable_names(tmp_path):
     """A link planted at a guessable temporary name (or at the final name) is never written through."""
-    from batchclf.features import _load_cached, _store
+    from batchclf.training.features import _load_cached, _store
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
@@ -259,7 +259,7 @@ def test_cached_features_are_written_through_unpredictable_names(tmp_path):
 
 
 def test_the_evaluate_report_is_written_through_a_private_temporary_file(tmp_path):
-    from batchclf.evaluate import write_json
+    from batchclf.training.evaluate import write_json
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from batchclf.dataset import read_dataset, stratified_split
-from batchclf.evaluate import EvaluateConfig, evaluate
-from batchclf.features import ExtractionConfig, extract_features
-from batchclf.logistic import choose_l2, fit_logistic
-from batchclf.train import FineTuneSettings, TrainConfig, train
+from batchclf.training.dataset import read_dataset, stratified_split
+from batchclf.training.evaluate import EvaluateConfig, evaluate
+from batchclf.training.features import ExtractionConfig, extract_features
+from batchclf.training.logistic import choose_l2, fit_logistic
+from batchclf.training.train import FineTuneSettings, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_model_folder_contents(food_model):
 def test_saved_model_loads_in_safe_mode_and_agrees_with_evaluate(food, food_model, food_report):
     import keras
 
-    from batchclf.finetune import decode_all
+    from batchclf.training.finetune import decode_all
 
     model = keras.saving.load_model(food_model[0] / "model.keras", safe_mode=True, compile=False)
     assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
@@ -245,8 +245,8 @@ def test_two_featurizers_concatenated_then_run(food, scheduler, tmp_path):
     network, and ``run --model`` classifies with the one saved model (2560 concatenated features)."""
     import keras
 
-    from batchclf.features import _cache_folder, featurizer_id
     from batchclf.fsutil import sha256_file as file_digest
+    from batchclf.training.features import _cache_folder, featurizer_id
 
     model_dir = tmp_path / "two"
     featurizers = ("efficientnet-lite0", "efficientnet-lite2")

@@ -92,8 +92,8 @@ def _add_train(subparsers) -> None:
 
 def _train(args) -> int:
     from ..errors import UsageError
-    from ..features import ExtractionConfig
-    from ..train import TrainConfig, parse_featurizers, summary_lines, train
+    from ..training.features import ExtractionConfig
+    from ..training.train import TrainConfig, parse_featurizers, summary_lines, train
 
     if args.test is not None and args.test_fraction is not None:
         raise UsageError("give --test or --test-fraction, not both")
@@ -152,7 +152,7 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
-    from ..evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
+    from ..training.evaluate import EvaluateConfig, check_json_target, evaluate, format_report, write_json
 
     if args.json is not None:
         check_json_target(args.json)

@@ -7,6 +7,7 @@ TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -106,7 +107,7 @@ def imagenet_labels() -> tuple[str, ...]:
 
 
 def imagenet_aliases() -> dict[str, str]:
-    """WordNet synonyms of each ImageNet class (``"canoe"`` → ``"kayak"``), for matching truth labels."""
+    """WordNet synonyms of each ImageNet class (``"canoe"`` → ``"kayak"``), and each class name itself."""
     text = resources.files(__package__).joinpath("imagenet_synonyms.txt").read_text(encoding="utf-8")
     aliases: dict[str, str] = {}
     for label, synonyms in zip(imagenet_labels(), text.splitlines()):
@@ -115,6 +116,32 @@ def imagenet_aliases() -> dict[str, str]:
     for label in imagenet_labels():
         aliases[label] = label
     return aliases
+
+
+def _folded(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+@functools.cache
+def _imagenet_names() -> tuple[dict[str, str], dict[str, str]]:
+    exact = imagenet_aliases()
+    folded: dict[str, str] = {}
+    for label in imagenet_labels():  # a class's own name first: "cardigan" is the sweater, not the corgi
+        folded.setdefault(_folded(label), label)
+    for synonym, label in exact.items():
+        folded.setdefault(_folded(synonym), label)
+    return exact, folded
+
+
+def imagenet_class(label: str) -> str | None:
+    """The ImageNet class a truth label names, or None; the one rule for ``evaluate`` and ``report --truth``.
+
+    A class name or a WordNet synonym of one (``"canoe"`` → ``"kayak"``), exactly; failing that, the
+    same ignoring case, ``_`` for a space and repeated spaces (``"Great_White_Shark"``), where a class's
+    own name wins over another class's synonym.
+    """
+    exact, folded = _imagenet_names()
+    return exact.get(label) or folded.get(_folded(label))
 
 
 def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, trust_model: bool = False) -> ModelSpec:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..errors import UsageError
-from ..fsutil import can_create_files_in
+from ..fsutil import creation_error
 from ..storage import StorageOptions, is_url, location
 from ..writer import write_text_atomically
 from . import run as runs
@@ -63,8 +63,9 @@ def _check_writable_folder(option: str, folder: Path) -> None:
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
         raise UsageError(f"{option}: {folder} {state}; create the folder first or choose another")
-    if not can_create_files_in(folder):
-        raise UsageError(f"{option}: cannot write in folder {folder}; choose a folder you can write to")
+    reason = creation_error(folder)
+    if reason:
+        raise UsageError(f"{option}: cannot write in folder {folder} ({reason}); choose a folder you can write to")
 
 
 @dataclass

@@ -245,20 +245,26 @@ def _drift(page: Page) -> str:
     )
 
 
+def _score(value: float | None, spec: str = ".3f") -> str:
+    """A metric, or a dash where it is undefined (the precision of a class never predicted)."""
+    return "—" if value is None else format(value, spec)
+
+
 def _truth(page: Page) -> str:
     truth = page.truth
     cards = "".join(
         [
-            _card(f"{truth.accuracy:.1%}", "accuracy"),
-            _card(f"{truth.macro_f1:.3f}", "macro F1"),
+            _card(_score(truth.accuracy, ".1%"), "accuracy"),
+            _card(_score(truth.macro_f1, ".3f"), "macro F1"),
             _card(f"{truth.matched:,}", "labelled images found"),
             _card(f"{len(truth.unmatched_truth):,}", "labelled, not in run", "warn" if truth.unmatched_truth else ""),
         ]
     )
     rows = "".join(
         f'<tr><td>{escape(c.label)}</td><td class="n">{c.support:,}</td><td class="n">{c.predicted:,}</td>'
-        f'<td class="n">{c.precision:.3f}</td><td class="n">{c.recall:.3f}</td><td class="n">{c.f1:.3f}</td></tr>'
-        for c in sorted(truth.classes, key=lambda c: (c.f1, c.label))
+        f'<td class="n">{_score(c.precision)}</td><td class="n">{_score(c.recall)}</td>'
+        f'<td class="n">{_score(c.f1)}</td></tr>'
+        for c in sorted(truth.classes, key=lambda c: (c.f1 or 0.0, c.label))
     )
     aliases = ""
     if truth.aliased:

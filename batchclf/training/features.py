@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import cache_dir
-from .errors import AllFilesFailedError
-from .fsutil import atomic_file, sha256_file
+from ..backends import cache_dir
+from ..errors import AllFilesFailedError
+from ..fsutil import atomic_file, sha256_file
 
 FEATURES_FORMAT = 1  # bump when the cached arrays change meaning
 
@@ -48,7 +48,7 @@ class Features:
 
 def featurizer_id(config: ExtractionConfig) -> str:
     """What the cached features depend on: the network, its feature layer and preprocessing."""
-    from .models.registry import resolve_model
+    from ..models.registry import resolve_model
 
     spec = resolve_model(config.model)
     size = spec.preprocessing.image_size if spec.preprocessing else "model"
@@ -130,8 +130,8 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
     """
     import pyarrow.parquet as pq
 
-    from .config import RunConfig
-    from .job import run
+    from ..config import RunConfig
+    from ..job import run
 
     with tempfile.TemporaryDirectory(prefix="batchclf-files-") as scratch:
         links = Path(scratch) / "images"

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
+from ..backends import quiet_native_stderr
+from ..config import FineTuneSettings
+from ..errors import UsageError
+from ..models.efficientnet_lite import FEATURE_LAYER
+from ..models.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model
 from .artifact import (
     CONCATENATED_FEATURES_LAYER,
     base_network,
@@ -26,8 +31,6 @@ from .artifact import (
     input_size,
     save_model_dir,
 )
-from .backends import quiet_native_stderr
-from .config import FineTuneSettings
 from .dataset import (
     LabelledImages,
     check_known_labels,
@@ -36,12 +39,9 @@ from .dataset import (
     read_dataset,
     stratified_split,
 )
-from .errors import UsageError
-from .evaluate import compute_metrics
 from .features import ExtractionConfig, Features, extract_concatenated, featurizer_id
 from .logistic import choose_l2, fit_logistic
-from .models.efficientnet_lite import FEATURE_LAYER
-from .models.registry import BUILTIN_MODELS, DEFAULT_MODEL, resolve_model
+from .metrics import compute_metrics
 
 LARGEST_SEED = 2**32 - 1  # NumPy's and Keras's global seeds are 32-bit
 

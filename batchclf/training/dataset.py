@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .discover import walk_images
-from .errors import UsageError
+from ..discover import walk_images
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -63,40 +64,79 @@ def read_dataset(source: Path, images: Path | None = None, images_option: str = 
     raise UsageError(f"{source} does not exist; give a tags.tsv (image_path<TAB>label) or a folder of class folders")
 
 
-def _read_tsv(tsv: Path, image_root: Path) -> LabelledImages:
+@dataclass(frozen=True)
+class Tag:
+    """One line of a tags.tsv: the image path as written (relative to the file's folder, or absolute)."""
+
+    path: str
+    label: str
+    line: int
+
+
+def read_tags(tsv: Path, name: str | None = None) -> Iterator[Tag]:
+    """The ``image_path<TAB>label`` lines of ``tsv``, in file order; the one reader of the format.
+
+    UTF-8 (a byte-order mark is fine), no header; lines end with LF, CRLF or CR, so line numbers are
+    an editor's. Blank lines and lines whose first non-blank character is ``#`` are skipped (write
+    ``./#1.jpg`` for a file whose name starts with ``#``). A line splits at its *last* tab: a file
+    name may hold a tab, a label may not, so no valid line is mis-read. Trailing whitespace ends the
+    line and spaces around the path and the label are ignored. A path given twice keeps its first
+    line; given two labels, it is refused. ``name`` is how messages call the file (default: its path).
+
+    Lines are checked as they are yielded, so a caller's own checks of each line (does the image
+    exist?) and these stop at the first problem in file order.
+    """
+    name = name or str(tsv)
     try:
         with open(tsv, encoding="utf-8-sig", newline=None) as stream:
             text = stream.read()
+    except FileNotFoundError:
+        raise UsageError(f"{name} does not exist; give a tags.tsv with one image_path<TAB>label a line") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{tsv} is not UTF-8 text; save it as UTF-8 with one image_path<TAB>label a line") from None
+        raise UsageError(f"{name} is not UTF-8 text; save it as UTF-8 with one image_path<TAB>label a line") from None
     except OSError as error:
-        raise UsageError(f"cannot read {tsv}: {error.strerror}") from None
-    entries: dict[str, tuple[str, str]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        where = f"{tsv} line {number}"
-        fields = [f.strip() for f in line.split("\t")]
-        while fields and not fields[-1]:
-            fields.pop()
-        if not fields:
+        raise UsageError(f"cannot read {name}: {error.strerror}") from None
+    seen: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip()
+        if not line or line.lstrip().startswith("#"):
             continue
-        if len(fields) != 2 or not fields[0] or not fields[1]:
+        path, tab, label = line.rpartition("\t")
+        path, label = path.strip(), label.strip()
+        if not tab or not path or not label:
             shown = line if len(line) <= 60 else line[:57] + "..."
-            raise UsageError(f"{where}: expected 'image_path<TAB>label', got {shown!r}")
-        relative, label = fields
-        path = os.path.normpath(os.path.join(image_root.resolve(), relative))
+            raise UsageError(f"{name} line {number}: expected 'image_path<TAB>label', got {shown!r}")
+        key = os.path.normpath(path)
+        if key in seen:
+            previous_label, previous_line = seen[key]
+            if label != previous_label:
+                raise UsageError(
+                    f"{name} line {number}: {path} is labelled {label!r} here but {previous_label!r} at line "
+                    f"{previous_line}; give each image one label"
+                )
+            continue
+        seen[key] = (label, number)
+        yield Tag(path, label, number)
+
+
+def _read_tsv(tsv: Path, image_root: Path) -> LabelledImages:
+    root = image_root.resolve()
+    paths, labels, lines = [], [], []
+    for tag in read_tags(tsv):
+        where = f"{tsv} line {tag.line}"
+        path = os.path.normpath(os.path.join(root, tag.path))
         if not os.path.isfile(path):
-            raise UsageError(f"{where}: image {relative} not found in {image_root}; fix the path or pass --images DIR")
-        if path in entries and entries[path][0] != label:
-            previous_label, previous_where = entries[path]
+            hint = "; a line splits at its last tab" if "\t" in tag.path else ""
+            shown = repr(tag.path) if "\t" in tag.path else tag.path
             raise UsageError(
-                f"{where}: {relative} is labelled {label!r} here but {previous_label!r} at "
-                f"{previous_where}; give each image one label"
+                f"{where}: image {shown} not found in {image_root}{hint}; fix the path or pass --images DIR"
             )
-        entries.setdefault(path, (label, where))
-    if not entries:
+        paths.append(path)
+        labels.append(tag.label)
+        lines.append(where)
+    if not paths:
         raise UsageError(f"{tsv} lists no images; write one image_path<TAB>label a line")
-    paths = tuple(entries)
-    return LabelledImages(tsv, paths, tuple(entries[p][0] for p in paths), tuple(entries[p][1] for p in paths))
+    return LabelledImages(tsv, tuple(paths), tuple(labels), tuple(lines))
 
 
 def _read_class_folders(folder: Path) -> LabelledImages:

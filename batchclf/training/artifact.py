@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .fsutil import current_umask, fsync_path, process_alive
-from .models.efficientnet_lite import FEATURE_LAYER
-from .models.registry import BUILTIN_MODELS, KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
+from ..errors import UsageError
+from ..fsutil import can_create_files_in, current_umask, fsync_path, process_alive
+from ..models.efficientnet_lite import FEATURE_LAYER
+from ..models.registry import BUILTIN_MODELS, KERAS_MODEL_FILE, LABELS_FILE, METADATA_FILE
 
 HEAD_LAYER = "predictions"
 CONCATENATED_FEATURES_LAYER = "features"  # the feature layer of a model with several featurizers
@@ -39,16 +39,16 @@ def check_model_dir(model_dir: Path) -> None:
     if model_dir.is_dir() and any(model_dir.iterdir()) and not (model_dir / METADATA_FILE).is_file():
         raise UsageError(f"{model_dir} is a non-empty folder that is not a trained model; choose a new folder")
     existing = next((p for p in [model_dir, *model_dir.parents] if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not can_create_files_in(existing):
         raise UsageError(f"cannot write {model_dir}: {existing} is not writable")
-    if existing == model_dir and not os.access(model_dir.absolute().parent, os.W_OK | os.X_OK):
+    if existing == model_dir and not can_create_files_in(model_dir.absolute().parent):
         raise UsageError(f"cannot replace {model_dir}: its folder {model_dir.absolute().parent} is not writable")
 
 
 def base_network(model_name: str):
     """The pretrained network as a Keras model (its ImageNet head is cut off by ``classifier``)."""
-    from .backends import quiet_native_stderr
-    from .models.registry import load_keras_model, resolve_model
+    from ..backends import quiet_native_stderr
+    from ..models.registry import load_keras_model, resolve_model
 
     with quiet_native_stderr():  # TensorFlow announces its CUDA probing on first use
         return load_keras_model(resolve_model(model_name))

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .backends import quiet_native_stderr
+from ..backends import quiet_native_stderr
+from ..decode import ImageDecodeError, Preprocessing, decode_image
+from ..errors import UsageError
+from ..models.efficientnet_lite import FEATURE_LAYER
 from .dataset import LabelledImages, stratified_split
-from .decode import ImageDecodeError, Preprocessing, decode_image
-from .errors import UsageError
-from .models.efficientnet_lite import FEATURE_LAYER
 
 CROP_FRACTION = 0.875
 

@@ -1,69 +1,22 @@
 """How good a model is on labelled images: accuracy, log-loss, per-class scores and the confusion matrix.
 
-``compute_metrics`` is a pure function of truth labels and probabilities, shared by the trainer (for
-the metrics it records) and by ``evaluate``, which scores the images through the same job as ``run``,
-so what it reports is what ``run`` predicts.
+``evaluate`` scores the images through the same job as ``run``, so what it reports is what ``run``
+predicts; the numbers come from ``metrics.compute_metrics``, as the trainer's do.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
+from ..fsutil import can_create_files_in
 from .dataset import LabelledImages, read_dataset
-from .errors import UsageError
-from .fsutil import can_create_files_in
-
-EPSILON = 1e-15  # probabilities are clipped to [EPSILON, 1] before the logarithm
-FULL_REPORT_CLASSES = 100  # larger models report only the classes seen in the truth or the predictions
-
-
-def compute_metrics(truth: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]) -> dict:
-    """Metrics of ``probabilities`` (images × classes, rows summing to 1) against ``truth`` labels."""
-    classes = list(classes)
-    index = {label: i for i, label in enumerate(classes)}
-    targets = np.array([index[label] for label in truth], dtype=int)
-    predicted = probabilities.argmax(axis=1)
-    true_probability = np.clip(probabilities[np.arange(len(targets)), targets], EPSILON, 1.0)
-    losses = -np.log(true_probability)
-    confusion = np.zeros((len(classes), len(classes)), dtype=int)
-    np.add.at(confusion, (targets, predicted), 1)
-    shown = range(len(classes))
-    if len(classes) > FULL_REPORT_CLASSES:
-        shown = sorted(set(targets.tolist()) | set(predicted.tolist()))
-    per_class = {}
-    recalls = []
-    for i in shown:
-        support = int(confusion[i].sum())
-        predicted_count = int(confusion[:, i].sum())
-        hits = int(confusion[i, i])
-        precision = hits / predicted_count if predicted_count else None
-        recall = hits / support if support else None
-        f1 = None
-        if support:
-            recalls.append(recall)
-            f1 = 2 * precision * recall / (precision + recall) if precision and recall else 0.0
-        per_class[classes[i]] = {
-            "support": support,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "log_loss": float(losses[targets == i].mean()) if support else None,
-        }
-    return {
-        "images": int(len(targets)),
-        "micro_accuracy": float((predicted == targets).mean()),
-        "macro_accuracy": float(np.mean(recalls)),
-        "log_loss": float(losses.mean()),
-        "log_loss_epsilon": EPSILON,
-        "per_class": per_class,
-        "confusion": {"labels": [classes[i] for i in shown], "matrix": confusion[np.ix_(shown, shown)].tolist()},
-    }
+from .metrics import compute_metrics
 
 
 @dataclass(frozen=True)
@@ -99,15 +52,12 @@ def check_json_target(path: Path) -> None:
 
 def truth_labels(data: LabelledImages, labels: tuple[str, ...], builtin: bool) -> list[str]:
     """The truth labels in the model's vocabulary; ImageNet synonyms are accepted for the built-in model."""
-    aliases = {}
-    if builtin:
-        from .models.registry import imagenet_aliases
+    from ..models.registry import imagenet_class
 
-        aliases = imagenet_aliases()
     known = set(labels)
     mapped = []
     for label, where in zip(data.labels, data.lines):
-        name = label if label in known else aliases.get(label, aliases.get(label.lower().replace("_", " ")))
+        name = label if label in known else (imagenet_class(label) if builtin else None)
         if name not in known:
             shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
             raise UsageError(f"{where}: label {label!r} is not a class of the model ({shown})")
@@ -146,7 +96,7 @@ def predict_files(paths: list[str], config: EvaluateConfig, labels: tuple[str, .
 
 def evaluate(config: EvaluateConfig, log=print) -> dict:
     """Score the labelled images of ``config.data`` with ``config.model`` and return the report."""
-    from .models.registry import resolve_model
+    from ..models.registry import resolve_model
 
     config.validate()
     spec = resolve_model(config.model, trust_model=config.trust_model)
@@ -227,6 +177,6 @@ def format_report(report: dict, verbose: bool = False) -> str:
 
 def write_json(report: dict, path: Path) -> None:
     """Write the report so that a reader never sees half of it."""
-    from .writer import write_text_atomically
+    from ..writer import write_text_atomically
 
     write_text_atomically(path, json.dumps(report, indent=2) + "\n")

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import stratified_folds
+from .metrics import log_loss
 
 L2_GRID = tuple(float(v) for v in 10.0 ** np.linspace(-4, 1, 11))
 DEFAULT_L2 = 0.01  # used when a class is too small to cross-validate
 MAX_ITERATIONS = 5000
-PROBABILITY_EPSILON = 1e-15
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,6 @@ def _fit(minimize, features, targets, classes, l2, max_iterations, start) -> tup
     raw_weights = weights / scale[:, None]
     raw_bias = bias - mean @ raw_weights
     return LogisticModel(raw_weights, raw_bias, l2, int(result.nit), bool(result.success)), result.x
-
-
-def log_loss(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    chosen = probabilities[np.arange(len(targets)), targets]
-    return float(-np.mean(np.log(np.clip(chosen, PROBABILITY_EPSILON, 1.0))))
 
 
 @dataclass(frozen=True)
