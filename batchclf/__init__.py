@@ -27,8 +27,11 @@ def classify(source, output=None, **options):
     from .writer import readable
 
     options.setdefault("progress", False)
-    if not isinstance(options.get("storage_options", StorageOptions()), StorageOptions):
-        options["storage_options"] = StorageOptions(options["storage_options"])
+    given = options.get("storage_options", StorageOptions())
+    if isinstance(given, str):  # JSON text, as on the command line
+        options["storage_options"] = StorageOptions.parse(given)
+    elif not isinstance(given, StorageOptions):
+        options["storage_options"] = StorageOptions(given)
     with tempfile.TemporaryDirectory(prefix="batchclf-") as scratch:
         target = location_argument(str(output)) if output is not None else Path(scratch) / "predictions.parquet"
         run(RunConfig(input=location_argument(str(source)), output=target, **options), log=lambda *a, **k: None)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fsutil import write_atomically
+from .fsutil import open_regular_no_follow, write_atomically
 from .models.sidecar import InputFormat
 
 
@@ -140,7 +140,10 @@ def convert_to_tflite(
     target = tflite_path(key)
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "w") as lock:
+    # Opened without following links and never written: a link planted in a shared cache folder
+    # cannot make this truncate another file.
+    lock = open_regular_no_follow(folder / f"{key}.lock", os.O_RDONLY | os.O_CREAT)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting together convert once
         if not target.exists():
             model = build_model()
@@ -148,6 +151,8 @@ def convert_to_tflite(
                 warnings.simplefilter("ignore")  # the converter's notes are about its internals, not the user's data
                 content = _converter(model, representative).convert()
             write_atomically(target, content)
+    finally:
+        os.close(lock)
     return target
 
 

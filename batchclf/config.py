@@ -30,6 +30,9 @@ DEFAULT_TOP_K = 5
 DEFAULT_RETRIES = 2
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"  # loopback: the dashboard shows file paths and accepts no login
 TUPLE_FIELDS = ("allow", "deny", "include", "exclude")
+LABEL_SET_FIELDS = ("allow", "deny")
+WHOLE_NUMBER_FIELDS = ("batch_size", "shard_size", "top_k", "retries", "workers")
+DEFAULT_MAX_DROP = 0.5  # --incremental refuses to drop more than this share of the rows it could reuse
 
 # batchclf report
 REPORT_LOW_SCORE = 0.5  # a top-1 score below this counts as a low-confidence prediction
@@ -66,6 +69,7 @@ class RunConfig:
     keep_parts: bool = False
     incremental: bool = False
     keep_error_rows: bool = False
+    max_drop: float = DEFAULT_MAX_DROP
     hash: bool = False
     wait: bool = False
     progress: bool = True
@@ -75,10 +79,14 @@ class RunConfig:
     storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in TUPLE_FIELDS:  # a list from the API or argparse's append: one hashable, ordered form
+        for name in TUPLE_FIELDS:  # a list from the API or argparse's append: one hashable form
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value or ()))
+        for name in LABEL_SET_FIELDS:  # a set of class names: order and repeats say nothing
+            names = getattr(self, name)
+            if all(isinstance(item, str) for item in names):  # anything else is refused by check()
+                object.__setattr__(self, name, tuple(sorted(set(names))))
 
     @classmethod
     def from_fields(cls, values: dict) -> RunConfig:
@@ -113,6 +121,7 @@ class RunConfig:
 
     def check(self) -> None:
         """The checks that need no file system and no import: numbers, choices and how options combine."""
+        self._check_types()
         positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k}
         if self.workers is not None:
             positive["--workers"] = self.workers
@@ -121,6 +130,8 @@ class RunConfig:
                 raise UsageError(f"{option} must be a positive number, got {value}")
         if self.retries < 0:
             raise UsageError(f"--retries must be 0 or more, got {self.retries}")
+        if not 0.0 <= self.max_drop <= 1.0:
+            raise UsageError(f"--max-drop must be between 0 and 1, got {self.max_drop}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.allow and self.deny:
@@ -148,6 +159,20 @@ class RunConfig:
             raise UsageError(f"scheduler file {self.scheduler_file} does not exist")
         if self.workers and (self.scheduler or self.scheduler_file):
             raise UsageError("--workers sizes the embedded cluster; it cannot be used with --scheduler")
+
+    def _check_types(self) -> None:
+        """What the Python API may pass that the command line's parser would have refused."""
+        for name in WHOLE_NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f"{name} must be a whole number, got {value!r}")
+        for name in ("threshold", "max_drop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{name} must be a number, got {value!r}")
+        for name in TUPLE_FIELDS:
+            if not all(isinstance(item, str) for item in getattr(self, name)):
+                raise UsageError(f"{name} must be a name or a list of names, got {getattr(self, name)!r}")
 
     def result_options(self) -> dict:
         """The options that change what a row says: an incremental run reuses rows only if they match."""

@@ -10,6 +10,7 @@ EXIT_USAGE = 2
 EXIT_ALL_FAILED = 3
 EXIT_LOCKED = 4
 EXIT_INCOMPLETE = 5  # output written, but some folders could not be read: their previous rows were carried over
+EXIT_MASS_DROP = 6  # refused: --incremental would drop more of last night's rows than --max-drop allows
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: SLURM's time limit, Kubernetes, systemd
 EXIT_HANGUP = 128 + signal.SIGHUP  # 129: the terminal or SSH session closed
@@ -42,6 +43,12 @@ class FoldersUnreadableError(BatchclfError):
     """The output is written, but some folders could not be listed; their previous rows were kept."""
 
     exit_code = EXIT_INCOMPLETE
+
+
+class MassDropError(BatchclfError):
+    """An incremental run would drop more of the reusable rows than ``--max-drop``: nothing is written."""
+
+    exit_code = EXIT_MASS_DROP
 
 
 class Interrupted(KeyboardInterrupt):

@@ -16,7 +16,14 @@ from . import __version__
 from .config import RunConfig
 from .discover import list_images
 from .dispatch import ScoringTask, score
-from .errors import AllFilesFailedError, BatchclfError, FoldersUnreadableError, Interrupted, UsageError
+from .errors import (
+    AllFilesFailedError,
+    BatchclfError,
+    FoldersUnreadableError,
+    Interrupted,
+    MassDropError,
+    UsageError,
+)
 from .merge import newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
@@ -99,6 +106,13 @@ def _run(config: RunConfig, summary: RunSummary, started: float, log) -> None:
             )
         if config.incremental:
             log(plan.line(), file=sys.stderr)
+            if plan.drops_too_much(config.max_drop):
+                raise MassDropError(
+                    f"--incremental would drop {len(plan.dropped)} of the {plan.reusable} rows it could reuse "
+                    f"({len(plan.dropped) / plan.reusable:.0%}, more than --max-drop {config.max_drop:g}); "
+                    f"{config.output} is left as it was: check that the input is complete (a share unmounted, "
+                    "a copy half-synced), or pass --max-drop 1 if the files were deleted on purpose"
+                )
         if plan.resumed:
             log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
         summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)

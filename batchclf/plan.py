@@ -93,6 +93,7 @@ class RunPlan:
     changed: int = 0
     retried: int = 0  # unchanged files whose row was an error
     kept_unverified: int = 0
+    reusable: int = 0  # rows the sources held (newest of each path): what a drop is measured against
     reason: str | None = None  # why last night's output could not be used
     kept_errors: list[str] = field(default_factory=list)  # the error column of kept rows that are errors
     source_files: list[Path] = field(default_factory=list)  # the files behind ``sources``
@@ -110,6 +111,10 @@ class RunPlan:
             f"({self.new} new, {self.changed} changed, {self.retried} errors retried), {len(self.dropped)} dropped"
             + (f", {self.kept_unverified} kept unverified" if self.kept_unverified else "")
         )
+
+    def drops_too_much(self, max_drop: float) -> bool:
+        """More than ``max_drop`` of the reusable rows would go: a share unmounted, a copy half-synced."""
+        return len(self.dropped) > max_drop * self.reusable
 
     def record(self) -> dict:
         return {
@@ -198,6 +203,7 @@ def plan_run(
         if current is not None and current.num_rows:
             _compare(current, previous, use_hash, keep_error_rows, first_is_output, plan, to_score)
         if previous is not None and previous.num_rows:
+            plan.reusable += previous.num_rows
             listed = current["path"] if current is not None else pa.array([], pa.string())
             gone = pc.invert(pc.is_in(previous["path"], value_set=listed))
             unreadable = under_folders(previous["path"], [folder for folder, _ in listing.unreadable])

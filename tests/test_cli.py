@@ -13,7 +13,7 @@ from conftest import DATASETS, TEST_CACHE, require_datasets, run_cli, save_image
 
 from batchclf import backends
 from batchclf.cli import EXIT_CODES_HELP, build_parser
-from batchclf.errors import EXIT_INCOMPLETE
+from batchclf.errors import EXIT_INCOMPLETE, EXIT_MASS_DROP
 
 
 @pytest.fixture
@@ -119,9 +119,10 @@ def test_help_shows_each_default_once_and_only_where_it_says_something():
 
 def test_exit_codes_are_all_in_the_help():
     lines = {line.split()[0]: line for line in EXIT_CODES_HELP.splitlines()[1:]}
-    assert set(lines) == {"0", "1", "2", "3", "4", "5", "130", "143"}
+    assert set(lines) == {"0", "1", "2", "3", "4", "5", "6", "129", "130", "143"}
     assert EXIT_INCOMPLETE == 5 and "carried over" in lines["5"]
-    assert "resume" in lines["130"] and "SIGTERM" in lines["143"]
+    assert EXIT_MASS_DROP == 6 and "--max-drop" in lines["6"]
+    assert "resume" in lines["130"] and "SIGTERM" in lines["143"] and "SIGHUP" in lines["129"]
 
 
 # --summary: checked before any work, written through a file of our own.

@@ -85,6 +85,8 @@ def _check_interrupted(result, output: Path, summary: Path, exit_code: int, sign
     assert "run the same command again to resume" in lines[0]
     record = json.loads(summary.read_text())
     assert (record["status"], record["exit_code"]) == ("interrupted", exit_code)
+    saved = sum(pq.read_metadata(p).num_rows for p in output.with_name(output.name + ".parts").glob("*.parquet"))
+    assert record["files"] == IMAGES and record["saved_in_parts"] == saved > 0, record
     assert not output.exists()
     assert list(output.with_name(output.name + ".parts").glob("*.parquet")), "the finished parts are kept"
 
@@ -98,11 +100,33 @@ def _check_resume(images: Path, output: Path, summary: Path, uninterrupted) -> N
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_path):
+@pytest.mark.parametrize("number, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_or_sighup_stops_cleanly_and_the_run_resumes(images, uninterrupted, tmp_path, number, code):
+    """SIGHUP is what a closed SSH session sends: it stops the run as cleanly as SIGTERM."""
     output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
-    result = _interrupt(images, output, summary, lambda pid: os.kill(pid, signal.SIGTERM))
-    _check_interrupted(result, output, summary, 143, "SIGTERM")
+    result = _interrupt(images, output, summary, lambda pid: os.kill(pid, number))
+    _check_interrupted(result, output, summary, code, signal.Signals(number).name)
     _check_resume(images, output, summary, uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_sigterm_in_the_first_half_second_still_writes_the_summary(images, tmp_path):
+    output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchclf", *_arguments(images, output, summary)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    record = json.loads(summary.read_text())
+    assert (record["status"], record["exit_code"]) == ("interrupted", 143)
+    assert not output.exists()
 
 
 @pytest.mark.slow

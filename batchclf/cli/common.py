@@ -17,6 +17,8 @@ EXIT_CODES_HELP = """exit codes:
   3    every file failed to decode (the output is still written)
   4    another run holds the lock on this output
   5    output written but some folders could not be read; their previous rows were carried over
+  6    refused: --incremental would drop more of the previous rows than --max-drop; nothing written
+  129  stopped by SIGHUP (the terminal or SSH session closed); run the same command again to resume
   130  interrupted (Ctrl-C, SIGINT); run the same command again to resume
   143  stopped by SIGTERM (a time limit, kubectl, systemctl stop); run the same command again to resume
 """

@@ -14,6 +14,7 @@ from ..config import (
     CLUSTERS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DASHBOARD_ADDRESS,
+    DEFAULT_MAX_DROP,
     DEFAULT_MODEL,
     DEFAULT_RETRIES,
     DEFAULT_SHARD_SIZE,
@@ -171,6 +172,14 @@ def add_parser(subparsers) -> None:
         "--keep-error-rows",
         action="store_true",
         help="with --incremental, keep the error rows of unchanged files instead of scoring them again",
+    )
+    nightly.add_argument(
+        "--max-drop",
+        type=float,
+        default=DEFAULT_MAX_DROP,
+        metavar="SHARE",
+        help="with --incremental, refuse (exit 6, output kept) when more than this share of the previous rows "
+        "would be dropped because their files are gone; 1 accepts any drop",
     )
     nightly.add_argument(
         "--hash",

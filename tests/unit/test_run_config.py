@@ -74,3 +74,24 @@ def test_the_choice_lists_match_what_the_registry_builds():
 
     assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES and DEFAULT_MODEL in BUILTIN_MODELS
     assert BACKENDS[0] == "auto"
+
+
+def test_allow_and_deny_are_sets_of_names_for_the_reuse_key():
+    assert config(allow=("b", "a", "b")).allow == ("a", "b")
+    assert config(allow="b,a".split(",")).result_options() == config(allow=["a", "b", "a"]).result_options()
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"top_k": "3"}, "top_k must be a whole number, got '3'"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number, got 2.5"),
+        ({"workers": True}, "workers must be a whole number, got True"),
+        ({"threshold": "0.5"}, "threshold must be a number, got '0.5'"),
+        ({"allow": [1, 2]}, "allow must be a name or a list of names"),
+        ({"max_drop": 1.5}, "--max-drop must be between 0 and 1, got 1.5"),
+    ],
+)
+def test_what_the_api_may_pass_is_refused_in_one_line(fields, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config(**fields).check()

@@ -1,0 +1,101 @@
+"""What decoding refuses before any decoder runs, and what it costs in memory: special files, other
+formats in disguise, oversized files, and wide (16-bit, float) pixels."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from batchclf.decode import MAX_FILE_BYTES, ImageDecodeError, Preprocessing, decode_image, to_rgb
+from batchclf.fsutil import NotRegularFileError, read_blocks
+
+PRE = Preprocessing(32)
+
+
+def test_a_fifo_named_jpg_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageDecodeError, match=r"^not a regular file: a FIFO \(named pipe\)$"):
+        decode_image(str(fifo), PRE)
+    with pytest.raises(NotRegularFileError):  # the content hash (--hash, training) refuses it too
+        list(read_blocks(fifo))
+
+
+def test_a_link_to_a_device_is_refused(tmp_path):
+    link = tmp_path / "zero.jpg"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(ImageDecodeError, match="not a regular file: a character device"):
+        decode_image(str(link), PRE)
+    with pytest.raises(NotRegularFileError):
+        list(read_blocks(link))
+
+
+@pytest.mark.parametrize(
+    "content, name",
+    [
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "PostScript"),
+        (b"\xc5\xd0\xd3\xc6" + b"\0" * 40, "PostScript (binary EPS)"),
+        (b"%PDF-1.7\n1 0 obj\n", "PDF"),
+        (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC"),
+    ],
+)
+def test_another_format_in_disguise_is_named_and_never_decoded(tmp_path, content, name):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageDecodeError) as raised:  # the unit tier's guard fails any subprocess (Ghostscript)
+        decode_image(str(path), PRE)
+    assert str(raised.value) == f"not an image batchclf reads: the content is {name}"
+
+
+def test_an_unknown_content_says_so(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(b"just some text, not an image")
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        decode_image(str(path), PRE)
+
+
+def test_a_file_over_the_limit_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "padded.jpg"
+    Image.new("RGB", (8, 8)).save(path)
+    with open(path, "r+b") as stream:  # sparse: gigabytes of nothing cost no disk
+        stream.truncate(MAX_FILE_BYTES + 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageDecodeError, match="file too large"):
+            decode_image(str(path), PRE)
+        assert tracemalloc.get_traced_memory()[1] < 10_000_000
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "mode, values, expected",
+    [
+        ("I;16", [0, 256, 65535, 32768], [0, 1, 255, 128]),
+        ("I", [0, 255, 100, 7], [0, 255, 100, 7]),  # 8-bit data in a 32-bit image stays as it is
+        ("I", [0, 65535, 300, 257], [0, 255, 1, 1]),
+        ("F", [0.0, 255.0, 127.5, -3.0], [0, 255, 127, 0]),
+    ],
+)
+def test_wide_pixels_are_scaled_to_eight_bits(mode, values, expected):
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    image = Image.fromarray(np.array([values], dtype=dtype))
+    assert image.mode == mode
+    assert np.asarray(to_rgb(image))[0, :, 0].tolist() == expected
+
+
+def test_a_16_bit_image_costs_two_copies_of_its_pixels_not_a_dozen():
+    image = Image.fromarray(np.full((2000, 2000), 40000, np.uint16))
+    raw = 2000 * 2000 * 2
+    tracemalloc.start()
+    try:
+        rgb = to_rgb(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rgb.getpixel((0, 0)) == (156, 156, 156)
+    assert peak < 2.5 * raw, f"{peak / raw:.1f} times the 16-bit pixels"  # the float64 copies cost 12 times
