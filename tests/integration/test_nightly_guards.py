@@ -26,7 +26,7 @@ def test_special_files_under_image_names_are_error_rows_and_hash_runs_finish(tre
     os.mkfifo(tree / "cam0" / "pipe.jpg")
     (tree / "cam0" / "zero.jpg").symlink_to("/dev/zero")
     output = tmp_path / "out.parquet"
-    for night in range(2):  # the second night hashes every listed file to compare it
+    for _night in range(2):  # the second night hashes every listed file to compare it
         result = run_cli("run", str(tree), str(output), "--hash", "--incremental", *ARGS, timeout=300)
         assert result.returncode == 0, result.stderr
     rows = {r["path"]: r for r in pq.read_table(output).to_pylist()}
