@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_TERMINATED, BatchclfError, Interrupted, UsageError
-from .storage import location_argument
+from .store import location_argument
 
 EXIT_CODES_HELP = """exit codes:
   0    success (some files may be error rows)
@@ -229,7 +229,7 @@ def _run(args) -> int:
     from dataclasses import replace
 
     from .config import RunConfig
-    from .storage import StorageOptions
+    from .store import StorageOptions
     from .supervise import supervised
 
     check_summary_path(args.summary)
@@ -320,13 +320,13 @@ def _write_summary(path: Path | None, summary, config, exit_code: int, error: st
         return
     import json
 
+    from .fsutil import write_atomically
     from .job import RunSummary, summary_record
-    from .writer import write_text_atomically
 
     record = summary_record(summary or RunSummary(), config, exit_code, error)
     if exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         record["status"] = "interrupted"
-    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from .backends import BACKENDS, QUANTIZATIONS
 from .errors import UsageError
-from .fsutil import can_create_files_in
 from .models.registry import DEFAULT_MODEL
-from .storage import StorageOptions, check_input, check_output, is_url
+from .store import StorageOptions, check_input, check_output
 
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
@@ -56,28 +55,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse bad settings before any work starts, with a message that says what to do."""
-        if is_url(self.input):
-            if self.hash:
-                raise UsageError("--hash reads every file on the driver; for a URL input leave it out")
-            check_input(self.input, self.storage_options)
-        elif not self.input.exists():
-            raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
-        if not is_url(str(self.output)):
-            self._check_local_output()
+        check_input(self.input, self.storage_options, content_hash=self.hash)
         self._check_scalars()
-        if is_url(str(self.output)):  # last: the one check that writes (a probe object, removed at once)
-            check_output(str(self.output), self.storage_options)
-
-    def _check_local_output(self) -> None:
-        if self.output.is_dir():
-            raise UsageError(
-                f"output {self.output} is a folder; give a file name such as {self.output}/predictions.parquet"
-            )
-        parent = self.output.parent if str(self.output.parent) else Path(".")
-        if not parent.is_dir():
-            raise UsageError(f"output folder {parent} does not exist; create it first")
-        if not can_create_files_in(parent):
-            raise UsageError(f"output folder {parent} is not writable; choose another output path")
+        check_output(self.output, self.storage_options)  # last: in a bucket it writes (a probe object, removed at once)
 
     def _check_scalars(self) -> None:
         positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k}

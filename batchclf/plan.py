@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +24,8 @@ import pyarrow.compute as pc
 from .discover import Listing, fs_path
 from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, newest_rows
-from .writer import read_output, read_parts, read_run_metadata, read_schema
+from .store.parquet import read_output, read_parts, read_schema
+from .writer import read_run_metadata
 
 HASH_THREADS = 8
 SIGNATURE_SCHEMA = pa.schema(
@@ -57,7 +57,7 @@ class RunPlan:
     kept_unverified: int = 0
     reason: str | None = None  # why last night's output could not be used
     kept_errors: list[str] = field(default_factory=list)  # the error column of kept rows that are errors
-    source_files: list[Path] = field(default_factory=list)  # the files behind ``sources``
+    source_files: list = field(default_factory=list)  # the files behind ``sources`` (``store.Location``s)
 
     @property
     def kept(self) -> int:
@@ -97,7 +97,7 @@ def content_hash(path: str) -> str | None:
 
 
 def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:
-    """Last night's output (a ``Path`` or a ``storage.ObjectPath``) as a source of rows, or why it cannot be one."""
+    """Last night's output (a ``store.Location``) as a source of rows, or why it cannot be one."""
     if not previous.exists():
         return None, f"{previous} does not exist yet"
     try:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, save_image
 
-from batchclf.storage import StorageOptions
+from batchclf.store import StorageOptions
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("s3fs")

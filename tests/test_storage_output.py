@@ -21,8 +21,7 @@ from conftest import run_cli, save_image
 from test_storage import BUCKET, COMPARED, SECRET, _rows, _run, s3_server
 
 from batchclf.errors import LockedError
-from batchclf.storage import ObjectPath, StorageOptions
-from batchclf.writer import output_lock
+from batchclf.store import StorageOptions, location
 
 IMAGES = f"s3://{BUCKET}/images"
 
@@ -160,16 +159,16 @@ def _lock_options(s3) -> StorageOptions:
 
 def test_the_object_lock_excludes_a_second_holder_and_wait_queues_behind_it(s3):
     client, _, _ = s3
-    output = ObjectPath(f"s3://{BUCKET}/out-lock/predictions.parquet", _lock_options(s3))
+    output = location(f"s3://{BUCKET}/out-lock/predictions.parquet", _lock_options(s3))
     acquired = threading.Event()
-    with output_lock(output):
+    with output.lock():
         assert _keys(client, "out-lock/") == ["out-lock/predictions.parquet.lock"]
         with pytest.raises(LockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
-            with output_lock(output):
+            with output.lock():
                 pass
 
         def second() -> None:
-            with output_lock(output, wait=True):
+            with output.lock(wait=True):
                 acquired.set()
 
         waiter = threading.Thread(target=second)
@@ -183,16 +182,16 @@ def test_the_object_lock_excludes_a_second_holder_and_wait_queues_behind_it(s3):
 
 def test_the_object_lock_is_released_on_failure_and_a_dead_local_holder_is_taken_over(s3):
     client, _, _ = s3
-    output = ObjectPath(f"s3://{BUCKET}/out-stale/predictions.parquet", _lock_options(s3))
+    output = location(f"s3://{BUCKET}/out-stale/predictions.parquet", _lock_options(s3))
     with pytest.raises(KeyboardInterrupt):  # what SIGINT and SIGTERM raise in the driver
-        with output_lock(output):
+        with output.lock():
             raise KeyboardInterrupt
     assert _keys(client, "out-stale/") == []
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     holder = {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00Z", "token": "t"}
     client.put_object(Bucket=BUCKET, Key="out-stale/predictions.parquet.lock", Body=json.dumps(holder).encode())
-    with output_lock(output):
+    with output.lock():
         body = client.get_object(Bucket=BUCKET, Key="out-stale/predictions.parquet.lock")["Body"].read()
         assert json.loads(body)["pid"] == os.getpid()
     assert _keys(client, "out-stale/") == []

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..fsutil import can_create_files_in
-from ..storage import StorageOptions, is_url, location
-from ..writer import write_text_atomically
+from ..fsutil import can_create_files_in, write_atomically
+from ..store import StorageOptions, is_url, location
 from . import run as runs
 from .command import DEFAULT_LOW, DEFAULT_PER_LABEL, DEFAULT_TOP
 from .drift import Drift, compare_runs
@@ -223,10 +222,10 @@ def build_report(config: ReportConfig) -> ReportSummary:
         changed_items=changed,
         truth=truth,
     )
-    summary.bytes = write_text_atomically(config.report, render(page))
+    summary.bytes = write_atomically(config.report, render(page))
     if config.json:
         document = summary_json(config, run, counts, low_count, drift, truth)
-        write_text_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     summary.rows, summary.drift, summary.truth = run.files, drift, truth
     summary.seconds = time.perf_counter() - started
     return summary

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..storage import location_argument
+from ..store import location_argument
 
 DEFAULT_LOW = 0.5
 DEFAULT_PER_LABEL = 24
@@ -84,7 +84,7 @@ def add_parser(subparsers) -> None:
 
 
 def _report(args) -> int:
-    from ..storage import StorageOptions
+    from ..store import StorageOptions
     from .build import ReportConfig, build_report
 
     config = ReportConfig(

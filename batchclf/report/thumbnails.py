@@ -2,7 +2,7 @@
 
 The ``path`` column is data from a file anyone may have written, so a thumbnail is read only from
 inside the input root: the path is resolved (symlinks included) and a file outside is never opened.
-When the root is a URL (a run over a bucket), the image is read through ``storage.read_object``, and
+When the root is a URL (a run over a bucket), the image is read through ``store.read_object``, and
 a path with an empty, ``.`` or ``..`` segment is refused, so no object outside the prefix is read.
 The embedded JPEG carries pixels only; EXIF, comments, XMP and ICC data of the source are dropped.
 
@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from ..decode import to_rgb
 from ..discover import fs_path
-from ..storage import StorageOptions, is_url, read_object
+from ..store import StorageOptions, is_url, read_object
 
 THUMBNAIL_SIZE = 112  # longest side, in pixels
 JPEG_QUALITY = 70
