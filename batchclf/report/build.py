@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..fsutil import can_create_files_in, write_atomically
-from ..store import StorageOptions, is_url, location
+from ..store import Location, StorageOptions, location
 from . import run as runs
 from .command import DEFAULT_LOW, DEFAULT_PER_LABEL, DEFAULT_TOP
 from .drift import Drift, compare_runs
@@ -84,25 +84,27 @@ class ReportSummary:
         )
 
 
-def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Path | str | None, list[str]]:
+def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Location | None, list[str]]:
     """The folder (or URL prefix) thumbnails are read from, and warnings about it."""
     if config.root is not None:
-        if is_url(str(config.root)):
-            return str(config.root), []
-        if not config.root.is_dir():
+        root = location(config.root, config.storage_options)
+        if not root.is_folder():
             raise UsageError(f"--root {config.root} is not a folder; give the folder the run's paths are relative to")
-        return config.root, []
+        return root, []
     recorded = run.metadata.get("input_root")
     if not recorded:
         return None, [f"{config.output} records no input root; pass --root DIR to show thumbnails"]
-    if is_url(recorded):  # read through the storage options; an object that cannot be read shows as such
-        return recorded, []
-    if not Path(recorded).is_dir():
+    root = location(recorded, config.storage_options)
+    try:
+        here = root.is_folder()
+    except UsageError as error:  # a bucket that cannot be reached: the report is still worth writing
+        return None, [f"{error}; thumbnails are shown as missing (pass --root DIR)"]
+    if not here:
         return None, [f"input root {recorded} is not here; thumbnails are shown as missing (pass --root DIR)"]
-    return Path(recorded), []
+    return root, []
 
 
-def _header(config: ReportConfig, run: runs.Run, root: Path | None) -> list[tuple[str, str]]:
+def _header(config: ReportConfig, run: runs.Run, root: Location | None) -> list[tuple[str, str]]:
     meta = run.metadata
     rows = [
         ("input root", str(root or meta.get("input_root") or "unknown")),
@@ -170,9 +172,10 @@ def build_report(config: ReportConfig) -> ReportSummary:
     root, warnings = _input_root(config, run)
     truth = None
     if config.truth:
-        if is_url(str(root or run.metadata.get("input_root") or "")):
+        folder = (root or location(run.metadata.get("input_root") or ".", config.storage_options)).local_path
+        if folder is None:
             raise UsageError("--truth matches paths on disk; for a run over a bucket pass --root DIR with a local copy")
-        labels, outside = read_truth(config.truth, root or Path(run.metadata.get("input_root") or "."))
+        labels, outside = read_truth(config.truth, folder)
         truth = score_run(run, labels)
         if outside:
             warnings.append(f"{len(outside):,} paths in {config.truth} are outside the input root and were ignored")
@@ -195,7 +198,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
     if root is None:
         thumbnails = {path: Thumbnail(None, "missing") for path in wanted}
     else:
-        thumbnails = make_thumbnails(root, wanted, config.threads, config.storage_options)
+        thumbnails = make_thumbnails(root, wanted, config.threads)
     summary.timings["thumbnails"] = time.perf_counter() - thumbnails_started
     summary.thumbnails = sum(1 for t in thumbnails.values() if t.uri)
 

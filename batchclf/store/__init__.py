@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import Location
+from .base import Location, OutsideRootError
 from .local import LocalLocation
 from .objects import ObjectLocation, list_objects, read_object, sorted_listing
 from .options import StorageOptions
@@ -24,6 +24,7 @@ __all__ = [
     "Location",
     "LocalLocation",
     "ObjectLocation",
+    "OutsideRootError",
     "StorageOptions",
     "check_input",
     "check_output",

@@ -13,9 +13,14 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from .options import StorageOptions
+
+
+class OutsideRootError(Exception):
+    """A name that would lead outside the location it is to be read from (``..``, a link, an absolute path)."""
 
 
 class Location(ABC):
@@ -25,6 +30,8 @@ class Location(ABC):
     concurrent_reads: int = 1
     # What a worker needs to read this location's children (None: nothing; the values are never shown).
     storage_options: StorageOptions | None = None
+    # Where it is on this machine's file system; None for an object, which only the store can read.
+    local_path: Path | None = None
 
     @property
     @abstractmethod
@@ -44,6 +51,10 @@ class Location(ABC):
 
     @abstractmethod
     def is_file(self) -> bool: ...
+
+    @abstractmethod
+    def is_folder(self) -> bool:
+        """A folder on disk, or a prefix with objects under it."""
 
     @abstractmethod
     def open_read(self) -> contextlib.AbstractContextManager[BinaryIO]:
@@ -85,6 +96,14 @@ class Location(ABC):
     @abstractmethod
     def remove_tree(self) -> None:
         """Remove this folder (or every object under this prefix) and everything in it."""
+
+    @abstractmethod
+    def open_inside(self, name: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """Open the child ``name`` for reading, never anything outside this location.
+
+        ``name`` may come from a file anyone wrote: one that leads outside raises ``OutsideRootError``
+        before a byte is read; one that is not there raises ``FileNotFoundError``.
+        """
 
     def reader(self) -> Callable | None:
         """The function workers read a child's bytes with (URL → ``decode.FileContent``); None: read the file."""

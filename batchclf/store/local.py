@@ -12,13 +12,16 @@ import contextlib
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import LockedError, UsageError
 from ..fsutil import TEMPORARY_SUFFIX, atomic_file, can_create_files_in, open_regular_no_follow, temporary_prefix
-from .base import Location
+from .base import Location, OutsideRootError
+
+_OPEN_INSIDE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class LocalLocation(Location):
@@ -34,6 +37,10 @@ class LocalLocation(Location):
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def local_path(self) -> Path:
+        return self.path
+
     def sibling(self, name: str) -> LocalLocation:
         return LocalLocation(self.path.with_name(name))
 
@@ -45,6 +52,9 @@ class LocalLocation(Location):
 
     def is_file(self) -> bool:
         return self.path.is_file()
+
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
 
     def open_read(self) -> BinaryIO:
         return open(self.path, "rb")
@@ -81,6 +91,37 @@ class LocalLocation(Location):
     def remove_tree(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def open_inside(self, name: str) -> Iterator[BinaryIO]:
+        """The regular file ``name`` under this folder, opened for reading.
+
+        The name is resolved first (symlinks included) and refused when it leads outside, so no byte of
+        an outside file is read. ``O_NOFOLLOW`` and a look at what was actually opened
+        (``/proc/self/fd``) close the gap in which a folder could be swapped for a link.
+        """
+        root = os.path.realpath(self.path)
+        real = os.path.realpath(os.path.join(root, name))
+        if not _inside(root, real):
+            raise OutsideRootError(name)
+        handle = os.open(real, _OPEN_INSIDE_FLAGS)
+        try:
+            opened = os.readlink(f"/proc/self/fd/{handle}")
+        except OSError:
+            opened = real  # no /proc: the resolved path is what was opened
+        mode = os.fstat(handle).st_mode
+        problem = None
+        if not _inside(root, opened):
+            problem = OutsideRootError(name)
+        elif stat.S_ISDIR(mode):
+            problem = IsADirectoryError(name)
+        elif not stat.S_ISREG(mode):  # a FIFO, a device: never read
+            problem = OSError(f"{name} is not a regular file")
+        if problem:
+            os.close(handle)
+            raise problem
+        with os.fdopen(handle, "rb") as stream:
+            yield stream
+
     def check_input(self, content_hash: bool = False) -> None:
         if not self.path.exists():
             raise UsageError(f"input {self.path} does not exist; give a folder of images or a file listing them")
@@ -95,6 +136,10 @@ class LocalLocation(Location):
             raise UsageError(f"output folder {parent} does not exist; create it first")
         if not can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
+
+
+def _inside(root: str, real: str) -> bool:
+    return os.path.commonpath([root, real]) == root
 
 
 def _lock_holder(descriptor: int) -> str:

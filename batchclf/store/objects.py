@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import LockedError, UsageError
 from ..fsutil import open_regular_no_follow, process_alive
-from .base import Location
+from .base import Location, OutsideRootError
 from .options import StorageOptions
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -207,6 +207,14 @@ class ObjectLocation(Location):
         except Exception as error:
             raise storage_error(self.url, error, self.options, "reach") from None
 
+    def is_folder(self) -> bool:
+        """Whether objects lie under this prefix; a bucket that cannot be reached is a one-line ``UsageError``."""
+        fs, path = self._fs()
+        try:
+            return fs.isdir(path)
+        except Exception as error:
+            raise storage_error(self.url, error, self.options, "reach") from None
+
     def open_read(self):
         fs, path = self._fs()
         return fs.open(path, "rb")
@@ -264,6 +272,14 @@ class ObjectLocation(Location):
         """Every object under this prefix, at any depth."""
         for name in self._under(recursive=True):
             self.child(name).unlink()
+
+    @contextlib.contextmanager
+    def open_inside(self, name: str) -> Iterator[io.BytesIO]:
+        """The object ``name`` under this prefix; a name with an empty, ``.`` or ``..`` segment is refused,
+        so no object outside the prefix is read."""
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            raise OutsideRootError(name)
+        yield io.BytesIO(read_object(self.child(name).url, self.options).data)
 
     def reader(self):
         return functools.partial(read_object, options=self.options)
