@@ -23,8 +23,7 @@ def classify(source, output=None, **options):
 
     from .config import RunConfig
     from .job import run
-    from .storage import StorageOptions, location, location_argument
-    from .writer import readable
+    from .store import StorageOptions, location, location_argument
 
     options.setdefault("progress", False)
     given = options.get("storage_options", StorageOptions())
@@ -35,5 +34,5 @@ def classify(source, output=None, **options):
     with tempfile.TemporaryDirectory(prefix="batchclf-") as scratch:
         target = location_argument(str(output)) if output is not None else Path(scratch) / "predictions.parquet"
         run(RunConfig(input=location_argument(str(source)), output=target, **options), log=lambda *a, **k: None)
-        with readable(location(target, options.get("storage_options"))) as stored:
+        with location(target, options.get("storage_options")).arrow_source() as stored:
             return pq.read_table(stored)

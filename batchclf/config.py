@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .fsutil import can_create_files_in
-from .storage import StorageOptions, check_input, check_output, is_url
 
 DEFAULT_MODEL = "efficientnet-lite0"
 BUILTIN_MODEL_NAMES = (
@@ -76,7 +74,8 @@ class RunConfig:
     in_process: bool = False  # may score in a worker thread of this process (batchclf run watches it: supervise.py)
     extra: dict = field(default_factory=dict, compare=False)
     # fsspec options for a URL input or output (endpoint, credentials): never printed, recorded or logged.
-    storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
+    # A ``store.StorageOptions`` (None: none given), whose ``repr`` shows the keys alone.
+    storage_options: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in TUPLE_FIELDS:  # a list from the API or argparse's append: one hashable form
@@ -94,33 +93,10 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
-    def validate(self) -> None:
-        """Refuse bad settings before any work starts, with a message that says what to do."""
-        self.check()
-        if is_url(self.input):
-            if self.hash:
-                raise UsageError("--hash reads every file on the driver; for a URL input leave it out")
-            check_input(self.input, self.storage_options)
-        elif not self.input.exists():
-            raise UsageError(f"input {self.input} does not exist; give a folder of images or a file listing them")
-        if not is_url(str(self.output)):
-            self._check_local_output()
-        if is_url(str(self.output)):  # last: the one check that writes (a probe object, removed at once)
-            check_output(str(self.output), self.storage_options)
-
-    def _check_local_output(self) -> None:
-        if self.output.is_dir():
-            raise UsageError(
-                f"output {self.output} is a folder; give a file name such as {self.output}/predictions.parquet"
-            )
-        parent = self.output.parent if str(self.output.parent) else Path(".")
-        if not parent.is_dir():
-            raise UsageError(f"output folder {parent} does not exist; create it first")
-        if not can_create_files_in(parent):
-            raise UsageError(f"output folder {parent} is not writable; choose another output path")
-
     def check(self) -> None:
-        """The checks that need no file system and no import: numbers, choices and how options combine."""
+        """Refuse bad settings before any work starts, with a message that says what to do: the checks
+        that need no file system and no import (numbers, choices, how options combine). Where the input
+        and output are is checked by ``store.check_locations``."""
         self._check_types()
         positive = {"--batch-size": self.batch_size, "--shard-size": self.shard_size, "--top-k": self.top_k}
         if self.workers is not None:

@@ -201,9 +201,9 @@ def list_images(
     storage_options=None,
 ) -> Listing:
     """Stream the images under ``source`` (a folder to walk, a text file listing image paths, or a URL prefix)."""
-    from . import storage
+    from . import store
 
-    if storage.is_url(source):
+    if store.is_url(source):
         return _list_objects(source, include, exclude, include_hidden, batch_rows, storage_options)
     filtered = bool(include or exclude)
     if source.is_dir():
@@ -221,20 +221,20 @@ def list_images(
 
 def _list_objects(url: str, include, exclude, include_hidden: bool, batch_rows: int, options) -> Listing:
     """The images under a URL prefix: the same extensions, filters and hidden rule as a folder walk."""
-    from . import storage
+    from . import store
 
     root = url.rstrip("/")
     listing = Listing(root=root, batches=iter(()))
     objects = [
         (name, size, mtime)
-        for name, size, mtime in storage.list_objects(root, options)
+        for name, size, mtime in store.list_objects(root, options)
         if is_image_name(name.rsplit("/", 1)[-1]) and (include_hidden or not any(p[:1] == "." for p in name.split("/")))
     ]
     names, sizes, mtimes = (list(column) for column in zip(*objects)) if objects else ([], [], [])
     files = Files([path_text(name) for name in names], names, sizes, mtimes)
     kept = next(_filtered(iter([files]), include, exclude), None) if names else None
     rows = list(zip(kept.texts, kept.sizes, kept.mtimes)) if kept else []
-    table = storage.sorted_listing(rows, LISTING_SCHEMA)
+    table = store.sorted_listing(rows, LISTING_SCHEMA)
     listing.batches = (pa.Table.from_batches([batch]) for batch in table.to_batches(batch_rows))
 
     def counted(batches):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
 
@@ -28,18 +27,11 @@ from .merge import newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
 from .shard import shard_name
-from .storage import location
+from .store import Location, check_locations, location
+from .store.parquet import atomic_parquet, read_parts, read_schema
+from .store.parts import PartsStore
 from .summary import RunSummary
-from .writer import (
-    METADATA_KEY,
-    PartsStore,
-    atomic_parquet,
-    output_lock,
-    output_schema,
-    parts_store,
-    read_parts,
-    read_schema,
-)
+from .writer import METADATA_KEY, output_schema
 
 ROW_GROUP_ROWS = 65536
 
@@ -78,18 +70,19 @@ def run(config: RunConfig, log=print) -> RunSummary:
 
 
 def _run(config: RunConfig, summary: RunSummary, started: float, log) -> None:
-    config.validate()
+    config.check()
+    check_locations(config)
     spec = resolve_model(config.model, config.labels, config.trust_model)
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = class_indices(spec, config.allow, config.deny)  # unknown labels are refused before any work
     output = location(config.output, config.storage_options)  # a local file, or an object in a bucket
-    with output_lock(output, config.wait):
+    with output.lock(config.wait):
         listing = list_images(
             config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
         )
         root = str(listing.root)
         key = reuse_key(spec, config, root)
-        store = parts_store(output, key)
+        store = PartsStore(output, key)
         message = store.open()
         if message:
             log(message, file=sys.stderr)
@@ -181,7 +174,7 @@ def write_output(output, schema, metadata: dict, sources: list, plan: RunPlan) -
             writer.write_table(table.cast(plain).replace_schema_metadata(metadata_bytes), row_group_size=ROW_GROUP_ROWS)
 
 
-def _error_messages(parts: list[Path]) -> list[str]:
+def _error_messages(parts: list[Location]) -> list[str]:
     """The error column of this run's error rows."""
     messages: list[str] = []
     for table in read_parts(parts, ["status", "error"]):
@@ -189,7 +182,7 @@ def _error_messages(parts: list[Path]) -> list[str]:
     return messages
 
 
-def _embedding_size(files: list[Path]) -> int | None:
+def _embedding_size(files: list[Location]) -> int | None:
     for file in files[:1]:
         schema = read_schema(file)
         if "embedding" in schema.names:

@@ -19,7 +19,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +29,8 @@ from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, newest_rows
 from .models.registry import BUILTIN_MODELS, ModelSpec
 from .paths import fs_path
-from .writer import read_output, read_parts, read_run_metadata, read_schema
+from .store.parquet import read_output, read_parts, read_schema
+from .writer import read_run_metadata
 
 PATH_FORMAT = 2  # path texts with the backslash escaped (discover.path_text)
 
@@ -96,7 +96,7 @@ class RunPlan:
     reusable: int = 0  # rows the sources held (newest of each path): what a drop is measured against
     reason: str | None = None  # why last night's output could not be used
     kept_errors: list[str] = field(default_factory=list)  # the error column of kept rows that are errors
-    source_files: list[Path] = field(default_factory=list)  # the files behind ``sources``
+    source_files: list = field(default_factory=list)  # the files behind ``sources`` (``store.Location``s)
 
     @property
     def kept(self) -> int:
@@ -140,7 +140,7 @@ def content_hash(path: str) -> str | None:
 
 
 def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:
-    """Last night's output (a ``Path`` or a ``storage.ObjectPath``) as a source of rows, or why it cannot be one."""
+    """Last night's output (a ``store.Location``) as a source of rows, or why it cannot be one."""
     if not previous.exists():
         return None, f"{previous} does not exist yet"
     try:

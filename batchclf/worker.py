@@ -35,7 +35,7 @@ from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
 from .models.registry import ModelSpec, load_keras_model
 from .paths import fs_path
 from .shard import Shard
-from .storage import StorageOptions, is_url, read_object
+from .store import StorageOptions, reader_for
 from .writer import output_schema
 
 PROGRESS_TOPIC = "batchclf-progress"
@@ -271,7 +271,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
 
     batch_positions: list[int] = []
     batch_pixels: list[np.ndarray] = []
-    read = functools.partial(read_object, options=options.storage) if is_url(shard.root) else None
+    read = reader_for(shard.root, options.storage)  # None: read the file itself
     window = max(2 * options.batch_size, 2 * options.decode_threads)
     decoded = _decode_ahead(full_paths, scorer, window, options.content_hash, read)
     for position in range(n):

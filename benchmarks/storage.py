@@ -4,7 +4,7 @@
 
 Builds a folder of hard links to the shared image sets (``--copies`` times each), uploads it once to a
 bucket on a moto server started here, then measures (1) raw reads, objects/s with 1 and 8 threads
-(``storage.read_object`` against ``decode.read_file``), and (2) ``batchclf run`` wall time on each.
+(``store.read_object`` against ``decode.read_file``), and (2) ``batchclf run`` wall time on each.
 Results go to ``benchmarks/results/storage.json``.
 """
 
@@ -60,7 +60,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from batchclf.decode import read_file
-    from batchclf.storage import StorageOptions, read_object
+    from batchclf.store import StorageOptions, read_object
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=2)

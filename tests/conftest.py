@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -61,3 +62,33 @@ def save_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", **par
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color).save(path, **params)
     return path
+
+
+S3_SECRET = "fake-secret-Zq81xYvP"  # the secret key given to the S3 server: no output or message may show it
+
+
+@contextlib.contextmanager
+def s3_server():
+    """moto's standalone S3 server on a free local port, reached through s3fs like a real endpoint.
+
+    Yields a boto3 client (to set up and inspect buckets behind the code's back) and the
+    ``--storage-options`` that reach the server, as a dict.
+    """
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="key",
+            aws_secret_access_key=S3_SECRET,
+            region_name="us-east-1",
+        )
+        yield client, {"endpoint_url": endpoint, "key": "key", "secret": S3_SECRET}
+    finally:
+        server.stop()

@@ -191,11 +191,11 @@ def test_int8_softmax_outputs_are_renormalised_not_taken_for_logits():
 
 def test_quantize_settings_are_validated(tmp_path):
     base = {"input": tmp_path, "output": tmp_path / "out.parquet"}
-    RunConfig(**base, quantize="int8").validate()
+    RunConfig(**base, quantize="int8").check()
     with pytest.raises(UsageError, match="--quantize must be one of int8"):
-        RunConfig(**base, quantize="int4").validate()
+        RunConfig(**base, quantize="int4").check()
     with pytest.raises(UsageError, match="not tf"):
-        RunConfig(**base, quantize="int8", backend="tf").validate()
+        RunConfig(**base, quantize="int8", backend="tf").check()
 
 
 def png_header(width: int, height: int) -> bytes:

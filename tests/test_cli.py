@@ -84,7 +84,7 @@ def test_argparse_errors_exit_2(tmp_path):
 def test_zero_retries_is_allowed():
     from batchclf.config import RunConfig
 
-    RunConfig(input=Path("."), output=Path("o.parquet"), retries=0).validate()
+    RunConfig(input=Path("."), output=Path("o.parquet"), retries=0).check()
 
 
 def test_help_explains_every_option_with_default():

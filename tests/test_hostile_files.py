@@ -16,7 +16,8 @@ import pytest
 from conftest import run_cli
 
 from batchclf.errors import EXIT_USAGE
-from batchclf.writer import atomic_parquet, output_lock
+from batchclf.store import location
+from batchclf.store.parquet import atomic_parquet
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_the_lock_file_is_never_written(tmp_path):
     victim.write_text("precious\n")
     output = tmp_path / "out.parquet"
     os.link(victim, tmp_path / "out.parquet.lock")  # a hard link cannot be refused by O_NOFOLLOW
-    with output_lock(output):
+    with location(output).lock():
         pass
     assert victim.read_text() == "precious\n"
 
@@ -58,7 +59,7 @@ def test_the_lock_file_is_never_written(tmp_path):
 def test_a_fifo_at_the_lock_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "out.parquet.lock")
     with pytest.raises(Exception, match="not a regular file"):
-        with output_lock(tmp_path / "out.parquet"):
+        with location(tmp_path / "out.parquet").lock():
             pass
 
 
@@ -79,18 +80,18 @@ def test_leftovers_of_a_killed_merge_are_removed(tmp_path):
     output = tmp_path / "out.parquet"
     leftover = tmp_path / ".out.parquet.k2j4.partial"
     leftover.write_bytes(b"half a parquet file")
-    with output_lock(output):
+    with location(output).lock():
         pass
     assert not leftover.exists()
 
 
 def test_the_output_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
-    import batchclf.writer as writer
+    import batchclf.fsutil as fsutil
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(writer.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(writer.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(fsutil.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     table = pa.table({"path": ["a"]})
     with atomic_parquet(tmp_path / "out.parquet", table.schema) as parquet:
         parquet.write_table(table)

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 
 from batchclf.errors import EXIT_LOCKED
-from batchclf.writer import output_lock
+from batchclf.store import location
 
 SHARD_SIZE = "16"
 
@@ -186,7 +186,7 @@ def test_incremental_hash_ignores_touch_but_sees_content(datasets, tmp_path):
 def test_lock_refuses_second_run_then_wait_queues(datasets, tmp_path):
     output = tmp_path / "out.parquet"
     images = datasets / "food_toy_appliance"
-    with output_lock(output):
+    with location(output).lock():
         refused = run_cli("run", str(images), str(output), "--no-progress")
         assert refused.returncode == EXIT_LOCKED == 4
         assert f"pid {os.getpid()}" in refused.stderr and "--wait" in refused.stderr

@@ -8,46 +8,32 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli, save_image
+from conftest import S3_SECRET, run_cli, s3_server, save_image
 
-from batchclf.storage import StorageOptions
+from batchclf.store import StorageOptions
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-
-SECRET = "fake-secret-Zq81xYvP"
+SECRET = S3_SECRET
 COMPARED = ["path", "label", "score", "topk", "status", "bytes"]
 BUCKET = "images-bucket"
 
 
 @contextlib.contextmanager
-def s3_server(datasets, tmp_path_factory):
-    """The server, a bucket holding the shared images under ``images/``, and the same images on disk."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="key", aws_secret_access_key=SECRET, region_name="us-east-1"
-    )
-    client.create_bucket(Bucket=BUCKET)
-    local = tmp_path_factory.mktemp("local") / "images"
-    for folder in ("imagenet_objects", "food_toy_appliance"):
-        shutil.copytree(datasets / folder, local / folder, ignore=shutil.ignore_patterns("*.tsv", "*.txt"))
-    for file in sorted(local.rglob("*")):
-        if file.is_file():
-            client.upload_file(str(file), BUCKET, f"images/{file.relative_to(local).as_posix()}")
-    options = json.dumps({"endpoint_url": endpoint, "key": "key", "secret": SECRET})
-    try:
-        yield client, local, options
-    finally:
-        server.stop()
+def s3_with_images(datasets, tmp_path_factory):
+    """The S3 server, a bucket holding the shared images under ``images/``, and the same images on disk."""
+    with s3_server() as (client, settings):
+        client.create_bucket(Bucket=BUCKET)
+        local = tmp_path_factory.mktemp("local") / "images"
+        for folder in ("imagenet_objects", "food_toy_appliance"):
+            shutil.copytree(datasets / folder, local / folder, ignore=shutil.ignore_patterns("*.tsv", "*.txt"))
+        for file in sorted(local.rglob("*")):
+            if file.is_file():
+                client.upload_file(str(file), BUCKET, f"images/{file.relative_to(local).as_posix()}")
+        yield client, local, json.dumps(settings)
 
 
 @pytest.fixture(scope="module")
 def s3(datasets, tmp_path_factory):
-    with s3_server(datasets, tmp_path_factory) as found:
+    with s3_with_images(datasets, tmp_path_factory) as found:
         yield found
 
 

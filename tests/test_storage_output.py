@@ -12,17 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli, save_image
-from test_storage import BUCKET, COMPARED, SECRET, _rows, _run, s3_server
+from test_storage import BUCKET, COMPARED, SECRET, _rows, _run, s3_with_images
 
 from batchclf.errors import LockedError
-from batchclf.storage import ObjectPath, StorageOptions
-from batchclf.writer import output_lock
+from batchclf.store import StorageOptions, location
 
 IMAGES = f"s3://{BUCKET}/images"
 
@@ -45,7 +43,7 @@ def _object_metadata(client, key: str) -> str:
 @pytest.fixture(scope="module")
 def s3(datasets, tmp_path_factory):
     """The S3 server of ``test_storage``, with the shared images in the bucket and on disk."""
-    with s3_server(datasets, tmp_path_factory) as found:
+    with s3_with_images(datasets, tmp_path_factory) as found:
         yield found
 
 
@@ -158,41 +156,23 @@ def _lock_options(s3) -> StorageOptions:
     return StorageOptions(json.loads(s3[2]))
 
 
-def test_the_object_lock_excludes_a_second_holder_and_wait_queues_behind_it(s3):
+def test_the_object_lock_is_an_object_naming_its_holder_released_on_failure_and_taken_over_when_dead(s3):
+    """The object-store side of the lock (the contract suite checks exclusion and --wait on both kinds)."""
     client, _, _ = s3
-    output = ObjectPath(f"s3://{BUCKET}/out-lock/predictions.parquet", _lock_options(s3))
-    acquired = threading.Event()
-    with output_lock(output):
-        assert _keys(client, "out-lock/") == ["out-lock/predictions.parquet.lock"]
-        with pytest.raises(LockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
-            with output_lock(output):
-                pass
-
-        def second() -> None:
-            with output_lock(output, wait=True):
-                acquired.set()
-
-        waiter = threading.Thread(target=second)
-        waiter.start()
-        time.sleep(1)
-        assert not acquired.is_set()
-    waiter.join(timeout=30)
-    assert acquired.is_set()
-    assert _keys(client, "out-lock/") == []
-
-
-def test_the_object_lock_is_released_on_failure_and_a_dead_local_holder_is_taken_over(s3):
-    client, _, _ = s3
-    output = ObjectPath(f"s3://{BUCKET}/out-stale/predictions.parquet", _lock_options(s3))
+    output = location(f"s3://{BUCKET}/out-stale/predictions.parquet", _lock_options(s3))
     with pytest.raises(KeyboardInterrupt):  # what SIGINT and SIGTERM raise in the driver
-        with output_lock(output):
+        with output.lock():
+            assert _keys(client, "out-stale/") == ["out-stale/predictions.parquet.lock"]
+            with pytest.raises(LockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+                with output.lock():
+                    pass
             raise KeyboardInterrupt
     assert _keys(client, "out-stale/") == []
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     holder = {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00Z", "token": "t"}
     client.put_object(Bucket=BUCKET, Key="out-stale/predictions.parquet.lock", Body=json.dumps(holder).encode())
-    with output_lock(output):
+    with output.lock():
         body = client.get_object(Bucket=BUCKET, Key="out-stale/predictions.parquet.lock")["Body"].read()
         assert json.loads(body)["pid"] == os.getpid()
     assert _keys(client, "out-stale/") == []

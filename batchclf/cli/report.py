@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
-from ..storage import location_argument
+from ..store import location_argument
 
 
 def add_parser(subparsers) -> None:
@@ -82,7 +82,7 @@ def add_parser(subparsers) -> None:
 
 def _report(args) -> int:
     from ..report.build import ReportConfig, build_report
-    from ..storage import StorageOptions
+    from ..store import StorageOptions
 
     config = ReportConfig(
         output=args.output,

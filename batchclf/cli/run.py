@@ -24,7 +24,7 @@ from ..config import (
 )
 from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted
 from ..machine import may_score_in_process
-from ..storage import StorageOptions, location_argument
+from ..store import StorageOptions, check_locations, location_argument
 from ..summary import check_summary_path, write_summary
 from ..supervise import supervised
 from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, exit_status, labels_list
@@ -209,7 +209,8 @@ def handle(args: argparse.Namespace) -> int:
     check_summary_path(args.summary)
     config = RunConfig.from_fields({**vars(args), "storage_options": StorageOptions.parse(args.storage_options)})
     try:
-        config.validate()
+        config.check()
+        check_locations(config)
     except (BatchclfError, Interrupted) as error:
         write_summary(args.summary, None, config, error.exit_code, str(error))
         raise

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..errors import UsageError
-from ..fsutil import creation_error
-from ..storage import StorageOptions, is_url, location
-from ..writer import write_text_atomically
+from ..fsutil import creation_error, write_atomically
+from ..store import Location, StorageOptions, location
 from . import run as runs
 from .drift import Drift, compare_runs
 from .page import LabelSheet, Page, render
@@ -86,25 +85,27 @@ class ReportSummary:
         )
 
 
-def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Path | str | None, list[str]]:
+def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Location | None, list[str]]:
     """The folder (or URL prefix) thumbnails are read from, and warnings about it."""
     if config.root is not None:
-        if is_url(str(config.root)):
-            return str(config.root), []
-        if not config.root.is_dir():
+        root = location(config.root, config.storage_options)
+        if not root.is_folder():
             raise UsageError(f"--root {config.root} is not a folder; give the folder the run's paths are relative to")
-        return config.root, []
+        return root, []
     recorded = run.metadata.get("input_root")
     if not recorded:
         return None, [f"{config.output} records no input root; pass --root DIR to show thumbnails"]
-    if is_url(recorded):  # read through the storage options; an object that cannot be read shows as such
-        return recorded, []
-    if not Path(recorded).is_dir():
+    root = location(recorded, config.storage_options)
+    try:
+        here = root.is_folder()
+    except UsageError as error:  # a bucket that cannot be reached: the report is still worth writing
+        return None, [f"{error}; thumbnails are shown as missing (pass --root DIR)"]
+    if not here:
         return None, [f"input root {recorded} is not here; thumbnails are shown as missing (pass --root DIR)"]
-    return Path(recorded), []
+    return root, []
 
 
-def _header(config: ReportConfig, run: runs.Run, root: Path | None) -> list[tuple[str, str]]:
+def _header(config: ReportConfig, run: runs.Run, root: Location | None) -> list[tuple[str, str]]:
     meta = run.metadata
     rows = [
         ("input root", str(root or meta.get("input_root") or "unknown")),
@@ -172,9 +173,10 @@ def build_report(config: ReportConfig) -> ReportSummary:
     root, warnings = _input_root(config, run)
     truth = None
     if config.truth:
-        if is_url(str(root or run.metadata.get("input_root") or "")):
+        folder = (root or location(run.metadata.get("input_root") or ".", config.storage_options)).local_path
+        if folder is None:
             raise UsageError("--truth matches paths on disk; for a run over a bucket pass --root DIR with a local copy")
-        labels, outside = read_truth(config.truth, root or Path(run.metadata.get("input_root") or "."))
+        labels, outside = read_truth(config.truth, folder)
         truth = score_run(run, labels)
         if outside:
             warnings.append(f"{len(outside):,} paths in {config.truth} are outside the input root and were ignored")
@@ -197,7 +199,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
     if root is None:
         thumbnails = {path: Thumbnail(None, "missing") for path in wanted}
     else:
-        thumbnails = make_thumbnails(root, wanted, config.threads, config.storage_options)
+        thumbnails = make_thumbnails(root, wanted, config.threads)
     summary.timings["thumbnails"] = time.perf_counter() - thumbnails_started
     summary.thumbnails = sum(1 for t in thumbnails.values() if t.uri)
 
@@ -224,10 +226,10 @@ def build_report(config: ReportConfig) -> ReportSummary:
         changed_items=changed,
         truth=truth,
     )
-    summary.bytes = write_text_atomically(config.report, render(page))
+    summary.bytes = write_atomically(config.report, render(page))
     if config.json:
         document = summary_json(config, run, counts, low_count, drift, truth)
-        write_text_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     summary.rows, summary.drift, summary.truth = run.files, drift, truth
     summary.seconds = time.perf_counter() - started
     return summary

@@ -9,7 +9,6 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..writer import METADATA_KEY, readable
+from ..store import Location
+from ..writer import METADATA_KEY
 
 NO_LABEL = "(no label)"  # an ok row whose top score was below the run's --threshold
 ERROR_LABEL = "(error)"
@@ -42,7 +42,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Run:
-    source: Path
+    source: Location
     metadata: dict
     table: pa.Table  # COLUMNS, with NO_LABEL in place of the null label of ok rows
 
@@ -70,25 +70,25 @@ class Run:
         return pa.table({"path": self.table["path"], "outcome": outcome, "score": self.table["score"]})
 
 
-def read_run(path, option: str = "run output") -> Run:
+def read_run(path: Location, option: str = "run output") -> Run:
     """Open a ``batchclf run`` output; ``option`` names the argument in error messages.
 
     The file may come from anywhere, so everything the report relies on is checked here, before any
     work: the columns and their types, no null path or status, no path twice, and metadata that is a
     JSON object with fields of the right types. Each problem is one ``UsageError`` line.
     """
-    if not path.is_file():  # a ``Path``, or a ``storage.ObjectPath`` (which says itself when it cannot be reached)
+    if not path.is_file():  # an object that cannot be reached says so itself, in one line
         raise UsageError(f"{option} {path} does not exist; give the Parquet file written by 'batchclf run'")
     what = f"{option} {path}"
     try:
-        with readable(path) as source:
+        with path.arrow_source() as source:
             schema = pq.read_schema(source)
     except (pa.ArrowException, OSError):
         raise UsageError(f"{what} is not a Parquet file; give the output of 'batchclf run'") from None
     _check_schema(what, schema)
     metadata = _run_metadata(what, schema)
     try:
-        with readable(path) as source:
+        with path.arrow_source() as source:
             table = pq.read_table(source, columns=list(COLUMNS)).select(list(COLUMNS)).cast(_TABLE_SCHEMA)
     except (pa.ArrowException, OSError) as error:
         raise UsageError(f"cannot read {what}: {_first_line(error)}; is it a complete 'batchclf run' output?") from None

@@ -177,6 +177,6 @@ def format_report(report: dict, verbose: bool = False) -> str:
 
 def write_json(report: dict, path: Path) -> None:
     """Write the report so that a reader never sees half of it."""
-    from ..writer import write_text_atomically
+    from ..fsutil import write_atomically
 
-    write_text_atomically(path, json.dumps(report, indent=2) + "\n")
+    write_atomically(path, json.dumps(report, indent=2) + "\n")

@@ -32,7 +32,7 @@ def test_a_new_file_gets_the_mode_open_would_give_it(tmp_path, umask, mask, mode
 
 
 def test_the_output_parquet_is_written_with_that_mode(tmp_path, umask):
-    from batchclf.writer import atomic_parquet
+    from batchclf.store.parquet import atomic_parquet
 
     umask(0o022)
     table = pa.table({"path": ["a.jpg"]})

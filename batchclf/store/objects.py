@@ -1,9 +1,10 @@
-"""Object storage: any fsspec URL (``s3://``, ``gs://``, ``az://`` ...) as the input or the output of a run.
+"""An object in a bucket: any fsspec URL (``s3://``, ``gs://``, ``az://`` ...) as an input or an output.
 
-Everything that knows about URLs lives here; discovery, the workers, the writer and the config only
-call in. An output in a bucket is an ``ObjectPath``: the few things the writer asks of a ``Path``
-(name, sibling, exists, open), plus the two writes object storage makes atomic: one PUT, and a PUT
-that only creates (``If-None-Match: *``), which is what the lock is made of.
+An output in a bucket is an ``ObjectLocation``, named like a file, plus the two writes object storage
+makes atomic: one PUT (``atomic_write`` builds the content in the system's temporary folder and
+uploads it when complete), and a PUT that only creates (``If-None-Match: *``), which is what the lock
+is made of. An input prefix is listed here on the driver (size + last-modified are the signature) and
+its objects read by the workers (``read_object``).
 Credentials come from where the storage library looks for them (environment, profile, instance role)
 plus ``--storage-options JSON``; those options are carried in a ``StorageOptions`` whose ``repr`` hides
 the values, so a secret never reaches a log line, an error message, the summary or the output.
@@ -13,77 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
+import functools
+import hashlib
+import io
 import json
-import re
+import os
 import secrets
+import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import LockedError, UsageError
+from ..fsutil import open_regular_no_follow, process_alive
+from .base import Location, OutsideRootError
+from .options import StorageOptions
 
-URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-URL_DECODE_THREADS = 8  # object reads wait on the network: enough requests in flight to hide the latency
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-
-
-def is_url(location) -> bool:
-    """A ``scheme://`` location (``file://`` included) rather than a local path."""
-    return isinstance(location, str) and bool(URL_PATTERN.match(location))
-
-
-class StorageOptions:
-    """Keyword arguments for the fsspec file system; printed as their keys only, never their values."""
-
-    def __init__(self, options: dict | None = None):
-        self.options = dict(options or {})
-
-    @classmethod
-    def parse(cls, text: str | None) -> StorageOptions:
-        """``--storage-options`` text: a JSON object, refused with a message that never echoes it."""
-        if not text:
-            return cls()
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise UsageError(
-                '--storage-options must be a JSON object, e.g. \'{"endpoint_url": "https://..."}\''
-            ) from None
-        if not isinstance(value, dict):
-            raise UsageError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
-        return cls(value)
-
-    def __repr__(self) -> str:
-        return f"StorageOptions(keys={sorted(self.options)})"
-
-    __str__ = __repr__
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, StorageOptions) and self.options == other.options
-
-    def __hash__(self) -> int:
-        return hash(json.dumps(self.options, sort_keys=True, default=str))
-
-    def secrets(self) -> list[str]:
-        """Every text value, nested ones included: what must never be shown."""
-        found: list[str] = []
-
-        def walk(value) -> None:
-            if isinstance(value, dict):
-                for item in value.values():
-                    walk(item)
-            elif isinstance(value, (list, tuple)):
-                for item in value:
-                    walk(item)
-            elif isinstance(value, str) and len(value) >= 4:
-                found.append(value)
-
-        walk(self.options)
-        return found
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return text
+LOCK_POLL_SECONDS = 2.0
 
 
 def filesystem(url: str, options: StorageOptions | None = None):
@@ -132,7 +82,7 @@ def modified_us(info: dict) -> int | None:
     return None
 
 
-def check_input(url: str, options: StorageOptions) -> None:
+def _check_input(url: str, options: StorageOptions) -> None:
     """Refuse an input prefix that cannot be reached before any work starts."""
     fs, path = filesystem(url, options)
     try:
@@ -176,17 +126,13 @@ def sorted_listing(rows: list[tuple], schema):
     return table.take(pc.sort_indices(table, [("path", "ascending")]))
 
 
-class ObjectChanged(Exception):
-    """The object was rewritten while it was read."""
-
-
 def read_object(url: str, options: StorageOptions | None, attempts: int = 3):
     """An object's bytes, with the size and last-modified they were read at (one GET after one HEAD).
 
     When the bytes read do not match the size just looked up, the object changed meanwhile and is
     read again, so the row's size and mtime describe the bytes scored.
     """
-    from .decode import FileContent, ImageDecodeError
+    from ..decode import FileContent, ImageDecodeError
 
     fs, path = filesystem(url, options)
     for _ in range(attempts):
@@ -197,7 +143,7 @@ def read_object(url: str, options: StorageOptions | None, attempts: int = 3):
     raise ImageDecodeError(f"the object kept changing while being read ({attempts} tries); it is scored again next run")
 
 
-def check_output(url: str, options: StorageOptions) -> None:
+def _check_output(url: str, options: StorageOptions) -> None:
     """Refuse an output location that cannot be written, before any work starts, leaving nothing behind.
 
     A probe object is written beside the output and removed: that is the one test that catches a
@@ -218,8 +164,10 @@ def check_output(url: str, options: StorageOptions) -> None:
         raise UsageError(f"output {url} is a prefix holding objects; give a name such as {url}/predictions.parquet")
 
 
-class ObjectPath:
-    """An object in a bucket, named like a local file: enough of ``Path`` for the writer and the report."""
+class ObjectLocation(Location):
+    """An object in a bucket (or a prefix, taken as a folder), named like a local file."""
+
+    concurrent_reads = 8  # object reads wait on the network: enough requests in flight to hide the latency
 
     def __init__(self, url: str, options: StorageOptions | None = None):
         self.url = url
@@ -228,24 +176,19 @@ class ObjectPath:
     def __str__(self) -> str:
         return self.url
 
-    def __repr__(self) -> str:
-        return f"ObjectPath({self.url!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, ObjectPath) and self.url == other.url
-
-    def __hash__(self) -> int:
-        return hash(self.url)
+    @property
+    def storage_options(self) -> StorageOptions:
+        return self.options
 
     @property
     def name(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
-    def with_name(self, name: str) -> ObjectPath:
-        return ObjectPath(self.url.rstrip("/").rsplit("/", 1)[0] + "/" + name, self.options)
+    def sibling(self, name: str) -> ObjectLocation:
+        return ObjectLocation(self.url.rstrip("/").rsplit("/", 1)[0] + "/" + name, self.options)
 
-    def __truediv__(self, name: str) -> ObjectPath:
-        return ObjectPath(self.url.rstrip("/") + "/" + name, self.options)
+    def child(self, name: str) -> ObjectLocation:
+        return ObjectLocation(self.url.rstrip("/") + "/" + name, self.options)
 
     def _fs(self):
         fs, path = filesystem(self.url, self.options)
@@ -264,18 +207,21 @@ class ObjectPath:
         except Exception as error:
             raise storage_error(self.url, error, self.options, "reach") from None
 
-    def open(self, mode: str = "rb"):
+    def is_folder(self) -> bool:
+        """Whether objects lie under this prefix; a bucket that cannot be reached is a one-line ``UsageError``."""
         fs, path = self._fs()
-        return fs.open(path, mode)
+        try:
+            return fs.isdir(path)
+        except Exception as error:
+            raise storage_error(self.url, error, self.options, "reach") from None
+
+    def open_read(self):
+        fs, path = self._fs()
+        return fs.open(path, "rb")
 
     def read_text(self) -> str:
         fs, path = self._fs()
         return fs.cat_file(path).decode("utf-8")
-
-    def write_bytes(self, data: bytes) -> None:
-        """One PUT: readers see the old object or the new one."""
-        fs, path = self._fs()
-        fs.pipe_file(path, data)
 
     def create(self, data: bytes) -> bool:
         """Write the object only if none exists (a conditional PUT); False when one already does."""
@@ -286,39 +232,128 @@ class ObjectPath:
             return False
         return True
 
-    def upload(self, local: Path) -> None:
-        """Upload a finished local file (one PUT, or a multipart upload that appears only when complete)."""
-        fs, path = self._fs()
-        fs.put_file(str(local), path)
+    @contextlib.contextmanager
+    def atomic_write(self) -> Iterator[io.BufferedWriter]:
+        """A file in the system's temporary folder, uploaded when the block ends (one PUT, or a multipart
+        upload that appears only when complete): a reader of the bucket sees the old object or the new one."""
+        with tempfile.TemporaryDirectory(prefix="batchclf-upload-") as folder:
+            local = Path(folder) / "upload"
+            with open(local, "wb") as stream:
+                yield stream
+            fs, path = self._fs()
+            fs.put_file(str(local), path)
 
-    def children(self) -> list[ObjectPath]:
-        """The objects under this prefix, as if it were a folder."""
+    def lock(self, wait: bool = False):
+        return _object_lock(self, wait)
+
+    def _under(self, recursive: bool) -> list[str]:
+        """The names just under this prefix (objects and deeper prefixes), or every object at any depth."""
         fs, path = self._fs()
         prefix = path.rstrip("/") + "/"
         try:
-            found = fs.find(path)
+            found = fs.find(path) if recursive else fs.ls(path, detail=False)
         except FileNotFoundError:
             return []
-        return [self / name[len(prefix) :] for name in found if name.startswith(prefix)]
+        return [name[len(prefix) :] for name in found if name.startswith(prefix)]
 
-    def unlink(self, missing_ok: bool = True) -> None:
+    def children(self) -> list[ObjectLocation]:
+        """What lies just under this prefix, as if it were a folder: objects, and deeper prefixes."""
+        return [self.child(name.rstrip("/")) for name in self._under(recursive=False)]
+
+    def make_folder(self) -> None:
+        pass  # a prefix exists as soon as an object is written under it
+
+    def unlink(self) -> None:
         fs, path = self._fs()
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(path)
 
-    def remove_prefix(self) -> None:
-        """Every object under this prefix."""
-        for child in self.children():
-            child.unlink()
+    def remove_tree(self) -> None:
+        """Every object under this prefix, at any depth."""
+        for name in self._under(recursive=True):
+            self.child(name).unlink()
+
+    @contextlib.contextmanager
+    def open_inside(self, name: str) -> Iterator[io.BytesIO]:
+        """The object ``name`` under this prefix; a name with an empty, ``.`` or ``..`` segment is refused,
+        so no object outside the prefix is read."""
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            raise OutsideRootError(name)
+        yield io.BytesIO(read_object(self.child(name).url, self.options).data)
+
+    def reader(self):
+        return functools.partial(read_object, options=self.options)
+
+    def check_input(self, content_hash: bool = False) -> None:
+        if content_hash:
+            raise UsageError("--hash reads every file on the driver; for a URL input leave it out")
+        _check_input(self.url, self.options)
+
+    def check_output(self) -> None:
+        _check_output(self.url, self.options)
 
 
-def location_argument(text: str) -> Path | str:
-    """A command-line location: a URL stays text (``Path`` would fold ``s3://`` into ``s3:/``), the rest a path."""
-    return text if is_url(text) else Path(text)
+def _lock_record(lock: ObjectLocation) -> dict | None:
+    """What the lock object says about its holder; None when it is gone, {} when it cannot be read."""
+    try:
+        record = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
-def location(place, options: StorageOptions | None = None) -> Path | ObjectPath:
-    """A local ``Path``, or an ``ObjectPath`` when ``place`` is a URL (reading it uses ``options``)."""
-    if isinstance(place, ObjectPath):
-        return place
-    return ObjectPath(place, options) if is_url(str(place)) else Path(place)
+def _break_if_stale(lock: ObjectLocation, record: dict) -> bool:
+    """Remove a lock left by a run of this host that is no longer running; True when it was removed.
+
+    Only a holder on this host can be checked (its pid). A local ``flock`` keyed by the lock's URL
+    makes the check and the removal one step among this host's runs, so two of them never both
+    break one stale lock and then both hold a fresh one; runs elsewhere never break a lock at all.
+    """
+    if record.get("host") != socket.gethostname() or process_alive(record.get("pid")):
+        return False
+    key = hashlib.sha256(lock.url.encode()).hexdigest()[:24]
+    guard = open_regular_no_follow(Path(tempfile.gettempdir()) / f".batchclf-lock-{key}", os.O_RDONLY | os.O_CREAT)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if _lock_record(lock) == record:
+            lock.unlink()
+        return True
+    finally:
+        os.close(guard)
+
+
+@contextlib.contextmanager
+def _object_lock(output: ObjectLocation, wait: bool = False):
+    """The lock of an output in a bucket: ``OUTPUT.lock``, an object made by a conditional create.
+
+    The object says who holds it (host, pid, start time). A process killed by SIGKILL cannot remove
+    it; the next run on the same host sees that pid is gone and takes the lock over. A holder on
+    another host cannot be checked, so its lock is never broken: the run exits 4 and says how to
+    remove it once that run is known to be gone. The lock is removed when the run ends, by any
+    means short of SIGKILL (an error, SIGINT, SIGTERM), and only if it is still this run's.
+    """
+    lock = output.sibling(output.name + ".lock")
+    mine = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "token": os.urandom(8).hex(),
+    }
+    while not lock.create(json.dumps(mine).encode()):
+        record = _lock_record(lock)
+        if record is None or _break_if_stale(lock, record):
+            continue  # released meanwhile, or left by a dead run of this host: try again
+        if not wait:
+            who = f"pid {record.get('pid', '?')} on {record.get('host', '?')} since {record.get('started', '?')}"
+            raise LockedError(
+                f"another batchclf run ({who}) holds {lock}; wait for it, or pass --wait to queue; "
+                f"if that run is no longer running, delete {lock} and run again"
+            )
+        time.sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        if _lock_record(lock) == mine:
+            lock.unlink()

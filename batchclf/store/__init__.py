@@ -1,0 +1,81 @@
+"""Where bytes live: a folder on disk or an object in a bucket, behind one ``Location`` interface.
+
+This package is the only one that knows a folder from a bucket. ``location`` chooses, once, at the
+edge: a URL (``s3://``, ``gs://`` ... any fsspec URL) becomes an ``objects.ObjectLocation``, anything
+else a ``local.LocalLocation``. The stages then ask the location (exists, read, write atomically,
+lock, list, remove) and never which kind it is. ``store.parts`` (the parts store) and
+``store.parquet`` (Parquet files written and read at a location) are built on the interface alone;
+they load Arrow, so they are imported on their own and the command line can parse a location
+without it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from .base import Location, OutsideRootError
+from .local import LocalLocation
+from .objects import ObjectLocation, list_objects, read_object, sorted_listing
+from .options import StorageOptions
+
+__all__ = [
+    "Location",
+    "LocalLocation",
+    "ObjectLocation",
+    "OutsideRootError",
+    "StorageOptions",
+    "check_input",
+    "check_output",
+    "is_url",
+    "list_objects",
+    "location",
+    "location_argument",
+    "read_object",
+    "reader_for",
+    "sorted_listing",
+]
+
+URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(place) -> bool:
+    """A ``scheme://`` text (``file://`` included) rather than a local path."""
+    return isinstance(place, str) and bool(URL_PATTERN.match(place))
+
+
+def location_argument(text: str) -> Path | str:
+    """A command-line location: a URL stays text (``Path`` would fold ``s3://`` into ``s3:/``), the rest a path."""
+    return text if is_url(text) else Path(text)
+
+
+def location(place: Location | Path | str, options: StorageOptions | None = None) -> Location:
+    """The one choice: an object location when ``place`` is a URL (read and written with ``options``),
+    a local one otherwise; a ``Location`` is returned as it is."""
+    if isinstance(place, Location):
+        return place
+    return ObjectLocation(place, options) if is_url(place) else LocalLocation(place)
+
+
+def reader_for(root: Path | str, options: StorageOptions | None = None) -> Callable | None:
+    """How a worker reads the images under ``root``: a function of a full name, or None to read files."""
+    return location(root, options).reader()
+
+
+def check_input(place: Path | str, options: StorageOptions | None = None, content_hash: bool = False) -> None:
+    """Refuse an input that cannot be read (``content_hash``: one the driver must hash) before any work."""
+    location(place, options).check_input(content_hash)
+
+
+def check_locations(config) -> None:
+    """Refuse a run's input and output (a ``RunConfig``'s) before any work: the input first; the
+    output last, since in a bucket that check writes (a probe object, removed at once)."""
+    check_input(config.input, config.storage_options, content_hash=config.hash)
+    check_output(config.output, config.storage_options)
+
+
+def check_output(place: Path | str, options: StorageOptions | None = None) -> None:
+    """Refuse an output that cannot be written before any work, leaving nothing behind (a bucket is
+    probed with an object written and removed: call this last among the checks)."""
+    location(place, options).check_output()

@@ -1,0 +1,194 @@
+"""A location on this machine's file system.
+
+The atomic write is ``fsutil.atomic_file`` (``mkstemp`` beside the target, fsync, rename, fsync of
+the folder). The lock is an ``flock`` on ``NAME.lock``, opened without following links and never
+written; the kernel drops it when the process dies, so a killed run never leaves a stale lock, and
+its holder clears the temporaries a killed writer left beside the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import LockedError, UsageError
+from ..fsutil import TEMPORARY_SUFFIX, atomic_file, can_create_files_in, open_regular_no_follow, temporary_prefix
+from .base import Location, OutsideRootError
+
+_OPEN_INSIDE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class LocalLocation(Location):
+    """A file or folder on disk."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def local_path(self) -> Path:
+        return self.path
+
+    def sibling(self, name: str) -> LocalLocation:
+        return LocalLocation(self.path.with_name(name))
+
+    def child(self, name: str) -> LocalLocation:
+        return LocalLocation(self.path / name)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def is_file(self) -> bool:
+        return self.path.is_file()
+
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
+
+    def open_read(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    @contextlib.contextmanager
+    def arrow_source(self) -> Iterator[Path]:
+        """The path itself: Arrow reads a local file natively."""
+        yield self.path
+
+    def read_text(self) -> str:
+        return self.path.read_text()
+
+    def atomic_write(self):
+        return atomic_file(self.path)
+
+    def lock(self, wait: bool = False):
+        return _file_lock(self, wait)
+
+    def children(self) -> list[LocalLocation]:
+        """The entries of the folder; a link or a file in its place is refused (writing there would write
+        wherever it points)."""
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+            raise UsageError(f"{self.path} is not a folder; remove it")
+        if not self.path.exists():
+            return []
+        return [LocalLocation(entry) for entry in self.path.iterdir()]
+
+    def make_folder(self) -> None:
+        self.path.mkdir(exist_ok=True)
+
+    def unlink(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def remove_tree(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def open_inside(self, name: str) -> Iterator[BinaryIO]:
+        """The regular file ``name`` under this folder, opened for reading.
+
+        The name is resolved first (symlinks included) and refused when it leads outside, so no byte of
+        an outside file is read. ``O_NOFOLLOW`` and a look at what was actually opened
+        (``/proc/self/fd``) close the gap in which a folder could be swapped for a link.
+        """
+        root = os.path.realpath(self.path)
+        real = os.path.realpath(os.path.join(root, name))
+        if not _inside(root, real):
+            raise OutsideRootError(name)
+        handle = os.open(real, _OPEN_INSIDE_FLAGS)
+        try:
+            opened = os.readlink(f"/proc/self/fd/{handle}")
+        except OSError:
+            opened = real  # no /proc: the resolved path is what was opened
+        mode = os.fstat(handle).st_mode
+        problem = None
+        if not _inside(root, opened):
+            problem = OutsideRootError(name)
+        elif stat.S_ISDIR(mode):
+            problem = IsADirectoryError(name)
+        elif not stat.S_ISREG(mode):  # a FIFO, a device: never read
+            problem = OSError(f"{name} is not a regular file")
+        if problem:
+            os.close(handle)
+            raise problem
+        with os.fdopen(handle, "rb") as stream:
+            yield stream
+
+    def check_input(self, content_hash: bool = False) -> None:
+        if not self.path.exists():
+            raise UsageError(f"input {self.path} does not exist; give a folder of images or a file listing them")
+
+    def check_output(self) -> None:
+        if self.path.is_dir():
+            raise UsageError(
+                f"output {self.path} is a folder; give a file name such as {self.path}/predictions.parquet"
+            )
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"output folder {parent} does not exist; create it first")
+        if not can_create_files_in(parent):
+            raise UsageError(f"output folder {parent} is not writable; choose another output path")
+
+
+def _inside(root: str, real: str) -> bool:
+    return os.path.commonpath([root, real]) == root
+
+
+def _lock_holder(descriptor: int) -> str:
+    """The pid holding an flock on this file, from /proc/locks (nothing is ever written to the lock file)."""
+    inode = os.fstat(descriptor).st_ino
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+@contextlib.contextmanager
+def _file_lock(target: LocalLocation, wait: bool = False):
+    """The lock of a local output.
+
+    An advisory ``flock``: the kernel releases it when the process dies, even by SIGKILL, so a
+    crashed run never leaves a stale lock behind. The file is opened without following symlinks and
+    is never written, so a link or hard link planted there cannot make the run damage another file.
+    """
+    output = target.path
+    descriptor = open_regular_no_follow(output.with_name(output.name + ".lock"), os.O_RDONLY | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockedError(
+                f"another batchclf run (pid {_lock_holder(descriptor)}) is writing {output}; "
+                "wait for it, or pass --wait to queue"
+            ) from None
+        _remove_stale_temporaries(output)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """Temporary files of a killed run on this output (only the lock holder writes them)."""
+    prefix = temporary_prefix(output)
+    with contextlib.suppress(OSError), os.scandir(output.parent) as entries:
+        for entry in entries:
+            if (
+                entry.name.startswith(prefix)
+                and entry.name.endswith(TEMPORARY_SUFFIX)
+                and not entry.is_dir(follow_symlinks=False)  # a planted link goes too, not its target
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

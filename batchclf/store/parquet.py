@@ -1,0 +1,51 @@
+"""Parquet files at a ``Location``: written atomically, read back whole, a row group at a time, or by footer.
+
+Written once against the interface: a file on disk and an object in a bucket are read and written the
+same way, through ``Location.arrow_source`` and ``Location.atomic_write``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import location
+from .base import Location
+
+
+@contextlib.contextmanager
+def atomic_parquet(target: Location | Path, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
+    """A ParquetWriter whose file replaces ``target`` only when the block ends without an error: a reader
+    sees the old file or the new one, never part of one (``Location.atomic_write``)."""
+    with location(target).atomic_write() as stream:
+        with pq.ParquetWriter(stream, schema, compression="zstd", **options) as writer:
+            yield writer
+
+
+def read_schema(place: Location | Path) -> pa.Schema:
+    """The schema of a Parquet file (only its footer is read)."""
+    with location(place).arrow_source() as source:
+        return pq.read_schema(source)
+
+
+def read_parts(parts: Iterable[Location | Path], columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The rows of consecutive parts, in order: a path-sorted stream when the parts are one attempt's."""
+    for part in parts:
+        with location(part).arrow_source() as source:
+            table = pq.read_table(source, columns=columns)
+        if table.num_rows:
+            yield table
+
+
+def read_output(
+    place: Location | Path, columns: list[str] | None = None, batch_rows: int = 65536
+) -> Iterator[pa.Table]:
+    """An output file as a stream of tables, one row group's worth at a time."""
+    with location(place).arrow_source() as source:
+        parquet = pq.ParquetFile(source)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
