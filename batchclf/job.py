@@ -23,7 +23,7 @@ from .errors import (
     MassDropError,
     UsageError,
 )
-from .merge import newest_rows
+from .merge import UnusableSourceError, newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
 from .shard import shard_name
@@ -77,78 +77,97 @@ def _run(config: RunConfig, summary: RunSummary, started: float, log) -> None:
     allowed = class_indices(spec, config.allow, config.deny)  # unknown labels are refused before any work
     output = location(config.output, config.storage_options)  # a local file, or an object in a bucket
     with output.lock(config.wait):
-        listing = list_images(
-            config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
+        left_out: set[str] = set()  # sources found unusable: their files are scored again
+        while True:
+            try:
+                _attempt(config, spec, allowed, output, summary, started, left_out, log)
+                return
+            except UnusableSourceError as error:
+                if error.name in left_out:  # the same source twice: no way round it
+                    raise
+                left_out.add(error.name)
+                log(f"cannot use {error.name}: {error.reason}; scoring its files again", file=sys.stderr)
+
+
+def _attempt(config, spec, allowed, output: Location, summary, started, left_out: set[str], log) -> None:
+    """List, plan, score and write once; a source that turns out unusable on the way raises
+    ``UnusableSourceError`` and the run goes round again without it, reusing the parts made so far."""
+    listing = list_images(
+        config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
+    )
+    root = str(listing.root)
+    key = reuse_key(spec, config, root)
+    store = PartsStore(output, key)
+    message = store.open()
+    if message:
+        log(message, file=sys.stderr)
+    plan = _plan(config, output, listing, store, key, left_out)
+    if plan.files == 0 and not plan.kept:
+        raise UsageError(
+            f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
+            ".tif .tiff); check the path and --include/--exclude"
         )
-        root = str(listing.root)
-        key = reuse_key(spec, config, root)
-        store = PartsStore(output, key)
-        message = store.open()
-        if message:
-            log(message, file=sys.stderr)
-        plan = _plan(config, output, listing, store, key)
-        if plan.files == 0 and not plan.kept:
-            raise UsageError(
-                f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
-                ".tif .tiff); check the path and --include/--exclude"
+    for folder, reason in plan.unreadable:
+        log(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified", file=sys.stderr)
+    if config.incremental:
+        log(plan.line(), file=sys.stderr)
+        if plan.drops_too_much(config.max_drop):
+            raise MassDropError(
+                f"--incremental would drop {len(plan.dropped)} of the {plan.reusable} rows it could reuse "
+                f"({len(plan.dropped) / plan.reusable:.0%}, more than --max-drop {config.max_drop:g}); "
+                f"{config.output} is left as it was: check that the input is complete (a share unmounted, "
+                "a copy half-synced), or pass --max-drop 1 if the files were deleted on purpose"
             )
-        for folder, reason in plan.unreadable:
-            log(
-                f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified",
-                file=sys.stderr,
-            )
-        if config.incremental:
-            log(plan.line(), file=sys.stderr)
-            if plan.drops_too_much(config.max_drop):
-                raise MassDropError(
-                    f"--incremental would drop {len(plan.dropped)} of the {plan.reusable} rows it could reuse "
-                    f"({len(plan.dropped) / plan.reusable:.0%}, more than --max-drop {config.max_drop:g}); "
-                    f"{config.output} is left as it was: check that the input is complete (a share unmounted, "
-                    "a copy half-synced), or pass --max-drop 1 if the files were deleted on purpose"
-                )
-        if plan.resumed:
-            log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
-        summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)
-        summary.incremental = plan.record() if config.incremental else None
-        summary.unreadable = [folder for folder, _ in plan.unreadable]
-        if len(plan.to_score):
-            scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
-            summary.shards, summary.timings, summary.saved = scoring.shards, scoring.timings, scoring.saved
-            summary.plan, summary.dashboard = scoring.plan, scoring.dashboard
-        parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]
-        summary.count_errors(plan.kept_errors + _error_messages(parts))
-        metadata = {
-            "model": spec.id,
-            "batchclf_version": __version__,
-            "run_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "input_root": root,
-            "options": config.recorded_options(),
-            "result_options": config.result_options(),
-            "reuse_key": key,
-            "files": summary.files,
-            "scored": summary.scored,  # the rest were reused from the previous output or earlier parts
-            "ok": summary.ok,
-            "errors": summary.errors,
-            "unreadable_folders": summary.unreadable,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash)
-        write_output(output, schema, metadata, [*plan.sources, parts_source(parts)], plan)
-        if not config.keep_parts:
-            store.remove()
+    if plan.resumed:
+        log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
+    summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)
+    summary.incremental = plan.record() if config.incremental else None
+    summary.unreadable = [folder for folder, _ in plan.unreadable]
+    summary.shards = 0
+    if len(plan.to_score):
+        scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
+        summary.shards, summary.timings, summary.saved = scoring.shards, scoring.timings, scoring.saved
+        summary.plan, summary.dashboard = scoring.plan, scoring.dashboard
+    parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]
+    summary.count_errors(plan.kept_errors + _error_messages(parts))
+    metadata = {
+        "model": spec.id,
+        "batchclf_version": __version__,
+        "run_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "input_root": root,
+        "options": config.recorded_options(),
+        "result_options": config.result_options(),
+        "reuse_key": key,
+        "files": summary.files,
+        "scored": summary.scored,  # the rest were reused from the previous output or earlier parts
+        "ok": summary.ok,
+        "errors": summary.errors,
+        "unreadable_folders": summary.unreadable,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash)
+    sources = [*plan.sources, parts_source(parts)] if parts else plan.sources
+    write_output(output, schema, metadata, sources, plan)  # an unusable source: the next attempt reuses these parts
+    if not config.keep_parts:
+        store.remove()
 
 
-def _plan(config: RunConfig, output, listing, store: PartsStore, key: str) -> RunPlan:
-    """Compare the listing with what may be reused: last night's output (incremental) and earlier parts."""
+def _plan(config: RunConfig, output, listing, store: PartsStore, key: str, left_out: set[str]) -> RunPlan:
+    """Compare the listing with what may be reused: last night's output (incremental) and earlier parts,
+    less the sources found unusable (``left_out``)."""
     sources, files, reason = [], [], None
     if config.incremental:
         source, reason = previous_output_source(output, key, config.hash)
+        if source is not None and source.name in left_out:
+            source, reason = None, f"{output} cannot be used"
         if source is not None:
             sources.append(source)
             files.append(output)
     for parts in store.earlier_attempts():
-        sources.append(parts_source(parts))
-        files.extend(parts)
+        source = parts_source(parts)
+        if source.name not in left_out:
+            sources.append(source)
+            files.extend(parts)
     plan = plan_run(listing, sources, config.hash, config.keep_error_rows, first_is_output=bool(files[:1] == [output]))
     plan.reason = reason
     plan.source_files = files

@@ -13,6 +13,48 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SOURCE_COLUMN = "__source"
+READ_ERRORS = (OSError, ValueError, pa.ArrowException)  # what a damaged Parquet file raises while it is read
+
+
+class UnusableSourceError(Exception):
+    """A source of rows that cannot be used: damaged, or not sorted by path (rewritten by another tool).
+
+    Its rows cannot be trusted to be complete or to align with the listing, so the run drops the
+    source and scores its files again rather than lose or misplace a row.
+    """
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+def in_order(stream: Iterable[pa.Table], name: str) -> Iterator[pa.Table]:
+    """``stream``'s tables, checked as they pass: paths strictly increasing within and across tables.
+
+    A read error or a path out of order raises ``UnusableSourceError`` naming the source: every
+    stage that walks streams in step relies on this order, and a stream out of order would make it
+    drop or duplicate rows without a word.
+    """
+    last = None
+    iterator = iter(stream)
+    while True:
+        try:
+            table = next(iterator, None)
+        except READ_ERRORS as error:
+            raise UnusableSourceError(name, f"cannot be read ({type(error).__name__}: {error})") from None
+        if table is None:
+            return
+        if not table.num_rows:
+            continue
+        paths = table["path"]
+        if paths.null_count:
+            raise UnusableSourceError(name, "it has rows without a path")
+        first = paths[0].as_py()
+        ordered = pc.all(pc.less(paths.slice(0, len(paths) - 1), paths.slice(1))).as_py() is not False
+        if not ordered or (last is not None and not last < first):
+            raise UnusableSourceError(name, "its rows are not sorted by path (was it rewritten by another tool?)")
+        last = paths[-1].as_py()
+        yield table
 
 
 def _rows_up_to(table: pa.Table, bound: str) -> int:

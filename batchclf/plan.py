@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .config import RunConfig
 from .discover import Listing
 from .fsutil import content_digest, read_blocks
-from .merge import SOURCE_COLUMN, aligned, newest_rows
+from .merge import SOURCE_COLUMN, aligned, in_order, newest_rows
 from .models.registry import BUILTIN_MODELS, ModelSpec
 from .paths import fs_path
 from .store.parquet import read_output, read_parts, read_schema
@@ -77,7 +77,18 @@ SIGNATURE_SCHEMA = pa.schema(
     ]
 )
 
-Source = Callable[[list[str] | None], Iterable[pa.Table]]  # columns -> path-sorted tables
+
+@dataclass(frozen=True)
+class Source:
+    """Reusable rows: ``source(columns)`` streams them as path-sorted tables, checked as they pass
+    (``merge.in_order``: damage or disorder raises ``UnusableSourceError`` with this source's name)."""
+
+    name: str  # what a message calls it, and what a run leaves out when it cannot be used
+    read: Callable[[list[str] | None], Iterable[pa.Table]]
+    files: tuple = ()  # the files behind it (``store.Location``s)
+
+    def __call__(self, columns: list[str] | None) -> Iterator[pa.Table]:
+        return in_order(self.read(columns), self.name)
 
 
 @dataclass
@@ -152,11 +163,13 @@ def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[So
         return None, "the previous output was made with another model, other options, another folder or batchclf"
     if use_hash and "content_hash" not in names:
         return None, "the previous output has no content hashes"
-    return (lambda columns: read_output(previous, columns)), None
+    return Source(str(previous), lambda columns: read_output(previous, columns), (previous,)), None
 
 
 def parts_source(parts: list) -> Source:
-    return lambda columns: read_parts(parts, columns)
+    """The parts of one attempt, in shard order: one path-sorted stream."""
+    name = str(parts[0]) + (f" (and the {len(parts) - 1} other parts of its attempt)" if len(parts) > 1 else "")
+    return Source(name, lambda columns: read_parts(parts, columns), tuple(parts))
 
 
 def _with_hashes(batches: Iterator[pa.Table], root: str) -> Iterator[pa.Table]:
