@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .fsutil import NotRegularFileError, content_digest, open_regular
+from .fsutil import NotRegularFileError, change_marks, content_digest, open_regular
 
 ORIENTATION_TAG = 0x0112
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -52,6 +52,8 @@ class DecodedImage:
     size: int | None = None  # the size and mtime (µs) of the bytes decoded, read with them
     mtime: int | None = None
     content_hash: str | None = None  # BLAKE2b-128 of those bytes, when asked for
+    inode: int | None = None  # the file's change marks when it was read (fsutil.change_marks)
+    ctime: int | None = None
 
 
 class ImageDecodeError(Exception):
@@ -60,9 +62,9 @@ class ImageDecodeError(Exception):
     ``size`` and ``mtime`` describe the bytes that were read, when the file could be read at all.
     """
 
-    def __init__(self, message: str, size: int | None = None, mtime: int | None = None):
+    def __init__(self, message: str, size=None, mtime=None, inode=None, ctime=None):
         super().__init__(message)
-        self.size, self.mtime = size, mtime
+        self.size, self.mtime, self.inode, self.ctime = size, mtime, inode, ctime
 
 
 READ_ATTEMPTS = 3
@@ -102,6 +104,13 @@ class FileContent:
     data: bytes
     size: int
     mtime: int  # µs
+    inode: int | None = None  # fsutil.change_marks, for a local file
+    ctime: int | None = None
+
+    @property
+    def signature(self) -> tuple:
+        """Size, mtime, inode and ctime: what a row records of the bytes it was made from."""
+        return self.size, self.mtime, self.inode, self.ctime
 
 
 def read_file(path: str) -> FileContent:
@@ -121,16 +130,18 @@ def read_file(path: str) -> FileContent:
                     "batchclf reads for one image",
                     before.st_size,
                     before.st_mtime_ns // 1000,
+                    *change_marks(before),
                 )
             data = stream.read(MAX_FILE_BYTES + 1)
             after = os.fstat(stream.fileno())
         signature = (after.st_size, after.st_mtime_ns, after.st_ino)
         if signature == (before.st_size, before.st_mtime_ns, before.st_ino) and len(data) == after.st_size:
-            return FileContent(data, after.st_size, after.st_mtime_ns // 1000)
+            return FileContent(data, after.st_size, after.st_mtime_ns // 1000, *change_marks(after))
     raise ImageDecodeError(
         f"the file kept changing while being read ({READ_ATTEMPTS} tries); it is scored again on the next run",
         after.st_size,
         after.st_mtime_ns // 1000,
+        *change_marks(after),
     )
 
 
@@ -217,23 +228,23 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
     except ImageDecodeError as error:
         if content is None:
             raise
-        raise ImageDecodeError(str(error), content.size, content.mtime) from None
+        raise ImageDecodeError(str(error), *content.signature) from None
     except Exception as error:
         raise _reason(error, path, content) from None
     if orientation in TRANSPOSED_ORIENTATIONS:
         width, height = height, width
     digest = content_digest((content.data,)) if content_hash else None
-    return DecodedImage(pixels, width, height, content.size, content.mtime, digest)
+    return DecodedImage(pixels, width, height, content.size, content.mtime, digest, content.inode, content.ctime)
 
 
 def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDecodeError:
     """The ``error`` column's text for an exception raised while reading or decoding."""
     message = _message(error, content)
     if content is not None:
-        return ImageDecodeError(message, content.size, content.mtime)
+        return ImageDecodeError(message, *content.signature)
     try:  # the file could not be read: still record what it is, when it can be stat'ed
         status = os.stat(path)
-        return ImageDecodeError(message, status.st_size, status.st_mtime_ns // 1000)
+        return ImageDecodeError(message, status.st_size, status.st_mtime_ns // 1000, *change_marks(status))
     except OSError:
         return ImageDecodeError(message)
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from .errors import UsageError
 from .folders import Files, Folder, ListingHelpers, list_folder
+from .fsutil import change_marks
 from .paths import fs_path, is_image_name, path_text
 
 
@@ -25,7 +26,14 @@ def _matches(relative: str, patterns: Sequence[str]) -> bool:
 LISTING_BATCH_ROWS = 16384
 LISTING_HELPERS_AFTER = 100_000  # files listed in this process before helper processes join the walk
 LISTING_SCHEMA = pa.schema(
-    [("path", pa.string()), ("bytes", pa.int64()), ("mtime", pa.int64()), ("readable", pa.bool_())]
+    [
+        ("path", pa.string()),
+        ("bytes", pa.int64()),
+        ("mtime", pa.int64()),
+        ("readable", pa.bool_()),
+        ("inode", pa.int64()),  # null in object storage
+        ("ctime", pa.int64()),  # null there, and for a file with several links (fsutil.change_marks)
+    ]
 )
 
 
@@ -44,14 +52,14 @@ class Listing:
     files: int = 0
 
 
-def _signature(path: str) -> tuple[int | None, int | None, bool]:
-    """Size, mtime (µs) and whether this process may read the file: a file that became unreadable
-    has changed for a nightly run even though its size and mtime did not."""
+def _signature(path: str) -> tuple:
+    """Size, mtime (µs), whether this process may read the file (one that became unreadable has
+    changed for a nightly run even though its size and mtime did not), inode and ctime."""
     try:
         stat = os.stat(path)
     except OSError:  # a broken link: still a row, whose error says so
-        return None, None, False
-    return stat.st_size, stat.st_mtime_ns // 1000, os.access(path, os.R_OK)
+        return None, None, False, None, None
+    return stat.st_size, stat.st_mtime_ns // 1000, os.access(path, os.R_OK), *change_marks(stat)
 
 
 def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool, with_names: bool) -> Iterator[Files]:
@@ -188,7 +196,9 @@ def _listed(root: Path, relative: list[str], with_stat: bool, chunk_rows: int = 
         files = Files([path_text(name) for name in names], names)
         if with_stat:
             signatures = [_signature(os.path.join(root, name)) for name in names]
-            files.sizes, files.mtimes, files.readable = (list(column) for column in zip(*signatures))
+            files.sizes, files.mtimes, files.readable, files.inodes, files.ctimes = (
+                list(column) for column in zip(*signatures)
+            )
         yield files
 
 
@@ -248,19 +258,19 @@ def _list_objects(url: str, include, exclude, include_hidden: bool, batch_rows: 
 
 def _batches(chunks: Iterator[Files], listing: Listing, batch_rows: int) -> Iterator[pa.Table]:
     """Runs of files gathered into tables of about ``batch_rows`` rows."""
-    columns: tuple[list, list, list, list] = ([], [], [], [])
+    columns: tuple[list, ...] = ([], [], [], [], [], [])
     for files in itertools.chain(chunks, [None]):
         if files is not None:
-            for column, values in zip(columns, (files.texts, files.sizes, files.mtimes, files.readable)):
+            signature = (files.texts, files.sizes, files.mtimes, files.readable, files.inodes, files.ctimes)
+            for column, values in zip(columns, signature):
                 column.extend(values)
             if len(columns[0]) < batch_rows:
                 continue
         if not columns[0]:
             return
         listing.files += len(columns[0])
-        types = (pa.string(), pa.int64(), pa.int64(), pa.bool_())
-        yield pa.table([pa.array(c, t) for c, t in zip(columns, types)], schema=LISTING_SCHEMA)
-        columns = ([], [], [], [])
+        yield pa.table([pa.array(c, f.type) for c, f in zip(columns, LISTING_SCHEMA)], schema=LISTING_SCHEMA)
+        columns = ([], [], [], [], [], [])
 
 
 def discover_images(

@@ -15,6 +15,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass
 
+from .fsutil import change_marks
 from .machine import available_cores
 from .paths import is_image_name, path_text
 
@@ -31,12 +32,17 @@ class Files:
     sizes: list | None = None
     mtimes: list | None = None
     readable: list | None = None
+    inodes: list | None = None
+    ctimes: list | None = None
+
+    def columns(self) -> tuple:
+        return (self.texts, self.names, self.sizes, self.mtimes, self.readable, self.inodes, self.ctimes)
 
     def take(self, keep: list[bool]) -> Files:
         def pick(column):
             return None if column is None else list(itertools.compress(column, keep))
 
-        return Files(*(pick(column) for column in (self.texts, self.names, self.sizes, self.mtimes, self.readable)))
+        return Files(*(pick(column) for column in self.columns()))
 
 
 def _text(name: str) -> str:
@@ -79,14 +85,27 @@ class Folder:
         self.texts = [prefix_text + text for text in texts] if prefix_text else texts
         self.names = names
         self.folders = [(prefix_text + text, name) for text, name in folders]
-        self.sizes = self.mtimes = self.readable = None
+        self.sizes = self.mtimes = self.readable = self.inodes = self.ctimes = None
         if with_stat:
             self._stat(fd)
         self.file_at = self.folder_at = 0
         self.ahead: deque[int] = deque()  # requests to the listing helpers for the next sub-folders
         self.submitted = 0
 
-    STATE = ("path", "prefix", "prefix_text", "key", "texts", "names", "folders", "sizes", "mtimes", "readable")
+    STATE = (
+        "path",
+        "prefix",
+        "prefix_text",
+        "key",
+        "texts",
+        "names",
+        "folders",
+        "sizes",
+        "mtimes",
+        "readable",
+        "inodes",
+        "ctimes",
+    )
 
     def __getstate__(self) -> tuple:  # what a listing helper sends back: plain lists, cheap to pickle
         return tuple(getattr(self, name) for name in self.STATE)
@@ -120,8 +139,9 @@ class Folder:
 
     def _stat(self, fd: int) -> None:
         stat, access, R_OK = os.stat, os.access, os.R_OK
-        sizes, mtimes, readable = [], [], []
+        sizes, mtimes, readable, inodes, ctimes = [], [], [], [], []
         add_size, add_mtime, add_readable = sizes.append, mtimes.append, readable.append
+        add_inode, add_ctime = inodes.append, ctimes.append
         for name in self.names:
             try:
                 info = stat(name, dir_fd=fd)
@@ -129,11 +149,16 @@ class Folder:
                 add_size(None)
                 add_mtime(None)
                 add_readable(False)
+                add_inode(None)
+                add_ctime(None)
                 continue
             add_size(info.st_size)
             add_mtime(info.st_mtime_ns // 1000)
             add_readable(access(name, R_OK, dir_fd=fd))
-        self.sizes, self.mtimes, self.readable = sizes, mtimes, readable
+            inode, ctime = change_marks(info)
+            add_inode(inode)
+            add_ctime(ctime)
+        self.sizes, self.mtimes, self.readable, self.inodes, self.ctimes = sizes, mtimes, readable, inodes, ctimes
 
     def files_before(self, bound: str | None, with_names: bool) -> Files | None:
         """The files that sort before ``bound`` (a sub-folder's text; None for all that are left)."""
@@ -147,7 +172,15 @@ class Folder:
             return None if column is None else column[start:end]
 
         names = [self.prefix + name for name in self.names[start:end]] if with_names else None
-        return Files(self.texts[start:end], names, cut(self.sizes), cut(self.mtimes), cut(self.readable))
+        return Files(
+            self.texts[start:end],
+            names,
+            cut(self.sizes),
+            cut(self.mtimes),
+            cut(self.readable),
+            cut(self.inodes),
+            cut(self.ctimes),
+        )
 
 
 def list_folder(path: str, prefix: str, prefix_text: str, include_hidden: bool, with_stat: bool) -> Folder | OSError:

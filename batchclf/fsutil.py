@@ -119,6 +119,17 @@ def creation_error(folder: Path) -> str | None:
         return error.strerror or type(error).__name__
 
 
+def change_marks(info: os.stat_result) -> tuple[int, int | None]:
+    """What tells a file rewritten with the same size and mtime (``rsync -a``, ``cp -p``, ``tar x``):
+    its inode, and its ctime (µs) when it has one link only.
+
+    A file replaced through a new file and a rename gets a new inode; one rewritten in place gets a
+    new ctime, which no program can set back. ctime also moves when a hard link to the file is made
+    or removed (a snapshot tree of links, ``rsnapshot``), so it counts only for a file with one link.
+    """
+    return info.st_ino, info.st_ctime_ns // 1000 if info.st_nlink == 1 else None
+
+
 def can_create_files_in(folder: Path) -> bool:
     return creation_error(folder) is None
 

@@ -71,6 +71,8 @@ SIGNATURE_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("bytes", pa.int64()),
         ("mtime", pa.int64()),
+        ("inode", pa.int64()),
+        ("ctime", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("content_hash", pa.string()),
@@ -251,6 +253,7 @@ def _compare(
         same = pc.equal(current["content_hash"], before["content_hash"])
     else:
         same = pc.and_(pc.equal(current["bytes"], before["bytes"]), pc.equal(current["mtime"], before["mtime"]))
+        same = pc.and_(same, _same_marks(current, before))
     same = pc.and_(pc.and_(found, pc.fill_null(same, False)), pc.fill_null(current["readable"], False))
     ok = pc.equal(before["status"], "ok")
     reuse = same if keep_errors else pc.and_(same, pc.fill_null(ok, False))
@@ -267,6 +270,13 @@ def _compare(
     plan.resumed += reused - from_output
     plan.kept_errors += _errors(before.filter(reuse))
     to_score.append(current["path"].filter(pc.invert(reuse)))
+
+
+def _same_marks(current: pa.Table, before: pa.Table):
+    """Inode and ctime agree wherever both sides have them (a row of an older output has neither, an
+    object and a file with several links have no ctime: those compare by size and mtime alone)."""
+    inode = pc.fill_null(pc.equal(current["inode"], before["inode"]), True)
+    return pc.and_(inode, pc.fill_null(pc.equal(current["ctime"], before["ctime"]), True))
 
 
 def _errors(rows: pa.Table) -> list[str]:

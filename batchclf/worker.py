@@ -235,7 +235,7 @@ def top_k(probabilities: np.ndarray, k: int, allowed: tuple[int, ...] | None) ->
 def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple[pa.Table, dict]:
     """Score every image of ``shard``; one row per path, failures included as error rows.
 
-    ``bytes`` and ``mtime`` (and ``content_hash``) describe the very bytes that were decoded: they
+    ``bytes``, ``mtime``, ``inode``, ``ctime`` (and ``content_hash``) describe the very bytes that were decoded: they
     are taken from the open file as it is read, never from a later look at the path.
     """
     started = time.perf_counter()
@@ -251,6 +251,8 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     heights = [None] * n
     sizes = [None] * n
     mtimes = [None] * n
+    inodes = [None] * n
+    ctimes = [None] * n
     hashes = [None] * n
     embeddings = [None] * n
     timings = {"decode_wait": 0.0, "inference": 0.0}
@@ -279,6 +281,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
         result = next(decoded)
         timings["decode_wait"] += time.perf_counter() - tick
         sizes[position], mtimes[position] = result.size, result.mtime
+        inodes[position], ctimes[position] = result.inode, result.ctime
         if isinstance(result, ImageDecodeError):
             errors[position] = str(result)
             continue
@@ -304,6 +307,8 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
         "height": heights,
         "bytes": sizes,
         "mtime": mtimes,
+        "inode": inodes,
+        "ctime": ctimes,
         "model": [spec.id] * n,
         "unverified": [False] * n,
     }

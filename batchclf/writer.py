@@ -27,6 +27,9 @@ BASE_FIELDS = [
     pa.field("height", pa.int32()),
     pa.field("bytes", pa.int64()),
     pa.field("mtime", pa.timestamp("us", tz="UTC")),
+    # What tells a file rewritten with the same size and mtime: a new inode, or (one link only) a new ctime.
+    pa.field("inode", pa.int64()),
+    pa.field("ctime", pa.timestamp("us", tz="UTC")),
     pa.field("model", pa.string(), nullable=False),
     # True when the file could not be checked (its folder was unreadable) and last run's row was kept.
     pa.field("unverified", pa.bool_()),

@@ -120,6 +120,8 @@ def sorted_listing(rows: list[tuple], schema):
             pa.array(sizes, pa.int64()),
             pa.array(mtimes, pa.int64()),
             pa.array([True] * len(texts), pa.bool_()),
+            pa.nulls(len(texts), pa.int64()),  # objects have no inode
+            pa.nulls(len(texts), pa.int64()),  # nor a ctime
         ],
         schema=schema,
     )

@@ -17,6 +17,8 @@ BASE = [
     ("height", pa.int32()),
     ("bytes", pa.int64()),
     ("mtime", pa.timestamp("us", tz="UTC")),
+    ("inode", pa.int64()),
+    ("ctime", pa.timestamp("us", tz="UTC")),
     ("model", pa.string()),
     ("unverified", pa.bool_()),
 ]

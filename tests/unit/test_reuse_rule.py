@@ -93,3 +93,30 @@ def test_the_walk_is_in_step_across_uneven_batches():
     plan = plan_run(listing(files, batch=3), [source(previous, batch=4)], first_is_output=True)
     assert scored(plan) == [f"{i:03}.jpg" for i in range(1, 20, 2)]
     assert plan.reused == 10 and plan.new == 10
+
+
+def marked_source(rows: list[tuple]):
+    """(path, bytes, mtime, status, inode, ctime) rows."""
+    records = [dict(zip(("path", "bytes", "mtime", "status", "inode", "ctime"), r)) for r in rows]
+
+    def read(columns):
+        table = pa.Table.from_pylist(records)
+        yield table.select([c for c in columns if c in table.column_names])
+
+    return read
+
+
+@pytest.mark.parametrize(
+    "now, before, reused",
+    [
+        ((7, 100), (7, 100), True),
+        ((8, 100), (7, 100), False),  # replaced through a new file and a rename: rsync -a, tar x
+        ((7, 101), (7, 100), False),  # rewritten in place, mtime set back: cp -p onto the file
+        ((7, None), (7, 100), True),  # now several links (a snapshot tree): ctime no longer counts
+        ((7, 100), (None, None), True),  # a row of an older output, made before these marks
+    ],
+)
+def test_same_size_and_mtime_with_new_content_is_told_by_inode_or_ctime(now, before, reused):
+    files = listing([("a.jpg", 1, 1, True, *now)])
+    plan = plan_run(files, [marked_source([("a.jpg", 1, 1, "ok", *before)])])
+    assert scored(plan) == ([] if reused else ["a.jpg"])
