@@ -25,6 +25,17 @@ def test_a_fifo_named_jpg_is_refused_without_blocking(tmp_path):
         list(read_blocks(fifo))
 
 
+def test_a_socket_named_png_is_refused_by_its_kind(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock.png"))
+    with pytest.raises(ImageDecodeError, match=r"^not a regular file: a socket$"):
+        decode_image(str(tmp_path / "sock.png"), PRE)
+    with pytest.raises(NotRegularFileError, match="a socket"):
+        list(read_blocks(tmp_path / "sock.png"))
+
+
 def test_a_link_to_a_device_is_refused(tmp_path):
     link = tmp_path / "zero.jpg"
     link.symlink_to("/dev/zero")
