@@ -1,4 +1,4 @@
-"""The shipped int8 calibration set: small, credited, decodable, and hashed by its images."""
+"""The shipped int8 calibration set: small, credited, decodable, and hashed into the keys that depend on it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import shutil
 import pytest
 from PIL import Image
 
+from batchclf import plan, worker
+from batchclf.config import RunConfig
 from batchclf.decode import Preprocessing
 from batchclf.models import calibration_set
 from batchclf.models.calibration_set import CALIBRATION_FOLDER, calibration_digest, calibration_files
+from batchclf.models.registry import ModelSpec
 
 
 def test_the_set_is_48_to_64_small_images_under_1_5_mb():
@@ -58,3 +61,22 @@ def test_the_digest_follows_the_images_not_the_credits(copy):
 def test_a_missing_set_is_an_installation_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="reinstall batchclf"):
         calibration_digest(tmp_path)
+
+
+@pytest.fixture
+def spec():
+    return ModelSpec("m", "builtin", "nothing-installed", ("a", "b"), Preprocessing(224))
+
+
+def test_the_int8_keys_change_with_the_calibration_set_and_no_other_key_does(spec, tmp_path, monkeypatch):
+    config = RunConfig(input=tmp_path, output=tmp_path / "out.parquet")
+    int8 = RunConfig(input=tmp_path, output=tmp_path / "out.parquet", quantize="int8")
+    options = worker.ScoringOptions(quantize="int8")
+    before = (plan.reuse_key(spec, config, "/r"), plan.reuse_key(spec, int8, "/r"))
+    conversions = (worker._conversion_key(spec, worker.ScoringOptions()), worker._conversion_key(spec, options))
+    monkeypatch.setattr(plan, "calibration_digest", lambda: "another set")
+    monkeypatch.setattr(worker, "calibration_digest", lambda: "another set")
+    after = (plan.reuse_key(spec, config, "/r"), plan.reuse_key(spec, int8, "/r"))
+    assert after[0] == before[0] and after[1] != before[1]
+    assert worker._conversion_key(spec, worker.ScoringOptions()) == conversions[0]
+    assert worker._conversion_key(spec, options) != conversions[1]
