@@ -27,6 +27,7 @@ from .config import RunConfig
 from .discover import Listing
 from .fsutil import content_digest, read_blocks
 from .merge import SOURCE_COLUMN, aligned, in_order, newest_rows
+from .models.calibration_set import calibration_digest
 from .models.registry import BUILTIN_MODELS, ModelSpec
 from .paths import fs_path
 from .store.parquet import read_output, read_parts, read_schema
@@ -36,7 +37,8 @@ PATH_FORMAT = 2  # path texts with the backslash escaped (discover.path_text)
 
 
 def reuse_key(spec: ModelSpec, config: RunConfig, root: str) -> str:
-    """What a reusable row must have been made with: model, weights, class names, result options, root.
+    """What a reusable row must have been made with: model, weights, class names, result options, root,
+    and for int8 the calibration set.
 
     Checked for last night's output and for every part file, so no row made by another model or
     with other options is ever carried into an output.
@@ -49,6 +51,8 @@ def reuse_key(spec: ModelSpec, config: RunConfig, root: str) -> str:
         "input_root": root,
         "path_format": PATH_FORMAT,
     }
+    if config.quantize:  # only then: the keys of unquantized rows stay what they were
+        record["calibration"] = calibration_digest()
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
 
 

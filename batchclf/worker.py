@@ -8,7 +8,6 @@ a thread pool a window ahead of inference, so the two overlap.
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import os
 import threading
@@ -32,6 +31,7 @@ from .backends import (
     tflite_path,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
+from .models.calibration_set import calibration_digest, calibration_images
 from .models.registry import ModelSpec, load_keras_model
 from .paths import fs_path
 from .shard import Shard
@@ -51,8 +51,7 @@ class ScoringOptions:
     threads: int = 1  # inference threads per worker
     decode_threads: int = 2
     embeddings: bool = False
-    quantize: str | None = None  # "int8": full-integer LiteRT model calibrated on ``calibration``
-    calibration: tuple[str, ...] = ()  # full paths of a sample of the input, the same for every worker
+    quantize: str | None = None  # "int8": full-integer LiteRT model calibrated on the shipped calibration set
     content_hash: bool = False  # add the BLAKE2b of the bytes scored (``--hash``)
     storage: StorageOptions | None = None  # fsspec options when the input is a URL (repr hides the values)
 
@@ -101,7 +100,6 @@ def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         options.decode_threads,
         options.embeddings,
         options.quantize,
-        options.calibration,
     )
     with _SCORERS_LOCK:
         if key not in _SCORERS:
@@ -135,7 +133,7 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
     if choose_backend(options.backend, options.quantize) == "litert":
         representative = None
         if options.quantize:
-            representative = functools.partial(_calibration_images, spec, options.calibration)
+            representative = functools.partial(_calibration_images, spec)
         path = convert_to_tflite(build_model, _conversion_key(spec, options), representative)
         backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
         embedding_size = backend.feature_size
@@ -148,8 +146,8 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
 
 
 def _conversion_key(spec: ModelSpec, options: ScoringOptions) -> str:
-    digest = hashlib.sha256("\0".join(options.calibration).encode()).hexdigest()[:16]
-    return conversion_key(spec.id, options.embeddings, options.quantize, digest)
+    calibration = calibration_digest() if options.quantize else ""
+    return conversion_key(spec.id, options.embeddings, options.quantize, calibration)
 
 
 def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
@@ -166,24 +164,9 @@ def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
     return not tflite_path(_conversion_key(spec, options)).exists()
 
 
-def calibration_sample(root: str, paths, size: int = 64) -> tuple[str, ...]:
-    """Evenly spaced input files (path texts): the same calibration set for every worker, and for a rerun."""
-    step = max(1, len(paths) // size)
-    return tuple(os.path.join(root, fs_path(str(paths[i]))) for i in range(0, len(paths), step)[:size])
-
-
-def _calibration_images(spec: ModelSpec, paths: tuple[str, ...], model) -> Iterator[np.ndarray]:
-    """The calibration sample, decoded exactly as scoring decodes; undecodable files are skipped."""
-    preprocessing = spec.preprocessing or Preprocessing(int(model.inputs[0].shape[1]))
-    found = 0
-    for path in paths:
-        try:
-            yield decode_image(path, preprocessing).pixels
-            found += 1
-        except ImageDecodeError:
-            continue
-    if not found:
-        raise ValueError("int8 quantization needs at least one decodable image to calibrate on")
+def _calibration_images(spec: ModelSpec, model) -> Iterator[np.ndarray]:
+    """The shipped calibration set, decoded with this model's preprocessing."""
+    return calibration_images(spec.preprocessing or Preprocessing(int(model.inputs[0].shape[1])))
 
 
 def _decode_one(

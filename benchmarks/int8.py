@@ -11,10 +11,11 @@ shared images (../shared/datasets or BATCHCLF_DATASETS), decoded exactly as `bat
 
 Calibration is disjoint from evaluation: the images are split in two folds (alternate files) and each
 fold is scored by a model calibrated on the other fold, so every image is evaluated once, by a model
-that never saw it. Variants (see VARIANTS): the product recipe (backends._converter on
-worker.calibration_sample), calibration size and variety (50 images, the whole fold, the fold with
-flips and crops), per-tensor weights, float input, the stem and/or logits kept in float (the TFLite
-quantization debugger's deny lists), 16x8 (int16 activations) and dynamic-range (int8 weights only).
+that never saw it, except the product recipe: backends._converter on the calibration set shipped in
+batchclf/models/calibration/, whose images are reduced copies of some of the shared ones. Other variants
+(see VARIANTS): calibration size and variety (50 images, the whole fold, the fold with flips and crops),
+per-tensor weights, float input, the stem and/or logits kept in float (the TFLite quantization debugger's
+deny lists), 16x8 (int16 activations) and dynamic-range (int8 weights only).
 
     python benchmarks/int8.py               # about 20 minutes on an idle 2-core machine
     python benchmarks/int8.py --quick       # 3 variants, one repeat: checks that it works
@@ -48,7 +49,7 @@ SURE = 0.5  # float32 top-1 probability above which an image counts as one the m
 class Variant:
     name: str
     mode: str = "int8"  # int8, 16x8, dynamic (int8 weights, float activations)
-    calibration: str = "fold"  # product (worker.calibration_sample), fold, 50, augmented
+    calibration: str = "fold"  # product (the shipped calibration set), fold, 50, augmented
     per_channel: bool = True
     input_type: str = "uint8"
     float_ops: tuple[str, ...] = ()  # TFLite op names kept in float
@@ -57,7 +58,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("int8 product recipe", calibration="product", notes="backends._converter, 64-image calibration_sample"),
+    Variant("int8 product recipe", calibration="product", notes="backends._converter, the shipped calibration set"),
     Variant("int8 calib 50", calibration="50"),
     Variant("int8 calib fold (~115)"),
     Variant("int8 calib fold x4 flips/crops", calibration="augmented"),
@@ -98,11 +99,10 @@ def augmented(paths: list[Path], preprocessing) -> np.ndarray:
 
 
 def calibration_pixels(variant: Variant, paths: list[Path], pixels: np.ndarray, preprocessing) -> np.ndarray:
-    from batchclf import worker
+    from batchclf.models.calibration_set import calibration_images
 
     if variant.calibration == "product":
-        chosen = worker.calibration_sample("", [str(i) for i in range(len(paths))])
-        return pixels[[int(i) for i in chosen]]
+        return np.stack(list(calibration_images(preprocessing)))
     if variant.calibration == "50":
         return pixels[np.linspace(0, len(pixels) - 1, 50).round().astype(int)]
     if variant.calibration == "augmented":

@@ -412,7 +412,7 @@ def machine() -> dict:
     }
 
 
-def prepare_models(calibration: tuple[str, ...]):
+def prepare_models():
     """Convert (or find cached) the fp32 and int8 models, exactly as a worker would."""
     from batchclf import worker
     from batchclf.models.registry import resolve_model
@@ -420,9 +420,7 @@ def prepare_models(calibration: tuple[str, ...]):
     spec = resolve_model()
     files = {}
     for quantize in (None, "int8"):
-        options = worker.ScoringOptions(
-            backend="litert", quantize=quantize, calibration=calibration if quantize else ()
-        )
+        options = worker.ScoringOptions(backend="litert", quantize=quantize)
         files[quantize or "fp32"] = worker.get_scorer(spec, options).backend.path
     return spec, files
 
@@ -450,15 +448,14 @@ def keras_on_tensors(spec, tensors_file: Path, count: int) -> dict[int, int]:
 
 def main_benchmark(args, workdir: Path, results: dict) -> None:
     from batchclf.machine import available_cores, plan_workers, total_memory
-    from batchclf.worker import calibration_sample
+    from batchclf.models.calibration_set import calibration_files
 
     plan = plan_workers(available_cores(), total_memory())
     web = linked_tree(workdir / "web", args.images)
     large = twelve_megapixel_tree(workdir / "12mp", args.large, plan.workers)
     web_paths, large_paths = image_paths(web), image_paths(large)
     step("models: converting or reusing the cached fp32 and int8 files")
-    calibration = calibration_sample(str(web), [os.path.relpath(p, web) for p in web_paths])
-    spec, tflite = prepare_models(calibration)
+    spec, tflite = prepare_models()
     preprocessing = spec.preprocessing
     tensor_count = min(len(web_paths), args.tensors)
     tensors_file = save_tensors(web_paths[:tensor_count], preprocessing, workdir / "tensors.npy")
@@ -562,7 +559,7 @@ def main_benchmark(args, workdir: Path, results: dict) -> None:
         "cpu_speed_ratio_int8_over_fp32": a_cpu_ms / int8_cpu_ms,
         "top1_agreement_with_fp32_same_tensors": int8_vs_fp32,
         "tensors": tensor_count,
-        "calibration_images": len(calibration),
+        "calibration_images": len(calibration_files()),
     }
     results["plan"] = {
         "workers": plan.workers,

@@ -81,7 +81,8 @@ def add_parser(subparsers) -> None:
         "--quantize",
         default=None,
         choices=QUANTIZATIONS,
-        help="run a full-integer LiteRT model calibrated on a sample of the input (see docs/performance.md)",
+        help="run a full-integer LiteRT model, calibrated on a fixed image set shipped with batchclf "
+        "(see docs/performance.md)",
     )
     model.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference batch")
     model.add_argument(
