@@ -129,13 +129,22 @@ def test_error_rows_are_retried_unless_kept(images, tmp_path):
     assert first.returncode == 0, first.stderr
     assert _rows(output)["pizza.jpg"]["error"] == "permission denied; make the file readable"
 
+    # chmod keeps the mtime but moves the ctime: the file counts as changed, even with --keep-error-rows
     kept = _run(str(images), str(output), "--incremental", "--keep-error-rows")
-    assert "12 unchanged rows reused, 0 to score" in kept.stderr, kept.stderr
-    assert _rows(output)["pizza.jpg"]["status"] == "error"
-
-    retried = _run(str(images), str(output), "--incremental")
-    assert "1 to score (0 new, 0 changed, 1 errors retried)" in retried.stderr, retried.stderr
+    assert "11 unchanged rows reused, 1 to score (0 new, 1 changed, 0 errors retried)" in kept.stderr, kept.stderr
     assert _rows(output)["pizza.jpg"]["label"] == "pizza"
+
+    broken = images / "broken.jpg"  # an error row whose file does not change at all
+    broken.write_bytes(b"not an image")
+    try:
+        assert _run(str(images), str(output), "--incremental").returncode == 0
+        kept = _run(str(images), str(output), "--incremental", "--keep-error-rows")
+        assert "13 unchanged rows reused, 0 to score" in kept.stderr, kept.stderr
+        retried = _run(str(images), str(output), "--incremental")
+        assert "1 to score (0 new, 0 changed, 1 errors retried)" in retried.stderr, retried.stderr
+        assert _rows(output)["broken.jpg"]["status"] == "error"
+    finally:
+        broken.unlink()
 
 
 # 4. One path text per file name, and one order for every code path.
@@ -214,7 +223,7 @@ def test_a_file_changing_while_read_is_read_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(decode.os, "fstat", fstat)
     content = decode.read_file(str(path))
-    assert content.data == b"x" * 100 and len(calls) == 4
+    assert content.data == b"x" * 100 and len(calls) == 6  # open, before and after: twice
 
 
 # The merge machinery the plan and the output share.
