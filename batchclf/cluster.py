@@ -74,7 +74,8 @@ def connect(
     if scheduler or scheduler_file:
         where = scheduler or scheduler_file
         try:
-            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
+            # Dask's own connect timeout (distributed.comm.timeouts.connect, 30 s unless configured).
+            client = Client(address=scheduler, scheduler_file=scheduler_file)
         except TypeError as error:  # distributed's way of saying a tls:// address got no certificates
             if "TLS" not in str(error):
                 raise

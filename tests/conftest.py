@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# The test images, kept in the repository (tests/data/README.md says where they come from).
+DATASETS = Path(__file__).resolve().parent / "data"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The session's own model cache, set at import so that every CLI subprocess and Dask worker inherits it:
@@ -23,10 +24,10 @@ atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 
 def require_datasets(folder: Path = DATASETS) -> Path:
-    """The shared test images. Missing, they fail the tests that need them: a suite that skipped most
-    of itself would look like a pass."""
+    """The test images. Missing, they fail the tests that need them: a suite that skipped most of itself
+    would look like a pass."""
     if not folder.is_dir():
-        pytest.fail(f"test images not found at {folder}; the suite needs ../shared/datasets beside the repository")
+        pytest.fail(f"test images not found at {folder}; they are part of the repository: run the tests from a clone")
     return folder
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import DATASETS, TEST_CACHE, require_datasets, run_cli, save_image
 
-from batchclf import backends
+from batchclf import backends, cli, supervise
 from batchclf.cli import EXIT_CODES_HELP, build_parser
 from batchclf.errors import EXIT_INCOMPLETE, EXIT_MASS_DROP
 
@@ -20,6 +21,28 @@ from batchclf.errors import EXIT_INCOMPLETE, EXIT_MASS_DROP
 def images(tmp_path):
     save_image(tmp_path / "in" / "a.jpg")
     return tmp_path / "in"
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """``batchclf ARGS`` as ``cli.main`` in this process: its exit status and what it printed, as ``run_cli``
+    returns them, without a second spent starting Python. The job runs here, not in a supervised child
+    (``test_missing_input`` goes through the real entry point), and the signal handlers ``main`` installs
+    are put back afterwards."""
+    monkeypatch.setattr(supervise, "can_supervise", lambda: False)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        try:
+            status = cli.main(list(args))
+        except SystemExit as stopped:  # argparse refusing an option value
+            status = stopped.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["batchclf", *args], status, captured.out, captured.err)
+
+    yield run
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
 
 
 def _assert_usage_error(result, *fragments):
@@ -49,35 +72,36 @@ def _assert_usage_error(result, *fragments):
         (["--cluster-config", "jobs/slurm/jobqueue.yaml"], ["goes with --cluster slurm"]),
     ],
 )
-def test_bad_options(images, tmp_path, extra, fragments):
-    _assert_usage_error(run_cli("run", str(images), str(tmp_path / "out.parquet"), *extra), *fragments)
+def test_bad_options(run_main, images, tmp_path, extra, fragments):
+    _assert_usage_error(run_main("run", str(images), str(tmp_path / "out.parquet"), *extra), *fragments)
     assert not (tmp_path / "out.parquet").exists()
 
 
 def test_missing_input(tmp_path):
+    """End to end: ``python -m batchclf``, the supervised child and its one line."""
     _assert_usage_error(run_cli("run", str(tmp_path / "nowhere"), str(tmp_path / "o.parquet")), "does not exist")
 
 
-def test_output_folder_missing(images, tmp_path):
-    _assert_usage_error(run_cli("run", str(images), str(tmp_path / "no" / "o.parquet")), "does not exist")
+def test_output_folder_missing(run_main, images, tmp_path):
+    _assert_usage_error(run_main("run", str(images), str(tmp_path / "no" / "o.parquet")), "does not exist")
 
 
-def test_output_folder_not_writable(images):
-    _assert_usage_error(run_cli("run", str(images), "/proc/predictions.parquet"), "not writable")
+def test_output_folder_not_writable(run_main, images):
+    _assert_usage_error(run_main("run", str(images), "/proc/predictions.parquet"), "not writable")
 
 
-def test_output_is_a_folder(images, tmp_path):
-    _assert_usage_error(run_cli("run", str(images), str(tmp_path)), "is a folder")
+def test_output_is_a_folder(run_main, images, tmp_path):
+    _assert_usage_error(run_main("run", str(images), str(tmp_path)), "is a folder")
 
 
-def test_no_images(tmp_path):
+def test_no_images(run_main, tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     (tmp_path / "in" / "notes.txt").write_text("hello")
-    _assert_usage_error(run_cli("run", str(tmp_path / "in"), str(tmp_path / "o.parquet")), "no image files found")
+    _assert_usage_error(run_main("run", str(tmp_path / "in"), str(tmp_path / "o.parquet")), "no image files found")
 
 
-def test_argparse_errors_exit_2(tmp_path):
-    result = run_cli("run", str(tmp_path), str(tmp_path / "o.parquet"), "--batch-size", "many")
+def test_argparse_errors_exit_2(run_main, tmp_path):
+    result = run_main("run", str(tmp_path), str(tmp_path / "o.parquet"), "--batch-size", "many")
     assert result.returncode == 2 and "invalid int value" in result.stderr
 
 
@@ -136,21 +160,21 @@ def test_exit_codes_are_all_in_the_help():
         ("/proc/summary.json", "not writable"),
     ],
 )
-def test_summary_path_is_checked_before_any_work(images, tmp_path, summary, fragment):
+def test_summary_path_is_checked_before_any_work(run_main, images, tmp_path, summary, fragment):
     target = summary if summary.startswith("/") else str(tmp_path / summary)
-    result = run_cli("run", str(images), str(tmp_path / "out.parquet"), "--summary", target, "--no-progress")
+    result = run_main("run", str(images), str(tmp_path / "out.parquet"), "--summary", target, "--no-progress")
     _assert_usage_error(result, fragment)
     assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.parts").exists()
 
 
-def test_summary_is_not_written_through_a_planted_symlink(images, tmp_path):
+def test_summary_is_not_written_through_a_planted_symlink(run_main, images, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     summary = tmp_path / "summary.json"
     for planted in (".summary.json.partial", ".summary.json.tmp"):
         (tmp_path / planted).symlink_to(victim)
     # An unknown model fails before any work, and a failed run still writes its summary.
-    result = run_cli("run", str(images), str(tmp_path / "o.parquet"), "--model", "nope", "--summary", str(summary))
+    result = run_main("run", str(images), str(tmp_path / "o.parquet"), "--model", "nope", "--summary", str(summary))
     assert result.returncode == 2, result.stderr
     assert victim.read_text() == "precious\n"
     assert not summary.is_symlink() and json.loads(summary.read_text())["status"] == "failed"
@@ -197,9 +221,9 @@ def test_classify_from_a_plain_script(datasets, tmp_path, how):
     assert result.stdout.split()[:2] == [str(count), str(count)], result.stdout
 
 
-def test_an_allow_file_that_names_no_labels_is_refused(images, tmp_path):
+def test_an_allow_file_that_names_no_labels_is_refused(run_main, images, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    result = run_cli("run", str(images), str(tmp_path / "out.parquet"), "--allow", f"@{empty}")
+    result = run_main("run", str(images), str(tmp_path / "out.parquet"), "--allow", f"@{empty}")
     assert result.returncode == 2 and "names no labels" in result.stderr, result.stderr
     assert not (tmp_path / "out.parquet").exists()

@@ -22,6 +22,7 @@ import cloudpickle
 import dask
 import pyarrow.parquet as pq
 import pytest
+from conftest import require_datasets
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -30,13 +31,12 @@ from batchclf.models.registry import resolve_model
 from batchclf.shard import Shard
 from batchclf.worker import ScoringOptions, score_shard
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 pytestmark = pytest.mark.slow
 
 
 def link_images(target: Path, copies: int) -> list[str]:
     """``copies`` links to each shared flower image, under distinct names; return the relative paths."""
-    sources = sorted((DATASETS / "flowers_small").rglob("*.jpg"))
+    sources = sorted((require_datasets() / "flowers_small").rglob("*.jpg"))
     paths = []
     for copy in range(copies):
         folder = target / f"copy{copy}"
@@ -234,7 +234,7 @@ def poisoned_cluster():
 @pytest.fixture(scope="module")
 def poisoned_shard(tmp_path_factory):
     folder = tmp_path_factory.mktemp("poisoned")
-    sources = sorted((DATASETS / "imagenet_objects").glob("*.jpg"))[:11]
+    sources = sorted((require_datasets() / "imagenet_objects").glob("*.jpg"))[:11]
     names = [f"img{i:02d}.jpg" for i in range(len(sources))] + [POISON]
     for name, source in zip(names, sources + sources[:1]):
         (folder / name).symlink_to(source)
@@ -286,7 +286,7 @@ def test_poisonous_file_in_a_run_is_one_error_row(tmp_path):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     images = tmp_path / "images"
     images.mkdir()
-    sources = sorted((DATASETS / "imagenet_objects").glob("*.jpg"))
+    sources = sorted((require_datasets() / "imagenet_objects").glob("*.jpg"))
     for i, source in enumerate(sources):
         (images / f"img{i:02d}.jpg").symlink_to(source)
     (images / POISON).symlink_to(sources[0])

@@ -116,6 +116,7 @@ def test_run_with_scheduler_file(dask_processes, datasets, tmp_path):
 
 
 def test_unreachable_scheduler_is_a_usage_error(datasets, tmp_path):
+    """Dask retries a refused connection until its connect timeout, 30 s by default: 2 s here."""
     result = run_cli(
         "run",
         str(datasets / "imagenet_objects"),
@@ -123,6 +124,7 @@ def test_unreachable_scheduler_is_a_usage_error(datasets, tmp_path):
         "--scheduler",
         f"tcp://127.0.0.1:{_free_port()}",
         "--no-progress",
+        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
     )
     assert result.returncode == 2, result.stderr
     assert "cannot reach the Dask scheduler" in result.stderr

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import DATASETS
 
 from batchclf.writer import read_run_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SBATCH_SCRIPT = REPO / "jobs" / "slurm" / "batchclf.sbatch"
 LOCAL_CLUSTER = REPO / "jobs" / "slurm" / "local-cluster.sh"
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenet_objects"
+IMAGES = DATASETS / "imagenet_objects"
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")
 
 pytestmark = pytest.mark.slow
