@@ -21,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from .supervise import can_supervise
+from . import supervise
 
 WORKER_MEMORY_BYTES = 1_500_000_000  # a TensorFlow worker with one model peaks near 1.2 GB
 IN_PROCESS_MAX_CORES = 4  # past this, one process's GIL would be shared by too many threads (measured on 2)
@@ -94,7 +94,7 @@ def may_score_in_process(config) -> bool:
     ``plan_workers`` then takes the in-process worker or not, from the machine and the backend.
     """
     attached = config.scheduler or config.scheduler_file or config.cluster != "local"
-    return not attached and config.workers is None and can_supervise()
+    return not attached and config.workers is None and supervise.can_supervise()
 
 
 def plan_workers(

@@ -269,7 +269,7 @@ def _config(**fields) -> RunConfig:
 
 
 def test_a_run_on_the_embedded_cluster_may_score_in_process(monkeypatch):
-    monkeypatch.setattr(machine, "can_supervise", lambda: True)
+    monkeypatch.setattr(machine.supervise, "can_supervise", lambda: True)
     assert may_score_in_process(_config())
 
 
@@ -284,10 +284,10 @@ def test_a_run_on_the_embedded_cluster_may_score_in_process(monkeypatch):
     ],
 )
 def test_a_run_with_workers_or_another_cluster_does_not_score_in_process(fields, monkeypatch):
-    monkeypatch.setattr(machine, "can_supervise", lambda: True)
+    monkeypatch.setattr(machine.supervise, "can_supervise", lambda: True)
     assert not may_score_in_process(_config(**fields))
 
 
 def test_no_run_scores_in_process_where_the_job_cannot_be_watched(monkeypatch):
-    monkeypatch.setattr(machine, "can_supervise", lambda: False)  # not Linux: no death signal for the job
+    monkeypatch.setattr(machine.supervise, "can_supervise", lambda: False)  # not Linux: no death signal for the job
     assert not may_score_in_process(_config())

@@ -20,7 +20,7 @@ from conftest import DATASETS
 
 from batchclf.writer import read_run_metadata
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SBATCH_SCRIPT = REPO / "jobs" / "slurm" / "batchclf.sbatch"
 LOCAL_CLUSTER = REPO / "jobs" / "slurm" / "local-cluster.sh"
 IMAGES = DATASETS / "imagenet_objects"

@@ -30,7 +30,7 @@ def run_main(capsys, monkeypatch):
     (``test_missing_input`` goes through the real entry point), and the signal handlers ``main`` installs
     are put back afterwards."""
     monkeypatch.setattr(supervise, "can_supervise", lambda: False)
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def run(*args: str) -> subprocess.CompletedProcess:
         try:

@@ -18,7 +18,7 @@ import yaml
 
 from batchclf.cli import build_parser
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
 
 def parse_run(argv: list[str]):

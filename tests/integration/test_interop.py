@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 COLUMNS = ["path", "label", "score", "status", "error", "width", "height", "bytes", "mtime", "topk"]
 
 
