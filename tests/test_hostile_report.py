@@ -137,6 +137,29 @@ def test_a_fifo_or_folder_named_like_an_image_is_a_placeholder_and_never_read(tm
     assert page.count('<div class="ph">unreadable</div>') == 1 and page.count('<div class="ph">missing</div>') == 1
 
 
+@pytest.mark.parametrize(
+    "recorded",
+    ["http://169.254.169.254/latest/meta-data/", "s3://someone-elses-bucket/photos", "file:///etc"],
+)
+def test_a_url_input_root_named_by_the_output_is_never_fetched(tmp_path, monkeypatch, recorded):
+    import fsspec.core
+
+    fetched = []
+
+    def refuse(url, *args, **kwargs):
+        fetched.append(url)
+        raise AssertionError(f"the report reached {url}")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", refuse)  # how every bucket or URL is reached
+    rows = [{"path": "a.jpg"}, {"path": "b.jpg", "score": 0.2}]
+    output = write_output(tmp_path / "out.parquet", rows, {"input_root": recorded})
+    assert cli.main(["report", str(output), str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert fetched == []
+    assert "<img " not in page and page.count('<div class="ph">unavailable</div>') == 3  # b.jpg is low too
+    assert page.count('<p class="warning">') == 1 and page.count(f"pass --root {recorded} to show them") == 1
+
+
 # --- thumbnails carry pixels only ------------------------------------------------------------------
 
 

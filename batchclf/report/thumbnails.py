@@ -33,12 +33,13 @@ JPEG_QUALITY = 70
 MISSING = "missing"
 UNREADABLE = "unreadable"
 OUTSIDE = "outside the input root"
+UNAVAILABLE = "unavailable"  # the input root is a URL only the output file names: never fetched
 
 
 @dataclass(frozen=True)
 class Thumbnail:
     uri: str | None  # data:image/jpeg;base64,... or None
-    problem: str | None = None  # MISSING, UNREADABLE or OUTSIDE when there is no image to show
+    problem: str | None = None  # MISSING, UNREADABLE, OUTSIDE or UNAVAILABLE when there is no image to show
 
 
 def _pixels_only(image: Image.Image) -> Image.Image:
