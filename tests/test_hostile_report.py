@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -158,6 +159,32 @@ def test_a_url_input_root_named_by_the_output_is_never_fetched(tmp_path, monkeyp
     assert fetched == []
     assert "<img " not in page and page.count('<div class="ph">unavailable</div>') == 3  # b.jpg is low too
     assert page.count('<p class="warning">') == 1 and page.count(f"pass --root {recorded} to show them") == 1
+
+
+def test_a_postscript_file_named_jpg_is_a_placeholder_and_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    started = []
+
+    def refuse(self, args, *rest, **kwargs):
+        started.append(args)
+        raise FileNotFoundError(args[0])
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # as on a machine where Ghostscript is yet to be found
+    root = tmp_path / "images"
+    save_image(root / "ok.jpg")
+    (root / "photo.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{} loop\nshowpage\n")
+    output = write_output(
+        tmp_path / "out.parquet", [{"path": "ok.jpg"}, {"path": "photo.jpg"}], {"input_root": str(root)}
+    )
+    assert cli.main(["report", str(output), str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert started == []
+    assert page.count("<img ") == 1
+    reason = "not an image batchclf reads: the content is PostScript"
+    assert f'<div class="ph">unreadable</div><p class="why">{reason}</p>' in page
+    assert f"photo.jpg\ncat 0.900\nunreadable: {reason}" in page  # and in the tile's hover text
 
 
 # --- thumbnails carry pixels only ------------------------------------------------------------------

@@ -4,6 +4,8 @@ The ``path`` column is data from a file anyone may have written, so a thumbnail 
 inside the input root, through ``Location.open_inside``: in a folder the path is resolved (symlinks
 included) and a file outside is never opened; under a URL prefix (a run over a bucket) a path with an
 empty, ``.`` or ``..`` segment is refused, so no object outside the prefix is read.
+The file is opened by ``decode.open_image``, as for the model: only the decoders of the formats batchclf
+walks, so a PostScript file named ``.jpg`` is a placeholder saying so, never a Ghostscript process.
 The embedded JPEG carries pixels only; EXIF, comments, XMP and ICC data of the source are dropped.
 
 Pillow releases the GIL while it decodes, so a thread pool keeps every core busy. ``draft`` lets the
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..decode import to_rgb
+from ..decode import ImageDecodeError, check_pixel_limit, error_message, exif_orientation, open_image, to_rgb, upright
 from ..paths import fs_path
 from ..store import Location, OutsideRootError, StorageOptions, location
 
@@ -40,6 +42,7 @@ UNAVAILABLE = "unavailable"  # the input root is a URL only the output file name
 class Thumbnail:
     uri: str | None  # data:image/jpeg;base64,... or None
     problem: str | None = None  # MISSING, UNREADABLE, OUTSIDE or UNAVAILABLE when there is no image to show
+    reason: str | None = None  # why a file is UNREADABLE, in the words of the run's ``error`` column
 
 
 def _pixels_only(image: Image.Image) -> Image.Image:
@@ -48,19 +51,21 @@ def _pixels_only(image: Image.Image) -> Image.Image:
 
 
 def thumbnail_from(stream: BinaryIO, size: int = THUMBNAIL_SIZE) -> Thumbnail:
-    """A thumbnail of an open image file; a file that cannot be decoded is a placeholder, not an error."""
+    """A thumbnail of an open image file; a file that cannot be decoded is a placeholder with its reason."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(stream) as image:
-                image.draft("RGB", (size, size))
-                image = ImageOps.exif_transpose(image)
-                image = to_rgb(image)  # the same conversion the model's input gets
-                image.thumbnail((size, size), Image.Resampling.BILINEAR)
-                buffer = io.BytesIO()
-                _pixels_only(image).save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
-    except Exception:  # noqa: BLE001 - corrupt, truncated, bomb, unreadable: all shown the same way
-        return Thumbnail(None, UNREADABLE)
+        with open_image(stream) as image:
+            check_pixel_limit(image)
+            image.draft("RGB", (size, size))
+            image.load()
+            image = upright(image, exif_orientation(image))  # after loading: a PNG's EXIF may follow its pixels
+            image = to_rgb(image)  # the same conversion the model's input gets
+            image.thumbnail((size, size), Image.Resampling.BILINEAR)
+            buffer = io.BytesIO()
+            _pixels_only(image).save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    except ImageDecodeError as error:
+        return Thumbnail(None, UNREADABLE, str(error))
+    except Exception as error:  # noqa: BLE001 - corrupt, truncated, out of memory: a placeholder, never a stop
+        return Thumbnail(None, UNREADABLE, error_message(error))
     return Thumbnail("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
 
 
@@ -101,5 +106,9 @@ def make_thumbnails(
     def make(text: str) -> Thumbnail:
         return thumbnail_inside(root, fs_path(text))
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="thumbnail") as pool:
-        return dict(zip(unique, pool.map(make, unique)))
+    # Pillow's warnings (a large image, odd EXIF) change nothing on the page. The filter is set once,
+    # here, because ``catch_warnings`` in each thread would race on the process-wide filter list.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="thumbnail") as pool:
+            return dict(zip(unique, pool.map(make, unique)))
