@@ -39,6 +39,7 @@ class ReportConfig:
     error_rows: int = 200
     max_thumbnails: int = 1500
     threads: int | None = None
+    memory: int | None = None  # bytes of images decoded at once for thumbnails (None: thumbnails.thumbnail_memory())
     # fsspec options for an output, --compare or input root in a bucket: never printed or written.
     storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
@@ -49,6 +50,8 @@ class ReportConfig:
             raise UsageError(f"--per-label must be 0 or more, got {self.per_label}")
         if self.top < 1:
             raise UsageError(f"--top must be a positive number, got {self.top}")
+        if self.memory is not None and self.memory < 1:
+            raise UsageError(f"memory must be a positive number of bytes, got {self.memory}")
         for option, target in (("REPORT", self.report), ("--json", self.json)):
             if target is None:
                 continue
@@ -209,7 +212,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
     if root is None:
         thumbnails = {path: Thumbnail(None, placeholder) for path in wanted}
     else:
-        thumbnails = make_thumbnails(root, wanted, config.threads)
+        thumbnails = make_thumbnails(root, wanted, config.threads, memory=config.memory)
     summary.timings["thumbnails"] = time.perf_counter() - thumbnails_started
     summary.thumbnails = sum(1 for t in thumbnails.values() if t.uri)
 
