@@ -18,6 +18,7 @@ import io
 import math
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -96,6 +97,7 @@ OTHER_FORMATS = (
     (0, b"SIMPLE  =", "FITS"),
     (0, b"qoif", "QOI"),
 )
+HEAD_BYTES = 64  # enough for every signature in OTHER_FORMATS
 REDUCING_GAP = 3.0  # Pillow: from 3 on, "indistinguishable from fair resampling in most cases"
 
 
@@ -176,21 +178,39 @@ def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(array, 0, 255, out=array).astype(np.uint8)
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Open image bytes with the decoders of the formats batchclf walks, and no other.
+def open_image(source: bytes | BinaryIO) -> Image.Image:
+    """Open image bytes (or a seekable binary stream) with the decoders of the formats batchclf walks,
+    and no other.
 
     Pillow picks a decoder by content; left to itself it would hand a PostScript file named ``.jpg``
-    to Ghostscript. A file of another format is refused, saying what it appears to be.
+    to Ghostscript. A file of another format is refused, saying what it appears to be. Every image
+    batchclf decodes, for the model or for a report's thumbnail, is opened here.
     """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+        return Image.open(stream, formats=DECODED_FORMATS)
     except UnidentifiedImageError:
-        if not data:
+        stream.seek(0)
+        head = stream.read(HEAD_BYTES)
+        if not head:
             raise ImageDecodeError("empty file (0 bytes)") from None
-        found = next((name for at, magic, name in OTHER_FORMATS if data.startswith(magic, at)), None)
+        found = next((name for at, magic, name in OTHER_FORMATS if head.startswith(magic, at)), None)
         if found:
             raise ImageDecodeError(f"not an image batchclf reads: the content is {found}") from None
         raise
+
+
+def check_pixel_limit(image: Image.Image) -> None:
+    """Refuse an image above Pillow's pixel limit before it is decoded.
+
+    Checked here rather than through Pillow's warning filter, which is not thread-safe.
+    """
+    width, height = image.size
+    if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):
+        raise ImageDecodeError(
+            f"decompression bomb refused: {width}x{height} pixels is more than "
+            f"{Image.MAX_IMAGE_PIXELS} (Pillow's limit)"
+        )
 
 
 def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = False, read=None) -> DecodedImage:
@@ -204,20 +224,15 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
         content = (read or read_file)(path)
         with open_image(content.data) as image:
             width, height = image.size
-            # Checked here rather than through Pillow's warning filter, which is not thread-safe.
-            if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):
-                raise ImageDecodeError(
-                    f"decompression bomb refused: {width}x{height} pixels is more than "
-                    f"{Image.MAX_IMAGE_PIXELS} (Pillow's limit)"
-                )
-            orientation = _orientation(image)
+            check_pixel_limit(image)
+            orientation = exif_orientation(image)
             # Draft reduces by powers of two while keeping at least the requested size.
             needed = math.ceil(size / preprocessing.crop_fraction)
             if os.environ.get("BATCHCLF_FULL_DECODE") != "1":
                 image.draft("RGB", (needed, needed))
             image.seek(0)
             image.load()
-            image = _upright(image, orientation)
+            image = upright(image, orientation)
             image = to_rgb(image)
             w, h = image.size
             crop = min(w, h) * preprocessing.crop_fraction
@@ -239,7 +254,7 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
 
 def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDecodeError:
     """The ``error`` column's text for an exception raised while reading or decoding."""
-    message = _message(error, content)
+    message = error_message(error, content)
     if content is not None:
         return ImageDecodeError(message, *content.signature)
     try:  # the file could not be read: still record what it is, when it can be stat'ed
@@ -249,7 +264,8 @@ def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDe
         return ImageDecodeError(message)
 
 
-def _message(error: Exception, content: FileContent | None) -> str:
+def error_message(error: Exception, content: FileContent | None = None) -> str:
+    """What went wrong, in the words of the ``error`` column (a report's placeholders say the same)."""
     if isinstance(error, FileNotFoundError):
         return "file not found (deleted during the run, or a broken symlink)"
     if isinstance(error, PermissionError):
@@ -275,7 +291,7 @@ def _message(error: Exception, content: FileContent | None) -> str:
     return f"cannot decode: {type(error).__name__}: {error}"  # a malformed file can make a decoder raise anything
 
 
-def _orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation (1-8); a damaged EXIF block means upright rather than an error."""
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
@@ -284,7 +300,7 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _upright(image: Image.Image, orientation: int) -> Image.Image:
+def upright(image: Image.Image, orientation: int) -> Image.Image:
     method = ORIENTATION_TRANSPOSE.get(orientation)
     return image.transpose(method) if method is not None else image
 

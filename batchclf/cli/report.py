@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
         type=location_argument,
         default=None,
         metavar="DIR",
-        help="folder (or URL prefix) the image paths are relative to (default: the run's input root)",
+        help="folder (or URL prefix) the image paths are relative to (default: the run's input root when that is "
+        "a folder here; a URL the output names is read only when given here)",
     )
     report.add_argument(
         "--low", type=float, default=REPORT_LOW_SCORE, help="a score below this counts as a low-confidence prediction"

@@ -14,11 +14,11 @@ from pathlib import Path
 from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..errors import UsageError
 from ..fsutil import creation_error, write_atomically
-from ..store import Location, StorageOptions, location
+from ..store import LocalLocation, Location, StorageOptions, is_url, location
 from . import run as runs
 from .drift import Drift, compare_runs
 from .page import LabelSheet, Page, render
-from .thumbnails import Thumbnail, make_thumbnails
+from .thumbnails import MISSING, UNAVAILABLE, Thumbnail, make_thumbnails
 from .truth import TruthResult, read_truth, score_run
 
 OTHER = "other"
@@ -39,6 +39,7 @@ class ReportConfig:
     error_rows: int = 200
     max_thumbnails: int = 1500
     threads: int | None = None
+    memory: int | None = None  # bytes of images decoded at once for thumbnails (None: thumbnails.thumbnail_memory())
     # fsspec options for an output, --compare or input root in a bucket: never printed or written.
     storage_options: StorageOptions = field(default_factory=StorageOptions, repr=False, compare=False)
 
@@ -49,6 +50,8 @@ class ReportConfig:
             raise UsageError(f"--per-label must be 0 or more, got {self.per_label}")
         if self.top < 1:
             raise UsageError(f"--top must be a positive number, got {self.top}")
+        if self.memory is not None and self.memory < 1:
+            raise UsageError(f"memory must be a positive number of bytes, got {self.memory}")
         for option, target in (("REPORT", self.report), ("--json", self.json)):
             if target is None:
                 continue
@@ -85,24 +88,33 @@ class ReportSummary:
         )
 
 
-def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Location | None, list[str]]:
-    """The folder (or URL prefix) thumbnails are read from, and warnings about it."""
+def _input_root(config: ReportConfig, run: runs.Run) -> tuple[Location | None, str, list[str]]:
+    """The folder (or URL prefix) thumbnails are read from, the placeholder shown when there is none,
+    and warnings about it.
+
+    ``--root`` is the user's word and may be a URL. The root recorded in the output is the word of
+    whoever wrote that file, so it is used only as a local folder that exists (where ``open_inside``
+    still confines every path to it): a URL there would have the report make requests, with the
+    reporter's credentials, to wherever the file says (another bucket, an internal address).
+    """
     if config.root is not None:
         root = location(config.root, config.storage_options)
         if not root.is_folder():
             raise UsageError(f"--root {config.root} is not a folder; give the folder the run's paths are relative to")
-        return root, []
+        return root, MISSING, []
     recorded = run.metadata.get("input_root")
     if not recorded:
-        return None, [f"{config.output} records no input root; pass --root DIR to show thumbnails"]
-    root = location(recorded, config.storage_options)
-    try:
-        here = root.is_folder()
-    except UsageError as error:  # a bucket that cannot be reached: the report is still worth writing
-        return None, [f"{error}; thumbnails are shown as missing (pass --root DIR)"]
-    if not here:
-        return None, [f"input root {recorded} is not here; thumbnails are shown as missing (pass --root DIR)"]
-    return root, []
+        return None, MISSING, [f"{config.output} records no input root; pass --root DIR to show thumbnails"]
+    if is_url(recorded):
+        warning = (
+            f"thumbnails are not shown: the input root {recorded} is a URL, and a URL named by the output file "
+            f"is never read; pass --root {recorded} to show them"
+        )
+        return None, UNAVAILABLE, [warning]
+    root = LocalLocation(recorded)
+    if not root.is_folder():
+        return None, MISSING, [f"input root {recorded} is not here; thumbnails are shown as missing (pass --root DIR)"]
+    return root, MISSING, []
 
 
 def _header(config: ReportConfig, run: runs.Run, root: Location | None) -> list[tuple[str, str]]:
@@ -170,10 +182,11 @@ def build_report(config: ReportConfig) -> ReportSummary:
     output = location(config.output, config.storage_options)
     run = runs.read_run(output)
     previous = runs.read_run(location(config.compare, config.storage_options), "--compare") if config.compare else None
-    root, warnings = _input_root(config, run)
+    root, placeholder, warnings = _input_root(config, run)
     truth = None
     if config.truth:
-        folder = (root or location(run.metadata.get("input_root") or ".", config.storage_options)).local_path
+        recorded = run.metadata.get("input_root") or "."
+        folder = root.local_path if root else None if is_url(recorded) else Path(recorded)
         if folder is None:
             raise UsageError("--truth matches paths on disk; for a run over a bucket pass --root DIR with a local copy")
         labels, outside = read_truth(config.truth, folder)
@@ -197,9 +210,9 @@ def build_report(config: ReportConfig) -> ReportSummary:
     wanted = [i.path for s in sheets for i in s.highest + s.lowest] + [i.path for i in low_items + changed]
     thumbnails_started = time.perf_counter()
     if root is None:
-        thumbnails = {path: Thumbnail(None, "missing") for path in wanted}
+        thumbnails = {path: Thumbnail(None, placeholder) for path in wanted}
     else:
-        thumbnails = make_thumbnails(root, wanted, config.threads)
+        thumbnails = make_thumbnails(root, wanted, config.threads, memory=config.memory)
     summary.timings["thumbnails"] = time.perf_counter() - thumbnails_started
     summary.thumbnails = sum(1 for t in thumbnails.values() if t.uri)
 

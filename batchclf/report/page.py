@@ -42,6 +42,7 @@ figure.t{margin:0;width:118px;text-align:center}
 figure.t img,figure.t .ph{display:block;width:112px;height:112px;object-fit:contain;background:#eef0f3;
   border-radius:4px;margin:0 auto}
 figure.t .ph{line-height:112px;color:var(--bad);font-size:12px;border:1px dashed #d0a0a0}
+figure.t .why{margin:2px 0 0;font-size:10px;line-height:1.25;color:var(--bad);overflow-wrap:anywhere}
 figure.t figcaption{font-size:11px;color:var(--muted);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .divider{width:2px;background:var(--line);margin:0 6px}
 table{border-collapse:collapse;font-size:13px}
@@ -95,6 +96,9 @@ def _figure(item: Item, thumbnail: Thumbnail | None, caption: str | None = None)
     else:
         problem = thumbnail.problem if thumbnail is not None else "not shown"
         picture = f'<div class="ph">{escape(problem)}</div>'
+        if thumbnail is not None and thumbnail.reason:
+            picture += f'<p class="why">{escape(thumbnail.reason)}</p>'
+            hover += f"\n{problem}: {thumbnail.reason}"
     return f'<figure class="t" title="{escape(hover)}">{picture}<figcaption>{escape(caption)}</figcaption></figure>'
 
 

@@ -12,9 +12,12 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -137,6 +140,55 @@ def test_a_fifo_or_folder_named_like_an_image_is_a_placeholder_and_never_read(tm
     assert page.count('<div class="ph">unreadable</div>') == 1 and page.count('<div class="ph">missing</div>') == 1
 
 
+@pytest.mark.parametrize(
+    "recorded",
+    ["http://169.254.169.254/latest/meta-data/", "s3://someone-elses-bucket/photos", "file:///etc"],
+)
+def test_a_url_input_root_named_by_the_output_is_never_fetched(tmp_path, monkeypatch, recorded):
+    import fsspec.core
+
+    fetched = []
+
+    def refuse(url, *args, **kwargs):
+        fetched.append(url)
+        raise AssertionError(f"the report reached {url}")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", refuse)  # how every bucket or URL is reached
+    rows = [{"path": "a.jpg"}, {"path": "b.jpg", "score": 0.2}]
+    output = write_output(tmp_path / "out.parquet", rows, {"input_root": recorded})
+    assert cli.main(["report", str(output), str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert fetched == []
+    assert "<img " not in page and page.count('<div class="ph">unavailable</div>') == 3  # b.jpg is low too
+    assert page.count('<p class="warning">') == 1 and page.count(f"pass --root {recorded} to show them") == 1
+
+
+def test_a_postscript_file_named_jpg_is_a_placeholder_and_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    started = []
+
+    def refuse(self, args, *rest, **kwargs):
+        started.append(args)
+        raise FileNotFoundError(args[0])
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # as on a machine where Ghostscript is yet to be found
+    root = tmp_path / "images"
+    save_image(root / "ok.jpg")
+    (root / "photo.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n{} loop\nshowpage\n")
+    output = write_output(
+        tmp_path / "out.parquet", [{"path": "ok.jpg"}, {"path": "photo.jpg"}], {"input_root": str(root)}
+    )
+    assert cli.main(["report", str(output), str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert started == []
+    assert page.count("<img ") == 1
+    reason = "not an image batchclf reads: the content is PostScript"
+    assert f'<div class="ph">unreadable</div><p class="why">{reason}</p>' in page
+    assert f"photo.jpg\ncat 0.900\nunreadable: {reason}" in page  # and in the tile's hover text
+
+
 # --- thumbnails carry pixels only ------------------------------------------------------------------
 
 
@@ -163,6 +215,98 @@ def test_thumbnails_drop_exif_comments_xmp_and_icc_of_the_source(tmp_path):
     assert set(jpeg_segments(thumbnail)) <= {0xE0, 0xDB, 0xC0, 0xC4, 0xDA}  # JFIF, tables, frame, scan: no metadata
     with Image.open(io.BytesIO(thumbnail)) as image:
         assert image.size == (112, 75) and not image.getexif() and "comment" not in image.info
+
+
+# --- images that are small files and large decodes -----------------------------------------------
+
+# Each runs in its own process and measures the peak resident memory of the step alone: Linux's
+# high-water mark, reset just before (``clear_refs``), less what was resident then.
+MEASURE = """
+import sys
+from pathlib import Path
+
+
+def resident(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
+
+
+def peak_of(step):
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    before = resident("VmRSS:")
+    result = step()
+    return resident("VmHWM:") - before, result
+"""
+ESTIMATE_SCRIPT = (
+    MEASURE
+    + """
+from batchclf.decode import open_image
+from batchclf.report.thumbnails import THUMBNAIL_SIZE, peak_bytes, thumbnail_from
+with open(sys.argv[1], "rb") as stream, open_image(stream) as image:
+    image.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    estimate = peak_bytes(image)
+with open(sys.argv[1], "rb") as stream:
+    peak, thumbnail = peak_of(lambda: thumbnail_from(stream))
+print(peak, estimate, thumbnail.uri is not None)
+"""
+)
+POOL_SCRIPT = (
+    MEASURE
+    + """
+from batchclf.report import ReportConfig, build_report
+output, report, memory = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+build_report(ReportConfig(output, report, per_label=0, gallery=0))  # everything but thumbnails, once
+peak, summary = peak_of(lambda: build_report(ReportConfig(output, report, threads=4, memory=memory)))
+print(peak, summary.thumbnails)
+"""
+)
+SIDE = 3000
+IMAGES_BY_MODE = {
+    "1": lambda: Image.new("1", (SIDE, SIDE), 1),
+    "L": lambda: Image.new("L", (SIDE, SIDE), 50),
+    "P": lambda: Image.new("P", (SIDE, SIDE), 3),
+    "LA": lambda: Image.new("LA", (SIDE, SIDE), (50, 100)),
+    "RGB": lambda: Image.new("RGB", (SIDE, SIDE), (1, 2, 3)),
+    "RGBA": lambda: Image.new("RGBA", (SIDE, SIDE), (1, 2, 3, 100)),
+    "I;16": lambda: Image.fromarray(np.full((SIDE, SIDE), 40000, np.uint16)),
+    "I": lambda: Image.fromarray(np.full((SIDE, SIDE), 70000, np.int32)),
+    "F": lambda: Image.fromarray(np.full((SIDE, SIDE), 0.5, np.float32)),
+    "CMYK": lambda: Image.new("CMYK", (SIDE, SIDE), (1, 2, 3, 4)),
+}
+
+
+def _python(script: str, *args: str) -> list[str]:
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("measures memory with Linux's /proc/self/clear_refs")
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("mode", list(IMAGES_BY_MODE))
+def test_the_memory_estimate_read_from_the_header_covers_what_a_thumbnail_takes(tmp_path, mode):
+    path = tmp_path / ("image.tif" if mode in ("I", "F", "CMYK") else "image.png")
+    IMAGES_BY_MODE[mode]().save(path, **({"transparency": 0} if mode == "P" else {}))
+    with Image.open(path) as image:
+        assert image.mode == mode
+    peak, estimate, made = _python(ESTIMATE_SCRIPT, str(path))
+    assert made == "True"
+    assert int(peak) <= int(estimate), f"{mode}: {int(peak) / SIDE**2:.2f} bytes a pixel at the peak"
+
+
+def test_large_16_bit_pngs_are_decoded_within_the_memory_budget(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.fromarray(np.zeros((6000, 6000), np.uint16)).save(root / "0.png")  # 70 kB; 288 MB at the peak
+    for index in range(1, 4):
+        shutil.copy(root / "0.png", root / f"{index}.png")
+    rows = [{"path": f"{index}.png"} for index in range(4)]
+    output = write_output(tmp_path / "out.parquet", rows, {"input_root": str(root)})
+    budget = 300 << 20  # room for one at a time: four threads would otherwise decode all four at once
+    peak, made = _python(POOL_SCRIPT, str(output), str(tmp_path / "r.html"), str(budget))
+    assert int(made) == 4
+    assert int(peak) <= budget + (32 << 20), f"{int(peak) >> 20} MiB"
 
 
 # --- malformed outputs: one line, exit 2, nothing written ------------------------------------------

@@ -201,8 +201,15 @@ def test_report_of_a_bucket_run_reads_the_output_and_its_thumbnails_from_the_buc
     client, _, options = s3
     target = f"s3://{BUCKET}/out-report/predictions.parquet"
     assert _run(IMAGES, target, "--storage-options", options).returncode == 0
+    # The input root the output records is a URL: read only when the user names it with --root.
+    unnamed = run_cli("report", target, str(tmp_path / "unnamed.html"), "--storage-options", options)
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert ", 0 thumbnails" in unnamed.stderr
+    assert (tmp_path / "unnamed.html").read_text().count(f"pass --root {IMAGES} to show them") == 1
     html, document = tmp_path / "report.html", tmp_path / "report.json"
-    result = run_cli("report", target, str(html), "--storage-options", options, "--json", str(document))
+    result = run_cli(
+        "report", target, str(html), "--root", IMAGES, "--storage-options", options, "--json", str(document)
+    )
     assert result.returncode == 0, result.stderr
     thumbnails = int(result.stderr.split(" thumbnails")[0].rsplit(", ", 1)[1].replace(",", ""))
     assert thumbnails > 20
