@@ -76,22 +76,21 @@ def write_output(path: Path, root: Path, rows: int, images: int, seed: int = 0) 
     scores = rng.beta(5, 1.5, size=rows).astype(np.float32)
     failed = rng.random(rows) < 0.01
     schema = writer.output_schema()
-    table = pa.table(
-        {
-            "path": pa.array(paths, pa.string()),
-            "label": pa.array(np.where(failed, None, labels), pa.string()),
-            "score": pa.array(np.where(failed, np.nan, scores), pa.float32(), mask=failed),
-            "topk": pa.nulls(rows, schema.field("topk").type),
-            "status": pa.array(np.where(failed, "error", "ok"), pa.string()),
-            "error": pa.array(np.where(failed, "cannot decode: truncated file", None), pa.string()),
-            "width": pa.array(np.full(rows, 480), pa.int32()),
-            "height": pa.array(np.full(rows, 360), pa.int32()),
-            "bytes": pa.nulls(rows, pa.int64()),
-            "mtime": pa.nulls(rows, schema.field("mtime").type),
-            "model": pa.array(["benchmark"] * rows, pa.string()),
-        },
-        schema=schema,
-    )
+    columns = {
+        "path": pa.array(paths, pa.string()),
+        "label": pa.array(np.where(failed, None, labels), pa.string()),
+        "score": pa.array(np.where(failed, np.nan, scores), pa.float32(), mask=failed),
+        "topk": pa.nulls(rows, schema.field("topk").type),
+        "status": pa.array(np.where(failed, "error", "ok"), pa.string()),
+        "error": pa.array(np.where(failed, "cannot decode: truncated file", None), pa.string()),
+        "width": pa.array(np.full(rows, 480), pa.int32()),
+        "height": pa.array(np.full(rows, 360), pa.int32()),
+        "bytes": pa.nulls(rows, pa.int64()),
+        "mtime": pa.nulls(rows, schema.field("mtime").type),
+        "model": pa.array(["benchmark"] * rows, pa.string()),
+    }
+    # every other column of the output's schema (the file's change marks, unverified ...) as nulls
+    table = pa.table([columns.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema)
     metadata = {
         "model": "benchmark",
         "input_root": str(root),
