@@ -42,6 +42,7 @@ from throughput import forked_job  # benchmarks/ is on the path when a script th
 import batchclf.discover as discover
 from batchclf import __version__
 from batchclf.discover import walk_images
+from batchclf.fsutil import change_marks
 from batchclf.paths import path_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +114,9 @@ def build_previous_output(real_output: Path, tree: Tree, output: Path) -> None:
     stats = [os.stat(SOURCE / s) for s in tree.sources]
     sizes = np.array([s.st_size for s in stats], dtype=np.int64)
     mtimes = np.array([s.st_mtime_ns // 1000 for s in stats], dtype=np.int64)
+    marks = [change_marks(s) for s in stats]  # what the run records beside size and mtime
+    inodes = pa.array([inode for inode, _ in marks], pa.int64())
+    ctimes = pa.array([ctime for _, ctime in marks], pa.int64())
     source_ok = np.array([status == "ok" for status in real.column("status").to_pylist()])[source_rows]
     copies = tree.files // len(tree.sources) + (np.arange(len(tree.sources)) < tree.files % len(tree.sources))
     ok = int(copies[source_ok].sum())
@@ -129,10 +133,14 @@ def build_previous_output(real_output: Path, tree: Tree, output: Path) -> None:
                 "path": pa.array([path_text(tree.name(int(i))) for i in indices], pa.string()),
                 "bytes": sizes[sources],
                 "mtime": mtimes[sources],
+                "inode": inodes.take(pa.array(sources)),
+                "ctime": ctimes.take(pa.array(sources)),
             }
             for column, values in replaced.items():
                 position = schema.get_field_index(column)
-                rows = rows.set_column(position, schema.field(position), pa.array(values, schema.field(position).type))
+                field = schema.field(position)
+                values = values.cast(field.type) if isinstance(values, pa.Array) else pa.array(values, field.type)
+                rows = rows.set_column(position, field, values)
             writer.write_table(rows)
 
 
