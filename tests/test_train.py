@@ -191,6 +191,39 @@ def test_training_is_deterministic_and_skips_unreadable_images(food, scheduler, 
         np.testing.assert_array_equal(first, second)
 
 
+def test_an_image_of_another_extension_is_scored_or_skipped_by_its_content(food, scheduler, tmp_path, monkeypatch):
+    """A JPEG named ``.jfif`` is trained on and evaluated; an unreadable ``.jfif`` is skipped and named with
+    its tags.tsv line. Uncached features, so the scoring job itself reads them."""
+    from PIL import Image
+
+    monkeypatch.setenv("BATCHCLF_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(food, data, ignore=shutil.ignore_patterns("test-tags.tsv"))
+    Image.open(food / "pizza.jpg").save(data / "pizza4.jfif", "JPEG", quality=80)
+    (data / "notes.jfif").write_bytes(b"not an image")
+    with open(data / "tags.tsv", "a") as tsv:
+        tsv.write("pizza4.jfif\tfood\nnotes.jfif\ttoy\n")
+    messages = []
+    config = TrainConfig(
+        data / "tags.tsv",
+        tmp_path / "model",
+        test_fraction=0,
+        verbose=True,
+        extraction=ExtractionConfig(scheduler=scheduler, progress=False),
+    )
+    result = train(config, log=lambda *args, **kwargs: messages.append(" ".join(map(str, args))))
+    assert list(result.unreadable) == [str(data / "notes.jfif")]
+    assert result.metadata["data"]["train"]["images"] == 9
+    reason = result.unreadable[str(data / "notes.jfif")]
+    assert f"  {data / 'notes.jfif'} ({data / 'tags.tsv'} line 10): {reason}" in messages
+    assert not any("images.txt" in m for m in messages)
+    report = evaluate(
+        EvaluateConfig(data / "tags.tsv", str(tmp_path / "model"), scheduler=scheduler, progress=False), log=_quiet
+    )
+    assert report["images"] == 9 and list(report["unreadable"]) == ["notes.jfif"]
+    assert {p["path"]: p["predicted"] for p in report["predictions"]}["pizza4.jfif"] == "food"
+
+
 @pytest.fixture(scope="module")
 def flowers(datasets, scheduler):
     """Pooled features of the 200 flowers, extracted once (and cached on disk for later runs)."""

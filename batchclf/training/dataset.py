@@ -36,6 +36,13 @@ class LabelledImages:
     def classes(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.labels)))
 
+    def described(self) -> dict[str, str]:
+        """Each path as a message names it: with the tags.tsv line that gave it (a class folder's image
+        is named by its path alone)."""
+        if self.source.is_dir():
+            return {path: path for path in self.paths}
+        return {path: f"{path} ({where})" for path, where in zip(self.paths, self.lines)}
+
     def subset(self, indices) -> LabelledImages:
         keep = [int(i) for i in indices]
         return LabelledImages(

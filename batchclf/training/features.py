@@ -23,6 +23,7 @@ from ..errors import AllFilesFailedError
 from ..fsutil import atomic_file, sha256_file
 
 FEATURES_FORMAT = 1  # bump when the cached arrays change meaning
+LINK_SUFFIX = ".jpg"  # of the scratch links the scoring job reads (see score_files)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
     """Run the scoring job on ``paths`` (absolute, anywhere) and return one row per path, in order.
 
     ``options`` are ``RunConfig`` fields. Files are linked under plain names in a scratch folder, so
-    any file name, in any folder, becomes a safe line of the job's path list.
+    any file name, in any folder, becomes a safe line of the job's path list. Every link ends in
+    ``LINK_SUFFIX`` whatever the file's own extension (``.jfif``, none): the path list takes only
+    image extensions, and decoding goes by the content, so the name must not decide what is scored.
     """
     import pyarrow.parquet as pq
 
@@ -138,7 +141,7 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
         links.mkdir()
         names = []
         for index, path in enumerate(paths):
-            names.append(f"{index:07d}{Path(path).suffix.lower()}")
+            names.append(f"{index:07d}{LINK_SUFFIX}")
             os.symlink(path, links / names[-1])
         listing = links / "images.txt"
         listing.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
