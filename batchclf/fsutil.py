@@ -6,6 +6,7 @@ digests and "can I write here". Every module that writes or checks goes through 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -162,7 +163,14 @@ def open_regular(path: Path | str) -> int:
     so a FIFO, a socket or a device under an image name (or a link to ``/dev/zero``) is refused at
     once instead of hanging or feeding endless bytes: every reader of file content goes through here.
     """
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a socket cannot be opened at all: say what it is, as for the others
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise NotRegularFileError(f"not a regular file: {file_kind(mode)}") from None
+        raise
     mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
         os.close(descriptor)
