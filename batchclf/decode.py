@@ -238,6 +238,12 @@ def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDe
         return ImageDecodeError(message)
 
 
+def read_error_reason(error: OSError) -> str:
+    """Why a file could not be read, in the words of the ``error`` column: for a reader of the file
+    outside the job (a content hash), so the same file gets the same reason either way."""
+    return _message(error, None)
+
+
 def _message(error: Exception, content: FileContent | None) -> str:
     if isinstance(error, FileNotFoundError):
         return "file not found (deleted during the run, or a broken symlink)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,6 +223,41 @@ def test_an_image_of_another_extension_is_scored_or_skipped_by_its_content(food,
     )
     assert report["images"] == 9 and list(report["unreadable"]) == ["notes.jfif"]
     assert {p["path"]: p["predicted"] for p in report["predictions"]}["pizza4.jfif"] == "food"
+
+
+def test_special_files_among_the_images_are_skipped_and_named(datasets, scheduler, tmp_path):
+    """A FIFO and a link to /dev/zero named .jpg in class folders: train and evaluate skip and count them,
+    name them with what they are, and never wait on them."""
+    from batchclf.training.evaluate import format_report
+
+    data = tmp_path / "flowers"
+    for label in ("daisy", "roses"):
+        (data / label).mkdir(parents=True)
+        for image in sorted((datasets / "flowers_small" / label).glob("*.jpg"))[:4]:
+            shutil.copy(image, data / label / image.name)
+    os.mkfifo(data / "daisy" / "pipe.jpg")
+    os.symlink("/dev/zero", data / "roses" / "zero.jpg")
+    unreadable = {
+        "daisy/pipe.jpg": "not a regular file: a FIFO (named pipe)",
+        "roses/zero.jpg": "not a regular file: a character device",
+    }
+    messages = []
+    config = TrainConfig(
+        data,
+        tmp_path / "model",
+        test_fraction=0,
+        verbose=True,
+        extraction=ExtractionConfig(scheduler=scheduler, progress=False),
+    )
+    result = train(config, log=lambda *args, **kwargs: messages.append(" ".join(map(str, args))))
+    assert result.unreadable == {str(data / name): reason for name, reason in unreadable.items()}
+    assert result.metadata["data"]["unreadable"] == 2 and result.metadata["data"]["train"]["images"] == 8
+    assert "skipped 2 unreadable images" in messages
+    assert all(f"  {data / name}: {reason}" in messages for name, reason in unreadable.items())
+    report = evaluate(EvaluateConfig(data, str(tmp_path / "model"), scheduler=scheduler, progress=False), log=_quiet)
+    assert report["images"] == 8 and report["unreadable"] == unreadable
+    text = format_report(report, verbose=True)
+    assert all(f"unreadable {name}: {reason}" in text for name, reason in unreadable.items())
 
 
 @pytest.fixture(scope="module")

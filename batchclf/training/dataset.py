@@ -132,7 +132,7 @@ def _read_tsv(tsv: Path, image_root: Path) -> LabelledImages:
     for tag in read_tags(tsv):
         where = f"{tsv} line {tag.line}"
         path = os.path.normpath(os.path.join(root, tag.path))
-        if not os.path.isfile(path):
+        if not os.path.exists(path) or os.path.isdir(path):  # a FIFO or a device is there: skipped as unreadable
             hint = "; a line splits at its last tab" if "\t" in tag.path else ""
             shown = repr(tag.path) if "\t" in tag.path else tag.path
             raise UsageError(
