@@ -394,6 +394,8 @@ def test_onnx_external_weights_are_part_of_the_model_id(tmp_path):
     assert path.read_bytes() == graph  # only the weights changed
     after = registry.resolve_model(str(path))
     assert after.id != before.id and after.id.startswith("tiny.onnx@")
+    (tmp_path / "tiny.onnx.json").write_text(json.dumps({"crop_fraction": 1.0}))  # other preprocessing too
+    assert registry.resolve_model(str(path)).id.startswith(f"{after.id}+")
     (tmp_path / "weights.bin").unlink()
     with pytest.raises(UsageError, match=r"tiny\.onnx keeps weights in weights\.bin, which is not in ") as refused:
         registry.resolve_model(str(path))
