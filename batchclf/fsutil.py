@@ -10,7 +10,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -204,12 +204,21 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files with their relative names: what identifies a model."""
+def sha256_tree(path: Path, beside: Sequence[str] = ()) -> str:
+    """SHA-256 of a file, or of a folder's files with their relative names: what identifies a model.
+
+    ``beside`` names more files a model file reads, relative to its folder (an ONNX model's external
+    weights): each is hashed after the file, with its name, in sorted order. Without them the digest
+    is the file's alone, as it always was.
+    """
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
         for block in read_blocks(file):
+            digest.update(block)
+    for name in sorted(beside):
+        digest.update(b"\0" + name.encode("utf-8", "surrogateescape") + b"\0")
+        for block in read_blocks(path.resolve().parent / name):
             digest.update(block)
     return digest.hexdigest()

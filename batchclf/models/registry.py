@@ -236,10 +236,12 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
             given = settings["image_size"]
             raise UsageError(f"{sidecar_path(path)} says image_size {given} but {path} takes {image_size}")
         packed = None if labels_file else tflite.packed_labels(path)
+        beside = ()
     else:
         from . import onnx
 
         settings = read_sidecar(path, ONNX_DEFAULTS)
+        beside = onnx.external_data(path)
         signature = onnx.describe(path, settings["image_size"])
         kind, layout = "onnx", signature.layout
         image_size = signature.image_size or settings["image_size"]
@@ -259,7 +261,7 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
     preprocessing = Preprocessing(image_size, float(settings["crop_fraction"]), settings["interpolation"])
     input_format = InputFormat(layout, float(settings["scale"]), settings["mean"], settings["std"])
     sidecar = sidecar_path(path)
-    model_id = f"{path.resolve().name}@{sha256_tree(path)[:16]}"
+    model_id = f"{path.resolve().name}@{sha256_tree(path, beside)[:16]}"  # every file the engine reads
     if sidecar.is_file():  # other preprocessing, other results
         model_id += f"+{sha256_tree(sidecar)[:8]}"
     return ModelSpec(model_id, kind, os.fspath(path.resolve()), labels, preprocessing, None, input_format)

@@ -36,6 +36,13 @@ class LabelledImages:
     def classes(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.labels)))
 
+    def described(self) -> dict[str, str]:
+        """Each path as a message names it: with the tags.tsv line that gave it (a class folder's image
+        is named by its path alone)."""
+        if self.source.is_dir():
+            return {path: path for path in self.paths}
+        return {path: f"{path} ({where})" for path, where in zip(self.paths, self.lines)}
+
     def subset(self, indices) -> LabelledImages:
         keep = [int(i) for i in indices]
         return LabelledImages(
@@ -125,7 +132,7 @@ def _read_tsv(tsv: Path, image_root: Path) -> LabelledImages:
     for tag in read_tags(tsv):
         where = f"{tsv} line {tag.line}"
         path = os.path.normpath(os.path.join(root, tag.path))
-        if not os.path.isfile(path):
+        if not os.path.exists(path) or os.path.isdir(path):  # a FIFO or a device is there: skipped as unreadable
             hint = "; a line splits at its last tab" if "\t" in tag.path else ""
             shown = repr(tag.path) if "\t" in tag.path else tag.path
             raise UsageError(

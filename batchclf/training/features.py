@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import cache_dir
+from ..decode import read_error_reason
 from ..errors import AllFilesFailedError
 from ..fsutil import atomic_file, sha256_file
 
 FEATURES_FORMAT = 1  # bump when the cached arrays change meaning
+LINK_SUFFIX = ".jpg"  # of the scratch links the scoring job reads (see score_files)
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,8 @@ def extract_features(paths: list[str], config: ExtractionConfig, log=print) -> F
     for path in paths:
         try:
             digests[path] = sha256_file(path)
-        except OSError as error:
-            errors[path] = f"cannot read file: {error.strerror}"
+        except OSError as error:  # a FIFO, socket or device is refused at once (fsutil.open_regular)
+            errors[path] = read_error_reason(error)
     vectors = {d: v for d in set(digests.values()) if (v := _load_cached(folder, d)) is not None}
     missing = sorted({d: p for p, d in digests.items() if d not in vectors}.items())
     failed: dict[str, str] = {}
@@ -126,7 +128,9 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
     """Run the scoring job on ``paths`` (absolute, anywhere) and return one row per path, in order.
 
     ``options`` are ``RunConfig`` fields. Files are linked under plain names in a scratch folder, so
-    any file name, in any folder, becomes a safe line of the job's path list.
+    any file name, in any folder, becomes a safe line of the job's path list. Every link ends in
+    ``LINK_SUFFIX`` whatever the file's own extension (``.jfif``, none): the path list takes only
+    image extensions, and decoding goes by the content, so the name must not decide what is scored.
     """
     import pyarrow.parquet as pq
 
@@ -138,7 +142,7 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
         links.mkdir()
         names = []
         for index, path in enumerate(paths):
-            names.append(f"{index:07d}{Path(path).suffix.lower()}")
+            names.append(f"{index:07d}{LINK_SUFFIX}")
             os.symlink(path, links / names[-1])
         listing = links / "images.txt"
         listing.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")

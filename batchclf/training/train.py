@@ -187,8 +187,9 @@ def train(config: TrainConfig, log=print) -> TrainResult:
     if features.errors:
         log(f"skipped {len(features.errors)} unreadable images", file=sys.stderr)
         if config.verbose:
+            named = {**(test_data.described() if test_data else {}), **train_data.described()}
             for path, error in features.errors.items():
-                log(f"  {path}: {error}", file=sys.stderr)
+                log(f"  {named[path]}: {error}", file=sys.stderr)
     train_data = _drop_unreadable(train_data, features)
     check_trainable(train_data, "readable training data")
     classes = train_data.classes

@@ -12,7 +12,8 @@ from conftest import run_cli
 
 from batchclf.training import artifact
 from batchclf.training.artifact import check_model_dir, save_model_dir
-from batchclf.training.features import ExtractionConfig, _cache_folder, featurizer_id
+from batchclf.training.dataset import read_dataset
+from batchclf.training.features import ExtractionConfig, _cache_folder, extract_features, featurizer_id
 
 NOWHERE = "tcp://127.0.0.1:9"  # a scheduler that is never reached: any work started would fail differently
 
@@ -146,6 +147,29 @@ def test_the_feature_cache_is_keyed_by_featurizer():
         "efficientnet-lite2:avg_pool:260px"
     )
     assert _cache_folder(lite0) != _cache_folder(lite2)
+
+
+def test_special_files_named_as_images_are_unreadable_images(tmp_path, monkeypatch):
+    """A FIFO, a socket and a link to /dev/zero named .jpg in a tags.tsv are kept by the reader (they are
+    there) and refused by the content hash at once, saying what they are: skipped, never waited on. No
+    image is left to score, so no job starts (the scheduler is unreachable)."""
+    import socket
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    monkeypatch.chdir(tmp_path)  # a short socket name: AF_UNIX paths are limited to about 100 bytes
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("sock.jpg")
+        (tmp_path / "tags.tsv").write_text("pipe.jpg\tx\nzero.jpg\ty\nsock.jpg\tx\n")
+        data = read_dataset(tmp_path / "tags.tsv")
+        assert data.paths == tuple(str(tmp_path / name) for name in ("pipe.jpg", "zero.jpg", "sock.jpg"))
+        features = extract_features(list(data.paths), ExtractionConfig(scheduler=NOWHERE), log=lambda *a, **k: None)
+    assert features.paths == [] and features.decoded == 0
+    assert features.errors == {
+        str(tmp_path / "pipe.jpg"): "not a regular file: a FIFO (named pipe)",
+        str(tmp_path / "zero.jpg"): "not a regular file: a character device",
+        str(tmp_path / "sock.jpg"): "not a regular file: a socket",
+    }
 
 
 @pytest.fixture()

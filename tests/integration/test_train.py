@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -189,6 +190,74 @@ def test_training_is_deterministic_and_skips_unreadable_images(food, scheduler, 
     assert any("broken.jpg" in m for m in messages)
     for first, second in zip(*weights):
         np.testing.assert_array_equal(first, second)
+
+
+def test_an_image_of_another_extension_is_scored_or_skipped_by_its_content(food, scheduler, tmp_path, monkeypatch):
+    """A JPEG named ``.jfif`` is trained on and evaluated; an unreadable ``.jfif`` is skipped and named with
+    its tags.tsv line. Uncached features, so the scoring job itself reads them."""
+    from PIL import Image
+
+    monkeypatch.setenv("BATCHCLF_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(food, data, ignore=shutil.ignore_patterns("test-tags.tsv"))
+    Image.open(food / "pizza.jpg").save(data / "pizza4.jfif", "JPEG", quality=80)
+    (data / "notes.jfif").write_bytes(b"not an image")
+    with open(data / "tags.tsv", "a") as tsv:
+        tsv.write("pizza4.jfif\tfood\nnotes.jfif\ttoy\n")
+    messages = []
+    config = TrainConfig(
+        data / "tags.tsv",
+        tmp_path / "model",
+        test_fraction=0,
+        verbose=True,
+        extraction=ExtractionConfig(scheduler=scheduler, progress=False),
+    )
+    result = train(config, log=lambda *args, **kwargs: messages.append(" ".join(map(str, args))))
+    assert list(result.unreadable) == [str(data / "notes.jfif")]
+    assert result.metadata["data"]["train"]["images"] == 9
+    reason = result.unreadable[str(data / "notes.jfif")]
+    assert f"  {data / 'notes.jfif'} ({data / 'tags.tsv'} line 10): {reason}" in messages
+    assert not any("images.txt" in m for m in messages)
+    report = evaluate(
+        EvaluateConfig(data / "tags.tsv", str(tmp_path / "model"), scheduler=scheduler, progress=False), log=_quiet
+    )
+    assert report["images"] == 9 and list(report["unreadable"]) == ["notes.jfif"]
+    assert {p["path"]: p["predicted"] for p in report["predictions"]}["pizza4.jfif"] == "food"
+
+
+def test_special_files_among_the_images_are_skipped_and_named(datasets, scheduler, tmp_path):
+    """A FIFO and a link to /dev/zero named .jpg in class folders: train and evaluate skip and count them,
+    name them with what they are, and never wait on them."""
+    from batchclf.training.evaluate import format_report
+
+    data = tmp_path / "flowers"
+    for label in ("daisy", "roses"):
+        (data / label).mkdir(parents=True)
+        for image in sorted((datasets / "flowers_small" / label).glob("*.jpg"))[:4]:
+            shutil.copy(image, data / label / image.name)
+    os.mkfifo(data / "daisy" / "pipe.jpg")
+    os.symlink("/dev/zero", data / "roses" / "zero.jpg")
+    unreadable = {
+        "daisy/pipe.jpg": "not a regular file: a FIFO (named pipe)",
+        "roses/zero.jpg": "not a regular file: a character device",
+    }
+    messages = []
+    config = TrainConfig(
+        data,
+        tmp_path / "model",
+        test_fraction=0,
+        verbose=True,
+        extraction=ExtractionConfig(scheduler=scheduler, progress=False),
+    )
+    result = train(config, log=lambda *args, **kwargs: messages.append(" ".join(map(str, args))))
+    assert result.unreadable == {str(data / name): reason for name, reason in unreadable.items()}
+    assert result.metadata["data"]["unreadable"] == 2 and result.metadata["data"]["train"]["images"] == 8
+    assert "skipped 2 unreadable images" in messages
+    assert all(f"  {data / name}: {reason}" in messages for name, reason in unreadable.items())
+    report = evaluate(EvaluateConfig(data, str(tmp_path / "model"), scheduler=scheduler, progress=False), log=_quiet)
+    assert report["images"] == 8 and report["unreadable"] == unreadable
+    text = format_report(report, verbose=True)
+    assert all(f"unreadable {name}: {reason}" in text for name, reason in unreadable.items())
 
 
 @pytest.fixture(scope="module")

@@ -353,3 +353,68 @@ def test_options_a_model_cannot_honour_are_refused(exports, tmp_path, datasets):
         "run", str(datasets / "imagenet_objects"), str(output), "--model", str(exports["tflite"]), "--embeddings"
     )
     _assert_refused_before_work(result, output, "--embeddings needs a model with a known feature layer")
+
+
+def _onnx_with_external_weights(folder: Path, weights, **save_options) -> Path:
+    """A tiny NCHW classifier (mean colour → 2 classes) whose tensors onnx keeps in files beside it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = numpy_helper.from_array(np.array([0.5, -0.5], np.float32), "bias")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weights"], ["product"]),
+        helper.make_node("Constant", [], ["bias"], value=bias),  # a tensor in a node attribute
+        helper.make_node("Add", ["product", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.asarray(weights, np.float32), "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, size_threshold=0, **save_options)
+    (folder / "labels.txt").write_text("warm\ncool\n")
+    return path
+
+
+def test_onnx_external_weights_are_part_of_the_model_id(tmp_path):
+    """New weights in the external-data file are another model: its id (and so the reuse key) changes."""
+    path = _onnx_with_external_weights(tmp_path, np.eye(3, 2), location="weights.bin")
+    before = registry.resolve_model(str(path))
+    graph = path.read_bytes()
+    retrained = _onnx_with_external_weights(tmp_path / "retrained", np.eye(3, 2)[::-1], location="weights.bin")
+    (tmp_path / "weights.bin").write_bytes((retrained.parent / "weights.bin").read_bytes())
+    assert path.read_bytes() == graph  # only the weights changed
+    after = registry.resolve_model(str(path))
+    assert after.id != before.id and after.id.startswith("tiny.onnx@")
+    (tmp_path / "tiny.onnx.json").write_text(json.dumps({"crop_fraction": 1.0}))  # other preprocessing too
+    assert registry.resolve_model(str(path)).id.startswith(f"{after.id}+")
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(UsageError, match=r"tiny\.onnx keeps weights in weights\.bin, which is not in ") as refused:
+        registry.resolve_model(str(path))
+    assert "\n" not in str(refused.value)
+
+
+def test_onnx_external_data_is_found_in_initializers_and_node_attributes(tmp_path):
+    """One file a tensor (the initializer's and the Constant node's), named in sorted order; a model
+    without external data keeps the id of its file alone."""
+    from batchclf.fsutil import sha256_tree
+    from batchclf.models import onnx as onnx_models
+
+    path = _onnx_with_external_weights(tmp_path, np.eye(3, 2), all_tensors_to_one_file=False, convert_attribute=True)
+    assert onnx_models.external_data(path) == ("bias", "weights")
+    inline = tmp_path / "inline" / "tiny.onnx"
+    inline.parent.mkdir()
+    import onnx
+
+    onnx.save_model(onnx.load(path), inline)  # loaded with its data, saved in one file
+    (inline.parent / "labels.txt").write_text("warm\ncool\n")
+    assert onnx_models.external_data(inline) == ()
+    assert registry.resolve_model(str(inline)).id == f"tiny.onnx@{sha256_tree(inline)[:16]}"

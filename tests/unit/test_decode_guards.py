@@ -45,6 +45,19 @@ def test_a_link_to_a_device_is_refused(tmp_path):
         list(read_blocks(link))
 
 
+def test_a_socket_is_refused_saying_what_it_is(tmp_path, monkeypatch):
+    """A socket cannot even be opened (ENXIO): it is still named for what it is, by decoding and the hash."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)  # a short name: AF_UNIX paths are limited to about 100 bytes
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("sock.jpg")
+        with pytest.raises(ImageDecodeError, match=r"^not a regular file: a socket$"):
+            decode_image("sock.jpg", PRE)
+        with pytest.raises(NotRegularFileError, match="a socket"):
+            list(read_blocks("sock.jpg"))
+
+
 @pytest.mark.parametrize(
     "content, name",
     [
