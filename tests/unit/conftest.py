@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 
+import distributed
 import pytest
 
 DASK_MACHINERY = ("Client", "LocalCluster", "SpecCluster", "Scheduler", "Worker", "Nanny")
@@ -21,25 +21,12 @@ def _refuse(what: str):
     return refuse
 
 
-class _NoDistributed:
-    """Refuses ``import distributed``: nothing a unit test exercises needs it."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "distributed" or name.startswith("distributed."):
-            raise ImportError(f"a unit test must not import {name}")
-        return None
-
-
 @pytest.fixture(autouse=True)
 def no_machinery(monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("start a process"))
     monkeypatch.setattr(asyncio, "create_subprocess_exec", _refuse("start a process"))
     monkeypatch.setattr(os, "fork", _refuse("fork"))
     monkeypatch.setattr(os, "posix_spawn", _refuse("start a process"))
-    distributed = sys.modules.get("distributed")
-    if distributed is None:
-        monkeypatch.setattr(sys, "meta_path", [_NoDistributed(), *sys.meta_path])
-    else:  # imported by the tests of a whole-suite run: refuse what starts its machinery
-        for name in DASK_MACHINERY:
-            monkeypatch.setattr(getattr(distributed, name), "__init__", _refuse(f"make a Dask {name}"))
+    for name in DASK_MACHINERY:  # importing Dask is allowed; starting its machinery is not
+        monkeypatch.setattr(getattr(distributed, name), "__init__", _refuse(f"make a Dask {name}"))
     yield
