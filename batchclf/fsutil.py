@@ -6,8 +6,11 @@ digests and "can I write here". Every module that writes or checks goes through 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -46,19 +49,50 @@ def temporary_prefix(target: Path) -> str:
 
 
 TEMPORARY_SUFFIX = ".partial"
+# The random part of a temporary name: what ``mkstemp`` uses, made here so that the one pattern below
+# describes every name this writer makes, and the cleanup of a killed run removes those and no others
+# (``.NAME.html.1234.partial`` is another program's).
+TEMPORARY_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+TEMPORARY_RANDOM_LENGTH = 8
+_TEMPORARY_RANDOM = f"[{re.escape(TEMPORARY_CHARACTERS)}]{{{TEMPORARY_RANDOM_LENGTH}}}"
+
+
+def temporary_name(target: Path) -> str:
+    """A fresh temporary name for ``target``: ``.NAME.`` + 8 random characters + ``.partial``."""
+    random = "".join(secrets.choice(TEMPORARY_CHARACTERS) for _ in range(TEMPORARY_RANDOM_LENGTH))
+    return f"{temporary_prefix(target)}{random}{TEMPORARY_SUFFIX}"
+
+
+def is_temporary_name(name: str, target: Path | None = None) -> bool:
+    """Whether ``name`` is one ``temporary_name`` makes: for ``target``, or (None) for any file."""
+    prefix = re.escape(temporary_prefix(target)) if target is not None else r"\..+\."
+    return re.fullmatch(prefix + _TEMPORARY_RANDOM + re.escape(TEMPORARY_SUFFIX), name, re.DOTALL) is not None
+
+
+def _create_temporary(folder: Path, target: Path) -> tuple[int, Path]:
+    """A new file under a fresh temporary name (exclusive, never through a link, mode 0600 like ``mkstemp``)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(tempfile.TMP_MAX):
+        path = folder / temporary_name(target)
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
 
 
 @contextlib.contextmanager
 def atomic_file(target: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     """A binary stream to a new file beside ``target`` that replaces it only when the block ends.
 
-    ``mkstemp`` makes the name (exclusive, unpredictable: a link planted at a guessable name cannot
-    redirect the write); the data is fsynced before the rename and the folder after it, so a crash at
-    any point leaves the old file or the new one. The file gets the mode a plain ``open`` would give
-    it (``0o666 & ~umask``) unless ``mode`` says otherwise. An exception removes the temporary file.
+    The temporary name is made as ``mkstemp`` makes one (exclusive, unpredictable: a link planted at a
+    guessable name cannot redirect the write); the data is fsynced before the rename and the folder
+    after it, so a crash at any point leaves the old file or the new one. The file gets the mode a
+    plain ``open`` would give it (``0o666 & ~umask``) unless ``mode`` says otherwise. An exception
+    removes the temporary file.
     """
     folder = _folder_of(target)
-    descriptor, partial = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=folder)
+    descriptor, partial = _create_temporary(folder, target)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             yield stream

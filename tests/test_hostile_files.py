@@ -66,23 +66,28 @@ def test_a_fifo_at_the_lock_is_refused_without_blocking(tmp_path):
 def test_links_at_predictable_temporary_names_are_not_followed(images, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    for name in (".out.parquet.partial", f".out.parquet.partial{os.getpid()}", ".out.parquet.x.partial"):
+    for name in (".out.parquet.partial", f".out.parquet.partial{os.getpid()}", ".out.parquet.k2j4m6p8.partial"):
         os.symlink(victim, tmp_path / name)
     output = tmp_path / "out.parquet"
     result = run_cli("run", str(images), str(output), "--no-progress", "--workers", "1")
     assert result.returncode == 0, result.stderr
     assert victim.read_text() == "precious\n"
     assert pq.read_table(output).num_rows == 2
-    assert not (tmp_path / ".out.parquet.x.partial").is_symlink()  # a killed merge's name: cleared, not followed
+    assert not (tmp_path / ".out.parquet.k2j4m6p8.partial").is_symlink()  # a killed merge's name: cleared, not followed
 
 
-def test_leftovers_of_a_killed_merge_are_removed(tmp_path):
+def test_leftovers_of_a_killed_merge_are_removed_and_other_programs_temporaries_kept(tmp_path):
     output = tmp_path / "out.parquet"
-    leftover = tmp_path / ".out.parquet.k2j4.partial"
+    leftover = tmp_path / ".out.parquet.k2j4m6p8.partial"  # what the atomic write names a temporary
     leftover.write_bytes(b"half a parquet file")
+    others = [".out.parquet.html.k2j4.partial", ".out.parquet.k2j4.partial", ".out.parquet.K2J4M6P8.partial"]
+    others += [".out.parquet.k2j4m6p8.partial.bak", ".out.parquet.k2j4m6p89.partial", ".out.parquet..partial"]
+    for name in others:  # another program's temporaries beside the output: not this writer's to remove
+        (tmp_path / name).write_bytes(b"someone else's")
     with location(output).lock():
         pass
     assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "out.parquet.lock"])
 
 
 def test_the_output_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """A location on this machine's file system.
 
-The atomic write is ``fsutil.atomic_file`` (``mkstemp`` beside the target, fsync, rename, fsync of
-the folder). The lock is an ``flock`` on ``NAME.lock``, opened without following links and never
-written; the kernel drops it when the process dies, so a killed run never leaves a stale lock, and
-its holder clears the temporaries a killed writer left beside the target.
+The atomic write is ``fsutil.atomic_file`` (a new file ``.NAME.XXXXXXXX.partial`` beside the target,
+fsync, rename, fsync of the folder). The lock is an ``flock`` on ``NAME.lock``, opened without
+following links and never written; the kernel drops it when the process dies, so a killed run never
+leaves a stale lock, and its holder clears the temporaries a killed writer left beside the target
+(those names alone).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import LockedError, UsageError
-from ..fsutil import TEMPORARY_SUFFIX, atomic_file, can_create_files_in, open_regular_no_follow, temporary_prefix
+from ..fsutil import atomic_file, can_create_files_in, is_temporary_name, open_regular_no_follow
 from .base import Location, OutsideRootError
 
 _OPEN_INSIDE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -181,14 +182,10 @@ def _file_lock(target: LocalLocation, wait: bool = False):
 
 
 def _remove_stale_temporaries(output: Path) -> None:
-    """Temporary files of a killed run on this output (only the lock holder writes them)."""
-    prefix = temporary_prefix(output)
+    """Temporary files of a killed run on this output (only the lock holder writes them): the names
+    ``atomic_file`` makes for it and no others, so another program's ``.NAME.html.XXXX.partial`` stays."""
     with contextlib.suppress(OSError), os.scandir(output.parent) as entries:
         for entry in entries:
-            if (
-                entry.name.startswith(prefix)
-                and entry.name.endswith(TEMPORARY_SUFFIX)
-                and not entry.is_dir(follow_symlinks=False)  # a planted link goes too, not its target
-            ):
-                with contextlib.suppress(OSError):
+            if is_temporary_name(entry.name, output) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):  # a planted link goes too, not its target
                     os.unlink(entry.path)

@@ -12,7 +12,7 @@ import re
 
 import pyarrow as pa
 
-from ..fsutil import TEMPORARY_SUFFIX
+from ..fsutil import is_temporary_name
 from .base import Location
 from .parquet import atomic_parquet, read_schema
 
@@ -53,7 +53,7 @@ class PartsStore:
             return f"not reusing {self.folder}: it was made with another model, options or input"
         self.attempt = int(previous.get("attempts", 0)) + 1
         for entry in entries:  # what an interrupted write on disk left (a bucket never has any)
-            if entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX):
+            if is_temporary_name(entry.name):
                 entry.unlink()
         return None
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from batchclf.errors import UsageError
-from batchclf.fsutil import atomic_file, write_atomically
+from batchclf.fsutil import atomic_file, is_temporary_name, temporary_name, write_atomically
 from batchclf.plan import RunPlan
 
 
@@ -50,6 +50,19 @@ def test_an_interrupted_write_leaves_the_old_file_and_nothing_else(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_the_temporary_names_made_are_the_ones_the_cleanup_recognises(tmp_path):
+    target = tmp_path / "out.parquet"
+    with atomic_file(target) as stream:
+        [made] = [p.name for p in tmp_path.iterdir()]
+        stream.write(b"data")
+    assert is_temporary_name(made, target) and is_temporary_name(made)
+    assert all(is_temporary_name(temporary_name(target), target) for _ in range(100))
+    for name in (".out.parquet.html.1234.partial", ".out.parquet.1234.partial", ".out.parquet.ABCDEFGH.partial"):
+        assert not is_temporary_name(name, target)
+    assert not is_temporary_name(made, tmp_path / "out")  # another output's prefix
+    assert is_temporary_name(".attempt-0001-shard-000000.parquet.abcd_123.partial")
 
 
 def test_the_conversion_cache_never_follows_a_planted_link(tmp_path, monkeypatch):
