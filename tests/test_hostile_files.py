@@ -150,3 +150,24 @@ def test_a_run_that_scores_nothing_reports_no_speed(images, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "2 files (0 scored), 2 ok, 0 errors" in again.stderr and "nothing needed scoring" in again.stderr
     assert json.loads(summary.read_text())["images_per_second"] == 0
+
+
+# --- outputs that would fail after all the work ------------------------------
+
+
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_output_name_too_long_for_the_folder_is_refused_before_any_work(images, tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = "p" * (limit - len(".lock") - 100) + ".parquet"
+    too_long = "p" * (limit - len(".parquet") - 10) + ".parquet"  # fits, but its temporary name does not
+    result = run_cli("run", str(images), str(tmp_path / too_long), "--no-progress", "--workers", "1")
+    assert result.returncode == EXIT_USAGE
+    line = _one_line_error(result)
+    assert f"{limit}-byte limit" in line and "NAME_MAX" in line and f"at most {limit - 18} bytes" in line
+    assert _names(tmp_path) == ["images"]
+    result = run_cli("run", str(images), str(tmp_path / fits), "--no-progress", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / fits).num_rows == 2

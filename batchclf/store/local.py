@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from ..errors import LockedError, UsageError
 from ..fsutil import atomic_file, can_create_files_in, is_temporary_name, open_regular_no_follow
-from .base import Location, OutsideRootError
+from .base import LOCK_SUFFIX, PARTS_SUFFIX, Location, OutsideRootError, names_made_beside
 
 _OPEN_INSIDE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -128,15 +128,41 @@ class LocalLocation(Location):
             raise UsageError(f"input {self.path} does not exist; give a folder of images or a file listing them")
 
     def check_output(self) -> None:
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if parent.is_dir():
+            _check_name_lengths(self.path.name, parent)
         if self.path.is_dir():
             raise UsageError(
                 f"output {self.path} is a folder; give a file name such as {self.path}/predictions.parquet"
             )
-        parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output folder {parent} does not exist; create it first")
         if not can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
+
+
+def _check_name_lengths(name: str, folder: Path) -> None:
+    """Refuse an output whose run would make a name longer than the folder allows, before any work:
+    otherwise the scoring finishes and the last write fails, on every run."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no limit known: the file system will say
+        return
+    beside, inside = names_made_beside(name)
+    size = len(os.fsencode(name))
+    for what, made in beside.items():
+        if len(os.fsencode(made)) > limit:
+            longest = limit - (len(os.fsencode(made)) - size)
+            raise UsageError(
+                f"output name too long: {what} would be {len(os.fsencode(made))} bytes, more than the {limit}-byte "
+                f"limit on a name in {folder} (NAME_MAX); use an output name of at most {max(longest, 1)} bytes"
+            )
+    for what, made in inside.items():
+        if len(os.fsencode(made)) > limit:
+            raise UsageError(
+                f"output folder {folder} allows names of at most {limit} bytes (NAME_MAX), and {what} in "
+                f"{name}{PARTS_SUFFIX}/ would be {len(os.fsencode(made))} bytes; choose another output folder"
+            )
 
 
 def _inside(root: str, real: str) -> bool:
@@ -166,7 +192,7 @@ def _file_lock(target: LocalLocation, wait: bool = False):
     is never written, so a link or hard link planted there cannot make the run damage another file.
     """
     output = target.path
-    descriptor = open_regular_no_follow(output.with_name(output.name + ".lock"), os.O_RDONLY | os.O_CREAT)
+    descriptor = open_regular_no_follow(output.with_name(output.name + LOCK_SUFFIX), os.O_RDONLY | os.O_CREAT)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

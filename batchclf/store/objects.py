@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import LockedError, UsageError
 from ..fsutil import open_regular_no_follow, process_alive
-from .base import Location, OutsideRootError
+from .base import LOCK_SUFFIX, Location, OutsideRootError
 from .options import StorageOptions
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -334,7 +334,7 @@ def _object_lock(output: ObjectLocation, wait: bool = False):
     remove it once that run is known to be gone. The lock is removed when the run ends, by any
     means short of SIGKILL (an error, SIGINT, SIGTERM), and only if it is still this run's.
     """
-    lock = output.sibling(output.name + ".lock")
+    lock = output.sibling(output.name + LOCK_SUFFIX)
     mine = {
         "host": socket.gethostname(),
         "pid": os.getpid(),
