@@ -152,11 +152,57 @@ def test_a_run_that_scores_nothing_reports_no_speed(images, tmp_path):
     assert json.loads(summary.read_text())["images_per_second"] == 0
 
 
-# --- outputs that would fail after all the work ------------------------------
+# --- outputs that would destroy a file, or fail after all the work ------------------------------
 
 
 def _names(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("images/pizza.jpg", "is an image name inside the input"),  # batchclf run photos photos/a.jpg
+        ("photo.jpg", "is not a batchclf output"),
+        ("notes.txt", "is not a batchclf output"),
+        ("other.parquet", "is not a batchclf output"),
+    ],
+)
+def test_an_output_that_exists_and_is_not_a_batchclf_output_is_refused_and_kept(images, tmp_path, output, message):
+    shutil.copy(images / "pizza.jpg", tmp_path / "photo.jpg")
+    (tmp_path / "notes.txt").write_text("someone's notes\n")
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "other.parquet")  # Parquet, not written by batchclf
+    target = tmp_path / output
+    before = {p: p.read_bytes() for p in [*tmp_path.iterdir(), *images.iterdir()] if p.is_file()}
+    result = run_cli("run", str(images), str(target), "--no-progress", "--workers", "1")
+    assert result.returncode == EXIT_USAGE
+    assert message in _one_line_error(result)
+    assert {p: p.read_bytes() for p in [*tmp_path.iterdir(), *images.iterdir()] if p.is_file()} == before
+    assert _names(tmp_path) == ["images", "notes.txt", "other.parquet", "photo.jpg"]
+
+
+def test_an_image_name_inside_the_input_folder_is_refused_as_output(images, tmp_path):
+    (images / "sub").mkdir()
+    for output in (images / "new.jpg", images / "sub" / "new.PNG", tmp_path / "link" / "new.webp"):
+        (tmp_path / "link").unlink(missing_ok=True)
+        (tmp_path / "link").symlink_to(images)  # the same folder through a link
+        result = run_cli("run", str(images), str(output), "--no-progress")
+        assert result.returncode == EXIT_USAGE
+        assert "is an image name inside the input" in _one_line_error(result)
+        assert not output.exists()
+    assert _names(images) == ["pizza.jpg", "sub", "teddy2.jpg"] and _names(images / "sub") == []
+
+
+def test_a_batchclf_output_and_an_empty_file_are_replaced(images, tmp_path):
+    from batchclf.store import check_output
+
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    check_output(empty)  # nothing in it to lose: made by mktemp, say
+    made = tmp_path / "made.parquet"
+    pq.write_table(pa.table({"a": [1]}).replace_schema_metadata({b"batchclf": b"{}"}), made)
+    check_output(made)
+    check_output(tmp_path / "images.parquet")  # an output beside the input folder, not in it
 
 
 def test_an_output_name_too_long_for_the_folder_is_refused_before_any_work(images, tmp_path):

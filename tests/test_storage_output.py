@@ -178,23 +178,32 @@ def test_the_object_lock_is_an_object_naming_its_holder_released_on_failure_and_
     assert _keys(client, "out-stale/") == []
 
 
-@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint", "a prefix"])
+@pytest.mark.parametrize(
+    "case", ["missing bucket", "unreachable endpoint", "a prefix", "an image object", "an image name in the input"]
+)
 def test_an_output_that_cannot_be_written_is_one_line_exit_2_and_nothing_written(s3, tmp_path, case):
     client, local, options = s3
     settings, target = json.loads(options), f"s3://{BUCKET}/out-refused/predictions.parquet"
+    source, image = str(local), _keys(client, "images/")[0]
     if case == "missing bucket":
         target = "s3://no-such-bucket/out/predictions.parquet"
     elif case == "unreachable endpoint":
         settings["endpoint_url"] = "http://127.0.0.1:9"
-    else:
+    elif case == "a prefix":
         target = f"s3://{BUCKET}/images"
-    before = _keys(client, "")
-    result = _run(str(local), target, "--storage-options", json.dumps(settings))
+    elif case == "an image object":  # an object of another input, not a batchclf output: never replaced
+        target = f"s3://{BUCKET}/{image}"
+    else:  # batchclf run s3://bucket/images s3://bucket/images/new.jpg: it would be scored next time
+        source, target = IMAGES, f"s3://{BUCKET}/images/new.jpg"
+    before = {key: client.get_object(Bucket=BUCKET, Key=key)["ETag"] for key in _keys(client, "")}
+    result = _run(source, target, "--storage-options", json.dumps(settings))
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("batchclf: error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and SECRET not in result.stderr
-    assert _keys(client, "") == before
+    assert {key: client.get_object(Bucket=BUCKET, Key=key)["ETag"] for key in _keys(client, "")} == before
     assert list(tmp_path.iterdir()) == []
+    if case.startswith("an image"):
+        assert ("not a batchclf output" if case == "an image object" else "image name inside") in result.stderr
 
 
 def test_report_of_a_bucket_run_reads_the_output_and_its_thumbnails_from_the_bucket(s3, tmp_path):

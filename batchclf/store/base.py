@@ -136,6 +136,10 @@ class Location(ABC):
         before a byte is read; one that is not there raises ``FileNotFoundError``.
         """
 
+    def holds(self, other: Location) -> bool:
+        """Whether ``other`` lies under this location taken as a folder (or a prefix), at any depth."""
+        return False
+
     def reader(self) -> Callable | None:
         """The function workers read a child's bytes with (URL → ``decode.FileContent``); None: read the file."""
         return None

@@ -123,6 +123,14 @@ class LocalLocation(Location):
         with os.fdopen(handle, "rb") as stream:
             yield stream
 
+    def holds(self, other: Location) -> bool:
+        """Where the two are after links are resolved, so a path through a link to the folder counts too."""
+        if not isinstance(other, LocalLocation) or not self.path.is_dir():
+            return False
+        root = os.path.realpath(self.path)
+        place = os.path.join(os.path.realpath(other.path.parent), other.path.name)
+        return place != root and _inside(root, place)
+
     def check_input(self, content_hash: bool = False) -> None:
         if not self.path.exists():
             raise UsageError(f"input {self.path} does not exist; give a folder of images or a file listing them")

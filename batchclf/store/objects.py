@@ -281,6 +281,9 @@ class ObjectLocation(Location):
             raise OutsideRootError(name)
         yield io.BytesIO(read_object(self.child(name).url, self.options).data)
 
+    def holds(self, other: Location) -> bool:
+        return isinstance(other, ObjectLocation) and other.url.startswith(self.url.rstrip("/") + "/")
+
     def reader(self):
         return functools.partial(read_object, options=self.options)
 
