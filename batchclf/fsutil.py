@@ -143,6 +143,61 @@ def process_alive(pid: int | str | None) -> bool:
     return True
 
 
+def boot_id() -> str:
+    """What names this boot of this machine's kernel: containers on one machine share it, a reboot changes
+    it. A pid and a start time name one process only within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # no /proc: the boot time stands for it
+        import psutil
+
+        return f"booted-{psutil.boot_time():.0f}"
+
+
+def process_start(pid: int | str) -> str | None:
+    """When the process ``pid`` started, as this kernel counts it (clock ticks after boot: field 22 of
+    ``/proc/PID/stat``), so two processes given one pid are told apart; None when no such process runs."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as stream:
+            status = stream.read()
+        return status[status.rindex(b")") + 2 :].split()[19].decode()  # the name, in (), may hold spaces
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, IndexError):  # no /proc, or not a pid: ask psutil
+        import psutil
+
+        try:
+            return f"{psutil.Process(int(pid)).create_time():.3f}"
+        except (psutil.Error, ValueError, TypeError):
+            return None
+
+
+def private_folder() -> Path:
+    """A folder no other user can write to, for files whose name other runs of this user must find:
+    ``$XDG_RUNTIME_DIR``, or ``batchclf-UID`` in the system temporary folder, made 0700. One that is a
+    link, another user's, or open to others is refused (a file there could be held or replaced)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _is_private(Path(runtime)):
+        return Path(runtime)
+    folder = Path(tempfile.gettempdir()) / f"batchclf-{os.getuid()}"
+    try:
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    if not _is_private(folder):
+        raise UsageError(f"{folder} must be a folder of this user that only this user can open (0700); remove it")
+    return folder
+
+
+def _is_private(folder: Path) -> bool:
+    try:
+        status = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not status.st_mode & 0o077
+
+
 def creation_error(folder: Path) -> str | None:
     """Why no file can be created in ``folder`` (None: one can). Tried, not guessed: permission bits
     say nothing for root (``os.access`` answers yes) or on a read-only mount."""
