@@ -84,6 +84,31 @@ def test_incremental_after_objects_added_changed_and_deleted_equals_a_full_run(s
             client.upload_file(str(local / key.removeprefix("images/")), BUCKET, key)
 
 
+ODD_KEYS = ["odd/a?versionId=1.jpg", "odd/b#1.jpg", "odd/c%20d e.jpg", "odd/e::f.jpg", "odd/g?x=1#y.png"]
+
+
+def test_keys_with_url_characters_are_names_listed_scored_and_reused(s3, tmp_path):
+    """An object's key is a name: ``?versionId=``, ``#``, ``%``, ``::`` and spaces are part of it, never
+    a query, a fragment, an escape or a chain."""
+    client, local, options = s3
+    for key in ODD_KEYS:
+        client.upload_file(str(local / "food_toy_appliance" / "pizza.jpg"), BUCKET, key)
+    try:
+        output = tmp_path / "odd.parquet"
+        first = _run(f"s3://{BUCKET}/odd", str(output), "--storage-options", options)
+        assert first.returncode == 0, first.stderr
+        rows = pq.read_table(output, columns=["path", "status", "error", "label", "bytes"]).to_pylist()
+        assert [row["path"] for row in rows] == sorted(key.removeprefix("odd/") for key in ODD_KEYS)
+        assert {(row["status"], row["error"], row["label"]) for row in rows} == {("ok", None, rows[0]["label"])}
+        again = _run(f"s3://{BUCKET}/odd", str(output), "--storage-options", options, "--incremental")
+        assert again.returncode == 0, again.stderr
+        assert "5 unchanged rows reused, 0 to score" in again.stderr and "nothing needed scoring" in again.stderr
+        assert pq.read_table(output, columns=["path", "status", "error", "label", "bytes"]).to_pylist() == rows
+    finally:
+        for key in ODD_KEYS:
+            client.delete_object(Bucket=BUCKET, Key=key)
+
+
 @pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint"])
 def test_a_bucket_that_cannot_be_read_is_one_line_exit_2_and_nothing_written(s3, tmp_path, case):
     _, _, options = s3

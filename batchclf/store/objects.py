@@ -37,20 +37,50 @@ LOCK_POLL_SECONDS = 2.0
 
 
 def filesystem(url: str, options: StorageOptions | None = None):
-    """The fsspec file system for ``url`` and the path inside it (fsspec caches instances per process)."""
-    import fsspec.core
+    """The fsspec file system for ``url`` and the path inside it (fsspec caches instances per process).
+
+    The URL is split here rather than parsed as a URL: an object's key is a name, and a ``?``, ``#``,
+    ``%``, ``::`` or space in it is part of the name. Only the part before the first ``/`` after the
+    scheme (a bucket, a host) may tell the file system something.
+    """
+    import fsspec
 
     options = options or StorageOptions()
+    protocol, _, rest = url.partition("://")
     try:
-        return fsspec.core.url_to_fs(url, **options.options)
+        kind = _opaque_keys(fsspec.get_filesystem_class(protocol))
+        settings = {**kind._get_kwargs_from_urls(f"{protocol}://{rest.split('/', 1)[0]}"), **options.options}
+        return kind(**settings), kind._strip_protocol(url)
     except ImportError as error:
-        scheme = url.split("://", 1)[0]
         raise UsageError(
-            f"{scheme}:// needs its fsspec library: {options.redact(str(error))} "
+            f"{protocol}:// needs its fsspec library: {options.redact(str(error))} "
             "(for s3://: pip install 'batchclf[s3]')"
         ) from None
     except (TypeError, ValueError) as error:
         raise UsageError(f"--storage-options not accepted for {url}: {options.redact(str(error))}") from None
+
+
+@functools.cache
+def _opaque_keys(kind: type) -> type:
+    """``kind``, or for S3 a subclass in which a key is only a name: s3fs cuts ``?versionId=...`` off a
+    key as the version to read (``S3FileSystem.split_path``), so ``a?versionId=1.jpg`` would be read as
+    ``a``. No version is ever asked for here; an object is read as it is now."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        return kind
+    if not issubclass(kind, S3FileSystem):
+        return kind
+
+    class OpaqueKeyS3FileSystem(kind):
+        def split_path(self, path):
+            bucket, key, _ = super().split_path(path)
+            if "?versionId=" in path:
+                whole = self._strip_protocol(path).lstrip("/")
+                key = whole[len(bucket) + 1 :] + path[len(path.rstrip("/")) :]
+            return bucket, key, None
+
+    return OpaqueKeyS3FileSystem
 
 
 def storage_error(url: str, error: Exception, options: StorageOptions, doing: str) -> UsageError:

@@ -191,6 +191,20 @@ def test_a_worker_reads_a_child_with_the_reader_the_store_gives(root):
     assert content.data == b"not really a jpeg" and content.size == len(content.data) and content.mtime > 0
 
 
+def test_names_with_url_characters_are_names(root):
+    odd = ["a?versionId=1.jpg", "b#1.jpg", "c%20d e.jpg", "e::f.jpg"]
+    read = reader_for(str(root), root.storage_options) or read_file
+    for name in odd:
+        write(root.child(name), name.encode())
+    assert names(root) == sorted(odd)
+    for name in odd:
+        assert root.child(name).exists() and read(str(root.child(name))).data == name.encode()
+        with root.open_inside(name) as stream:
+            assert stream.read() == name.encode()
+        root.child(name).unlink()
+    assert names(root) == []
+
+
 # --- checks before a run ------------------------------------------------------------------------
 
 
