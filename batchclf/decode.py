@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .errors import StorageError
 from .fsutil import NotRegularFileError, content_digest, open_regular
 
 ORIENTATION_TAG = 0x0112
@@ -218,6 +219,8 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
         if content is None:
             raise
         raise ImageDecodeError(str(error), content.size, content.mtime) from None
+    except StorageError:
+        raise  # the storage failed, not the image: the shard fails and is tried again, never an error row
     except Exception as error:
         raise _reason(error, path, content) from None
     if orientation in TRANSPOSED_ORIENTATIONS:

@@ -159,3 +159,56 @@ def test_a_killed_run_from_a_bucket_resumes_to_the_same_rows(s3, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: " in resumed.stderr
     assert _rows(output) == _rows(reference)
+
+
+# Loaded by each Dask worker (a preload): after FAULT_AFTER object reads, every read fails as it does
+# when the endpoint goes away, quoting the endpoint URL, a storage option.
+ENDPOINT_LOST = """
+import os
+import s3fs.core
+from botocore.exceptions import EndpointConnectionError
+
+S3 = s3fs.core.S3FileSystem
+if not hasattr(S3, "reads_so_far"):  # a preload may be loaded more than once in a process
+    S3.reads_so_far = 0
+    read = S3._cat_file
+
+    async def _cat_file(self, path, *args, **kwargs):
+        S3.reads_so_far += 1
+        if S3.reads_so_far > int(os.environ["FAULT_AFTER"]):
+            raise EndpointConnectionError(endpoint_url=os.environ["FAULT_ENDPOINT"] + "/" + path)
+        return await read(self, path, *args, **kwargs)
+
+    S3._cat_file = _cat_file
+"""
+
+
+def test_an_endpoint_lost_mid_run_fails_the_run_keeps_its_parts_and_a_rerun_resumes(s3, tmp_path):
+    client, local, options = s3
+    endpoint = json.loads(options)["endpoint_url"]
+    output, reference, summary = tmp_path / "out.parquet", tmp_path / "reference.parquet", tmp_path / "summary.json"
+    assert _run(f"s3://{BUCKET}/images", str(reference), "--storage-options", options).returncode == 0
+    preload = tmp_path / "endpoint_lost.py"
+    preload.write_text(ENDPOINT_LOST)
+    fault = {
+        "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(preload)]),
+        "FAULT_AFTER": "12",
+        "FAULT_ENDPOINT": endpoint,
+    }
+    command = ["run", f"s3://{BUCKET}/images", str(output), "--storage-options", options, "--shard-size", "4"]
+    lost = run_cli(*command, "--no-progress", "--workers", "1", "--retries", "1", "--summary", str(summary), env=fault)
+    assert lost.returncode == 1, lost.stderr
+    [line] = lost.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"batchclf: error: cannot read s3://{BUCKET}/images/") and "cannot decode" not in line
+    for text in (lost.stdout, lost.stderr, summary.read_text()):
+        assert SECRET not in text and endpoint not in text
+    assert not output.exists()
+    parts = sorted((tmp_path / "out.parquet.parts").glob("attempt-0001-*.parquet"))
+    assert parts, "the shards finished before the endpoint went away are kept"
+    kept = pq.read_table(parts, columns=["status", "error"]).to_pylist()
+    assert kept and all(row == {"status": "ok", "error": None} for row in kept)
+
+    resumed = _run(*command[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(kept)} rows reused" in resumed.stderr
+    assert _rows(output) == _rows(reference)

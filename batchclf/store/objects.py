@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import functools
 import hashlib
@@ -27,7 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import LockedError, UsageError
+from ..errors import LockedError, StorageError, UsageError
 from ..fsutil import boot_id, open_regular_no_follow, private_folder, process_alive, process_start
 from .base import LOCK_SUFFIX, Location, OutsideRootError
 from .options import StorageOptions
@@ -156,21 +157,95 @@ def sorted_listing(rows: list[tuple], schema):
     return table.take(pc.sort_indices(table, [("path", "ascending")]))
 
 
+READ_TRIES = 4  # per request, when the storage fails for a reason that is not the object's
+READ_BACKOFF_SECONDS = 0.5  # doubled after each failed try: 0.5, 1, 2 s
+_TRANSIENT_ERRNOS = {
+    errno.EAGAIN,
+    errno.EBUSY,  # s3fs: 503 Service Unavailable, SlowDown
+    getattr(errno, "EREMOTEIO", 121),  # s3fs: 500 Internal Error
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EPIPE,
+}
+# Kinds of the storage libraries (botocore, aiohttp, fsspec), by name: nothing of theirs is imported here.
+_TRANSIENT_KINDS = {
+    "ConnectionError",  # botocore's EndpointConnectionError, ConnectTimeoutError ...
+    "HTTPClientError",  # botocore's ReadTimeoutError, ConnectionClosedError ...
+    "ClientConnectionError",
+    "ClientPayloadError",
+    "ServerTimeoutError",
+    "IncompleteRead",
+}
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a storage error may pass if the request is made again: a connection error, a timeout,
+    a 5xx, throttling. A missing object (404) or a refusal (403) is the object's answer, not the storage's."""
+    for found in (error, error.__cause__):
+        if found is None:
+            continue
+        if isinstance(found, (FileNotFoundError, PermissionError)):
+            return False
+        if isinstance(found, (TimeoutError, ConnectionError)):
+            return True
+        if {kind.__name__ for kind in type(found).__mro__} & _TRANSIENT_KINDS:
+            return True
+        response = getattr(found, "response", None)
+        if isinstance(response, dict):
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+            if status >= 500 or status == 429 or (response.get("Error") or {}).get("Code") in _THROTTLING_CODES:
+                return True
+        if isinstance(found, OSError) and found.errno in _TRANSIENT_ERRNOS:
+            return True
+    return False
+
+
 def read_object(url: str, options: StorageOptions | None, attempts: int = 3):
     """An object's bytes, with the size and last-modified they were read at (one GET after one HEAD).
 
     When the bytes read do not match the size just looked up, the object changed meanwhile and is
-    read again, so the row's size and mtime describe the bytes scored.
+    read again, so the row's size and mtime describe the bytes scored. A storage that fails for a
+    reason that is not the object's raises ``StorageError`` after a few tries (the shard fails, never
+    an error row); an object that is gone or refused raises ``FileNotFoundError``/``PermissionError``,
+    which the decoder turns into its row.
     """
     from ..decode import FileContent, ImageDecodeError
 
+    options = options or StorageOptions()
     fs, path = filesystem(url, options)
     for _ in range(attempts):
-        info = fs.info(path)
-        data = fs.cat_file(path)
+        info = _request_with_retries(fs.info, path, url, options)
+        data = _request_with_retries(fs.cat_file, path, url, options)
         if len(data) == info.get("size"):
             return FileContent(data, len(data), modified_us(info) or 0)
     raise ImageDecodeError(f"the object kept changing while being read ({attempts} tries); it is scored again next run")
+
+
+def _request_with_retries(request, path: str, url: str, options: StorageOptions):
+    """``request(path)``, made again after a transient failure, waiting longer each time."""
+    from ..decode import ImageDecodeError
+
+    for attempt in range(READ_TRIES):
+        if attempt:
+            time.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        try:
+            return request(path)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as error:  # a storage library raises its own kinds
+            reason = options.redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            if not transient(error):  # the object's own failure: its row says why, without an option value
+                raise ImageDecodeError(f"cannot read the object: {reason}") from None
+    raise StorageError(
+        f"cannot read {url}: {reason} ({READ_TRIES} tries); the storage is failing, not the image: "
+        "the finished shards are kept, run the same command again to resume"
+    ) from None
 
 
 def _check_output(url: str, options: StorageOptions) -> None:
