@@ -61,25 +61,15 @@ def filesystem(url: str, options: StorageOptions | None = None):
         raise UsageError(f"--storage-options not accepted for {url}: {options.redact(str(error))}") from None
 
 
-@functools.cache
 def _opaque_keys(kind: type) -> type:
-    """``kind``, or for S3 a subclass in which a key is only a name: s3fs cuts ``?versionId=...`` off a
-    key as the version to read (``S3FileSystem.split_path``), so ``a?versionId=1.jpg`` would be read as
-    ``a``. No version is ever asked for here; an object is read as it is now."""
+    """``kind``, or for S3 the s3fs class in which a key is only a name (``store.s3``)."""
     try:
         from s3fs import S3FileSystem
     except ImportError:
         return kind
-    if not issubclass(kind, S3FileSystem):
+    if kind is not S3FileSystem:
         return kind
-
-    class OpaqueKeyS3FileSystem(kind):
-        def split_path(self, path):
-            bucket, key, _ = super().split_path(path)
-            if "?versionId=" in path:
-                whole = self._strip_protocol(path).lstrip("/")
-                key = whole[len(bucket) + 1 :] + path[len(path.rstrip("/")) :]
-            return bucket, key, None
+    from .s3 import OpaqueKeyS3FileSystem
 
     return OpaqueKeyS3FileSystem
 
