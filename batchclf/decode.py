@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .errors import StorageError
 from .fsutil import NotRegularFileError, change_marks, content_digest, open_regular
 
 ORIENTATION_TAG = 0x0112
@@ -244,6 +245,8 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
         if content is None:
             raise
         raise ImageDecodeError(str(error), *content.signature) from None
+    except StorageError:
+        raise  # the storage failed, not the image: the shard fails and is tried again, never an error row
     except Exception as error:
         raise _reason(error, path, content) from None
     if orientation in TRANSPOSED_ORIENTATIONS:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from .backends import cache_dir
 from .cluster import connect, submit_shards, worker_hosts
 from .config import RunConfig
+from .errors import StorageError
 from .isolate import isolate_failing_shard
 from .machine import IN_PROCESS_TASKS, threads_for_worker
 from .models.registry import ModelSpec
@@ -150,6 +151,8 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
             shard = by_key.pop(future.key)
             try:
                 table, shard_timings = future.result()
+            except StorageError:
+                raise  # the storage failed on every try, not a file: stop, keeping the parts written so far
             except Exception as error:  # failed on every try: find the file that kills the worker
                 log(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr)
                 table, shard_timings = isolate_failing_shard(client, shard, task.spec, options, error), None

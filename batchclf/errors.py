@@ -39,6 +39,15 @@ class LockedError(BatchclfError):
     exit_code = EXIT_LOCKED
 
 
+class StorageError(BatchclfError):
+    """The storage an input is read from failed for a reason that is not the file's (a connection error,
+    a timeout, a 5xx, throttling) and kept failing after a few tries.
+
+    Never an error row: the shard fails, Dask tries it again, and a run it stops keeps its finished
+    shards, so the same command resumes once the storage answers again.
+    """
+
+
 class FoldersUnreadableError(BatchclfError):
     """The output is written, but some folders could not be listed; their previous rows were kept."""
 

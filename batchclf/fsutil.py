@@ -6,8 +6,11 @@ digests and "can I write here". Every module that writes or checks goes through 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,19 +49,50 @@ def temporary_prefix(target: Path) -> str:
 
 
 TEMPORARY_SUFFIX = ".partial"
+# The random part of a temporary name: what ``mkstemp`` uses, made here so that the one pattern below
+# describes every name this writer makes, and the cleanup of a killed run removes those and no others
+# (``.NAME.html.1234.partial`` is another program's).
+TEMPORARY_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+TEMPORARY_RANDOM_LENGTH = 8
+_TEMPORARY_RANDOM = f"[{re.escape(TEMPORARY_CHARACTERS)}]{{{TEMPORARY_RANDOM_LENGTH}}}"
+
+
+def temporary_name(target: Path) -> str:
+    """A fresh temporary name for ``target``: ``.NAME.`` + 8 random characters + ``.partial``."""
+    random = "".join(secrets.choice(TEMPORARY_CHARACTERS) for _ in range(TEMPORARY_RANDOM_LENGTH))
+    return f"{temporary_prefix(target)}{random}{TEMPORARY_SUFFIX}"
+
+
+def is_temporary_name(name: str, target: Path | None = None) -> bool:
+    """Whether ``name`` is one ``temporary_name`` makes: for ``target``, or (None) for any file."""
+    prefix = re.escape(temporary_prefix(target)) if target is not None else r"\..+\."
+    return re.fullmatch(prefix + _TEMPORARY_RANDOM + re.escape(TEMPORARY_SUFFIX), name, re.DOTALL) is not None
+
+
+def _create_temporary(folder: Path, target: Path) -> tuple[int, Path]:
+    """A new file under a fresh temporary name (exclusive, never through a link, mode 0600 like ``mkstemp``)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(tempfile.TMP_MAX):
+        path = folder / temporary_name(target)
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {target}")
 
 
 @contextlib.contextmanager
 def atomic_file(target: Path, mode: int | None = None) -> Iterator[BinaryIO]:
     """A binary stream to a new file beside ``target`` that replaces it only when the block ends.
 
-    ``mkstemp`` makes the name (exclusive, unpredictable: a link planted at a guessable name cannot
-    redirect the write); the data is fsynced before the rename and the folder after it, so a crash at
-    any point leaves the old file or the new one. The file gets the mode a plain ``open`` would give
-    it (``0o666 & ~umask``) unless ``mode`` says otherwise. An exception removes the temporary file.
+    The temporary name is made as ``mkstemp`` makes one (exclusive, unpredictable: a link planted at a
+    guessable name cannot redirect the write); the data is fsynced before the rename and the folder
+    after it, so a crash at any point leaves the old file or the new one. The file gets the mode a
+    plain ``open`` would give it (``0o666 & ~umask``) unless ``mode`` says otherwise. An exception
+    removes the temporary file.
     """
     folder = _folder_of(target)
-    descriptor, partial = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=TEMPORARY_SUFFIX, dir=folder)
+    descriptor, partial = _create_temporary(folder, target)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             yield stream
@@ -107,6 +141,61 @@ def process_alive(pid: int | str | None) -> bool:
     except (OSError, ValueError, TypeError):  # alive under another user, or not a pid at all
         return True
     return True
+
+
+def boot_id() -> str:
+    """What names this boot of this machine's kernel: containers on one machine share it, a reboot changes
+    it. A pid and a start time name one process only within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # no /proc: the boot time stands for it
+        import psutil
+
+        return f"booted-{psutil.boot_time():.0f}"
+
+
+def process_start(pid: int | str) -> str | None:
+    """When the process ``pid`` started, as this kernel counts it (clock ticks after boot: field 22 of
+    ``/proc/PID/stat``), so two processes given one pid are told apart; None when no such process runs."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as stream:
+            status = stream.read()
+        return status[status.rindex(b")") + 2 :].split()[19].decode()  # the name, in (), may hold spaces
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, IndexError):  # no /proc, or not a pid: ask psutil
+        import psutil
+
+        try:
+            return f"{psutil.Process(int(pid)).create_time():.3f}"
+        except (psutil.Error, ValueError, TypeError):
+            return None
+
+
+def private_folder() -> Path:
+    """A folder no other user can write to, for files whose name other runs of this user must find:
+    ``$XDG_RUNTIME_DIR``, or ``batchclf-UID`` in the system temporary folder, made 0700. One that is a
+    link, another user's, or open to others is refused (a file there could be held or replaced)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _is_private(Path(runtime)):
+        return Path(runtime)
+    folder = Path(tempfile.gettempdir()) / f"batchclf-{os.getuid()}"
+    try:
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    if not _is_private(folder):
+        raise UsageError(f"{folder} must be a folder of this user that only this user can open (0700); remove it")
+    return folder
+
+
+def _is_private(folder: Path) -> bool:
+    try:
+        status = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not status.st_mode & 0o077
 
 
 def creation_error(folder: Path) -> str | None:

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
+from .errors import StorageError
 from .models.registry import ModelSpec
 from .paths import fs_path
 from .shard import Shard
@@ -65,6 +66,8 @@ def isolate_failing_shard(
         start, stop = ranges[future.key]
         try:
             pieces[start], _ = future.result()
+        except StorageError:
+            raise  # the storage failed, not a file of this piece
         except Exception:
             if stop - start == 1:
                 suspects.append(start)
@@ -79,6 +82,8 @@ def isolate_failing_shard(
         future = submit(start, start + 1)
         try:
             pieces[start], _ = future.result()
+        except StorageError:
+            raise
         except Exception as suspect_error:
             pieces[start] = _crash_rows(shard, start, start + 1, spec, probe.schema, suspect_error)
         future.release()

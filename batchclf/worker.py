@@ -7,6 +7,7 @@ a thread pool a window ahead of inference, so the two overlap.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -181,17 +182,25 @@ def _decode_one(
 def _decode_ahead(
     paths: list[str], scorer: Scorer, window: int, content_hash: bool, read=None
 ) -> Iterator[DecodedImage | ImageDecodeError]:
-    """Decode in the pool, at most ``window`` images ahead of the consumer, in order."""
+    """Decode in the pool, at most ``window`` images ahead of the consumer, in order.
+
+    A read that raises (the storage failing: ``StorageError``) stops the shard; the reads queued
+    behind it are cancelled, so the pool the worker's next task shares is not kept busy by them.
+    """
     pending: deque = deque()
     source = iter(paths)
-    for path in itertools.islice(source, window):
-        pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
-    while pending:
-        result = pending.popleft().result()
-        path = next(source, None)
-        if path is not None:
+    try:
+        for path in itertools.islice(source, window):
             pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
-        yield result
+        while pending:
+            result = pending.popleft().result()
+            path = next(source, None)
+            if path is not None:
+                pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def _report_progress(count: int) -> None:
@@ -258,23 +267,23 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     batch_pixels: list[np.ndarray] = []
     read = reader_for(shard.root, options.storage)  # None: read the file itself
     window = max(2 * options.batch_size, 2 * options.decode_threads)
-    decoded = _decode_ahead(full_paths, scorer, window, options.content_hash, read)
-    for position in range(n):
-        tick = time.perf_counter()
-        result = next(decoded)
-        timings["decode_wait"] += time.perf_counter() - tick
-        sizes[position], mtimes[position] = result.size, result.mtime
-        inodes[position], ctimes[position] = result.inode, result.ctime
-        if isinstance(result, ImageDecodeError):
-            errors[position] = str(result)
-            continue
-        widths[position], heights[position] = result.width, result.height
-        hashes[position] = result.content_hash
-        batch_positions.append(position)
-        batch_pixels.append(result.pixels)
-        if len(batch_positions) == options.batch_size:
-            flush(batch_positions, batch_pixels)
-            batch_positions, batch_pixels = [], []
+    with contextlib.closing(_decode_ahead(full_paths, scorer, window, options.content_hash, read)) as decoded:
+        for position in range(n):
+            tick = time.perf_counter()
+            result = next(decoded)
+            timings["decode_wait"] += time.perf_counter() - tick
+            sizes[position], mtimes[position] = result.size, result.mtime
+            inodes[position], ctimes[position] = result.inode, result.ctime
+            if isinstance(result, ImageDecodeError):
+                errors[position] = str(result)
+                continue
+            widths[position], heights[position] = result.width, result.height
+            hashes[position] = result.content_hash
+            batch_positions.append(position)
+            batch_pixels.append(result.pixels)
+            if len(batch_positions) == options.batch_size:
+                flush(batch_positions, batch_pixels)
+                batch_positions, batch_pixels = [], []
     if batch_positions:
         flush(batch_positions, batch_pixels)
     _report_progress(sum(e is not None for e in errors))

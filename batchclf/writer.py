@@ -1,4 +1,5 @@
-"""The output's format: its schema and the run record stored in its metadata.
+"""The output's format: its schema and the run record stored in its metadata (under ``METADATA_KEY``,
+defined in ``store.parquet``: the store tells a batchclf output from any other file by it).
 
 Where the output and its parts are written, and how that is made atomic and locked, is the store's
 business (``store.parquet``, ``store.parts``, ``Location.lock``); ``job.write_output`` merges the
@@ -13,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .store import Location
-from .store.parquet import read_schema
+from .store.parquet import METADATA_KEY, read_schema
 
 TOPK_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
 BASE_FIELDS = [
@@ -34,7 +35,6 @@ BASE_FIELDS = [
     # True when the file could not be checked (its folder was unreadable) and last run's row was kept.
     pa.field("unverified", pa.bool_()),
 ]
-METADATA_KEY = b"batchclf"
 
 
 def output_schema(embedding_size: int | None = None, content_hash: bool = False) -> pa.Schema:

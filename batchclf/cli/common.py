@@ -12,7 +12,7 @@ from ..errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, BatchclfError, Interrupt
 
 EXIT_CODES_HELP = """exit codes:
   0    success (some files may be error rows)
-  1    the job failed (a cluster or worker failure; see the message)
+  1    the job failed (a cluster or worker failure, or the storage kept failing; see the message)
   2    usage error: bad option, missing input or output folder, unknown model, no images found
   3    every file failed to decode (the output is still written)
   4    another run holds the lock on this output

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UsageError
+from ..paths import is_image_name
 from .base import Location, OutsideRootError
 from .local import LocalLocation
 from .objects import ObjectLocation, list_objects, read_object, sorted_listing
@@ -72,10 +74,39 @@ def check_locations(config) -> None:
     """Refuse a run's input and output (a ``RunConfig``'s) before any work: the input first; the
     output last, since in a bucket that check writes (a probe object, removed at once)."""
     check_input(config.input, config.storage_options, content_hash=config.hash)
+    source = location(config.input, config.storage_options)
+    target = location(config.output, config.storage_options)
+    if is_image_name(target.name) and source.holds(target):
+        raise UsageError(
+            f"output {target} is an image name inside the input {source}: it would be overwritten or scored "
+            "as an image; write the output outside the input, as NAME.parquet"
+        )
     check_output(config.output, config.storage_options)
 
 
 def check_output(place: Path | str, options: StorageOptions | None = None) -> None:
     """Refuse an output that cannot be written before any work, leaving nothing behind (a bucket is
-    probed with an object written and removed: call this last among the checks)."""
-    location(place, options).check_output()
+    probed with an object written and removed: call this last among the checks), and an output that
+    exists but is not one batchclf wrote: replacing it would destroy someone's file (an input image)."""
+    target = location(place, options)
+    target.check_output()
+    if target.is_file():
+        _check_replaceable(target)
+
+
+def _check_replaceable(target: Location) -> None:
+    """Only a batchclf output (or an empty file) is replaced; Arrow is loaded only when there is a file."""
+    from .parquet import is_batchclf_output
+
+    try:
+        with target.open_read() as stream:
+            empty = not stream.read(1)
+        if empty or is_batchclf_output(target):
+            return
+    except OSError as error:
+        reason = (target.storage_options or StorageOptions()).redact(error.strerror or str(error))
+        raise UsageError(f"cannot read output {target} to check it is a batchclf output: {reason}") from None
+    raise UsageError(
+        f"output {target} exists and is not a batchclf output (a Parquet file with batchclf's metadata); "
+        "it is left as it is: choose another output name, or remove it first"
+    )

@@ -11,12 +11,43 @@ content or the new, never part of one, and nothing left behind by an interrupted
 from __future__ import annotations
 
 import contextlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from ..fsutil import temporary_name
 from .options import StorageOptions
+
+# The names a run makes beside its output NAME, one copy each: NAME.lock, NAME.parts/ holding
+# attempt-NNNN-SHARD.parquet and run.json, and the atomic write's temporaries (fsutil.temporary_name).
+LOCK_SUFFIX = ".lock"
+PARTS_SUFFIX = ".parts"
+PART_RECORD = "run.json"
+PART_NAME = re.compile(r"attempt-(\d{4})-(.+)\.parquet$")
+_LONGEST_SHARD = "shard-999999"  # shard.shard_name of the millionth shard: a bound, not a name in use
+
+
+def part_name(attempt: int, shard: str) -> str:
+    """A finished shard's name inside ``NAME.parts/``."""
+    return f"attempt-{attempt:04d}-{shard}.parquet"
+
+
+def names_made_beside(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The longest names a run on the output ``name`` makes, by what they are: beside the output (its
+    temporary, the lock, the parts folder), and inside the parts folder (a temporary of a part, of run.json)."""
+    beside = {
+        "its temporary .NAME.XXXXXXXX.partial": temporary_name(Path(name)),
+        "its lock NAME.lock": name + LOCK_SUFFIX,
+        "its parts folder NAME.parts": name + PARTS_SUFFIX,
+    }
+    part = part_name(9999, _LONGEST_SHARD)
+    inside = {
+        "a part's temporary": temporary_name(Path(part)),
+        "run.json's temporary": temporary_name(Path(PART_RECORD)),
+    }
+    return beside, inside
 
 
 class OutsideRootError(Exception):
@@ -104,6 +135,10 @@ class Location(ABC):
         ``name`` may come from a file anyone wrote: one that leads outside raises ``OutsideRootError``
         before a byte is read; one that is not there raises ``FileNotFoundError``.
         """
+
+    def holds(self, other: Location) -> bool:
+        """Whether ``other`` lies under this location taken as a folder (or a prefix), at any depth."""
+        return False
 
     def reader(self) -> Callable | None:
         """The function workers read a child's bytes with (URL → ``decode.FileContent``); None: read the file."""

@@ -1,9 +1,10 @@
 """A location on this machine's file system.
 
-The atomic write is ``fsutil.atomic_file`` (``mkstemp`` beside the target, fsync, rename, fsync of
-the folder). The lock is an ``flock`` on ``NAME.lock``, opened without following links and never
-written; the kernel drops it when the process dies, so a killed run never leaves a stale lock, and
-its holder clears the temporaries a killed writer left beside the target.
+The atomic write is ``fsutil.atomic_file`` (a new file ``.NAME.XXXXXXXX.partial`` beside the target,
+fsync, rename, fsync of the folder). The lock is an ``flock`` on ``NAME.lock``, opened without
+following links and never written; the kernel drops it when the process dies, so a killed run never
+leaves a stale lock, and its holder clears the temporaries a killed writer left beside the target
+(those names alone).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import LockedError, UsageError
-from ..fsutil import TEMPORARY_SUFFIX, atomic_file, can_create_files_in, open_regular_no_follow, temporary_prefix
-from .base import Location, OutsideRootError
+from ..fsutil import atomic_file, can_create_files_in, is_temporary_name, open_regular_no_follow
+from .base import LOCK_SUFFIX, PARTS_SUFFIX, Location, OutsideRootError, names_made_beside
 
 _OPEN_INSIDE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -122,20 +123,54 @@ class LocalLocation(Location):
         with os.fdopen(handle, "rb") as stream:
             yield stream
 
+    def holds(self, other: Location) -> bool:
+        """Where the two are after links are resolved, so a path through a link to the folder counts too."""
+        if not isinstance(other, LocalLocation) or not self.path.is_dir():
+            return False
+        root = os.path.realpath(self.path)
+        place = os.path.join(os.path.realpath(other.path.parent), other.path.name)
+        return place != root and _inside(root, place)
+
     def check_input(self, content_hash: bool = False) -> None:
         if not self.path.exists():
             raise UsageError(f"input {self.path} does not exist; give a folder of images or a file listing them")
 
     def check_output(self) -> None:
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if parent.is_dir():
+            _check_name_lengths(self.path.name, parent)
         if self.path.is_dir():
             raise UsageError(
                 f"output {self.path} is a folder; give a file name such as {self.path}/predictions.parquet"
             )
-        parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output folder {parent} does not exist; create it first")
         if not can_create_files_in(parent):
             raise UsageError(f"output folder {parent} is not writable; choose another output path")
+
+
+def _check_name_lengths(name: str, folder: Path) -> None:
+    """Refuse an output whose run would make a name longer than the folder allows, before any work:
+    otherwise the scoring finishes and the last write fails, on every run."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no limit known: the file system will say
+        return
+    beside, inside = names_made_beside(name)
+    size = len(os.fsencode(name))
+    for what, made in beside.items():
+        if len(os.fsencode(made)) > limit:
+            longest = limit - (len(os.fsencode(made)) - size)
+            raise UsageError(
+                f"output name too long: {what} would be {len(os.fsencode(made))} bytes, more than the {limit}-byte "
+                f"limit on a name in {folder} (NAME_MAX); use an output name of at most {max(longest, 1)} bytes"
+            )
+    for what, made in inside.items():
+        if len(os.fsencode(made)) > limit:
+            raise UsageError(
+                f"output folder {folder} allows names of at most {limit} bytes (NAME_MAX), and {what} in "
+                f"{name}{PARTS_SUFFIX}/ would be {len(os.fsencode(made))} bytes; choose another output folder"
+            )
 
 
 def _inside(root: str, real: str) -> bool:
@@ -165,7 +200,7 @@ def _file_lock(target: LocalLocation, wait: bool = False):
     is never written, so a link or hard link planted there cannot make the run damage another file.
     """
     output = target.path
-    descriptor = open_regular_no_follow(output.with_name(output.name + ".lock"), os.O_RDONLY | os.O_CREAT)
+    descriptor = open_regular_no_follow(output.with_name(output.name + LOCK_SUFFIX), os.O_RDONLY | os.O_CREAT)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -181,14 +216,10 @@ def _file_lock(target: LocalLocation, wait: bool = False):
 
 
 def _remove_stale_temporaries(output: Path) -> None:
-    """Temporary files of a killed run on this output (only the lock holder writes them)."""
-    prefix = temporary_prefix(output)
+    """Temporary files of a killed run on this output (only the lock holder writes them): the names
+    ``atomic_file`` makes for it and no others, so another program's ``.NAME.html.XXXX.partial`` stays."""
     with contextlib.suppress(OSError), os.scandir(output.parent) as entries:
         for entry in entries:
-            if (
-                entry.name.startswith(prefix)
-                and entry.name.endswith(TEMPORARY_SUFFIX)
-                and not entry.is_dir(follow_symlinks=False)  # a planted link goes too, not its target
-            ):
-                with contextlib.suppress(OSError):
+            if is_temporary_name(entry.name, output) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):  # a planted link goes too, not its target
                     os.unlink(entry.path)

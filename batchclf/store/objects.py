@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import functools
 import hashlib
@@ -27,9 +28,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import LockedError, UsageError
-from ..fsutil import open_regular_no_follow, process_alive
-from .base import Location, OutsideRootError
+from ..errors import LockedError, StorageError, UsageError
+from ..fsutil import boot_id, open_regular_no_follow, private_folder, process_alive, process_start
+from .base import LOCK_SUFFIX, Location, OutsideRootError
 from .options import StorageOptions
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -37,20 +38,40 @@ LOCK_POLL_SECONDS = 2.0
 
 
 def filesystem(url: str, options: StorageOptions | None = None):
-    """The fsspec file system for ``url`` and the path inside it (fsspec caches instances per process)."""
-    import fsspec.core
+    """The fsspec file system for ``url`` and the path inside it (fsspec caches instances per process).
+
+    The URL is split here rather than parsed as a URL: an object's key is a name, and a ``?``, ``#``,
+    ``%``, ``::`` or space in it is part of the name. Only the part before the first ``/`` after the
+    scheme (a bucket, a host) may tell the file system something.
+    """
+    import fsspec
 
     options = options or StorageOptions()
+    protocol, _, rest = url.partition("://")
     try:
-        return fsspec.core.url_to_fs(url, **options.options)
+        kind = _opaque_keys(fsspec.get_filesystem_class(protocol))
+        settings = {**kind._get_kwargs_from_urls(f"{protocol}://{rest.split('/', 1)[0]}"), **options.options}
+        return kind(**settings), kind._strip_protocol(url)
     except ImportError as error:
-        scheme = url.split("://", 1)[0]
         raise UsageError(
-            f"{scheme}:// needs its fsspec library: {options.redact(str(error))} "
+            f"{protocol}:// needs its fsspec library: {options.redact(str(error))} "
             "(for s3://: pip install 'batchclf[s3]')"
         ) from None
     except (TypeError, ValueError) as error:
         raise UsageError(f"--storage-options not accepted for {url}: {options.redact(str(error))}") from None
+
+
+def _opaque_keys(kind: type) -> type:
+    """``kind``, or for S3 the s3fs class in which a key is only a name (``store.s3``)."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        return kind
+    if kind is not S3FileSystem:
+        return kind
+    from .s3 import OpaqueKeyS3FileSystem
+
+    return OpaqueKeyS3FileSystem
 
 
 def storage_error(url: str, error: Exception, options: StorageOptions, doing: str) -> UsageError:
@@ -128,21 +149,95 @@ def sorted_listing(rows: list[tuple], schema):
     return table.take(pc.sort_indices(table, [("path", "ascending")]))
 
 
+READ_TRIES = 4  # per request, when the storage fails for a reason that is not the object's
+READ_BACKOFF_SECONDS = 0.5  # doubled after each failed try: 0.5, 1, 2 s
+_TRANSIENT_ERRNOS = {
+    errno.EAGAIN,
+    errno.EBUSY,  # s3fs: 503 Service Unavailable, SlowDown
+    getattr(errno, "EREMOTEIO", 121),  # s3fs: 500 Internal Error
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EPIPE,
+}
+# Kinds of the storage libraries (botocore, aiohttp, fsspec), by name: nothing of theirs is imported here.
+_TRANSIENT_KINDS = {
+    "ConnectionError",  # botocore's EndpointConnectionError, ConnectTimeoutError ...
+    "HTTPClientError",  # botocore's ReadTimeoutError, ConnectionClosedError ...
+    "ClientConnectionError",
+    "ClientPayloadError",
+    "ServerTimeoutError",
+    "IncompleteRead",
+}
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a storage error may pass if the request is made again: a connection error, a timeout,
+    a 5xx, throttling. A missing object (404) or a refusal (403) is the object's answer, not the storage's."""
+    for found in (error, error.__cause__):
+        if found is None:
+            continue
+        if isinstance(found, (FileNotFoundError, PermissionError)):
+            return False
+        if isinstance(found, (TimeoutError, ConnectionError)):
+            return True
+        if {kind.__name__ for kind in type(found).__mro__} & _TRANSIENT_KINDS:
+            return True
+        response = getattr(found, "response", None)
+        if isinstance(response, dict):
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+            if status >= 500 or status == 429 or (response.get("Error") or {}).get("Code") in _THROTTLING_CODES:
+                return True
+        if isinstance(found, OSError) and found.errno in _TRANSIENT_ERRNOS:
+            return True
+    return False
+
+
 def read_object(url: str, options: StorageOptions | None, attempts: int = 3):
     """An object's bytes, with the size and last-modified they were read at (one GET after one HEAD).
 
     When the bytes read do not match the size just looked up, the object changed meanwhile and is
-    read again, so the row's size and mtime describe the bytes scored.
+    read again, so the row's size and mtime describe the bytes scored. A storage that fails for a
+    reason that is not the object's raises ``StorageError`` after a few tries (the shard fails, never
+    an error row); an object that is gone or refused raises ``FileNotFoundError``/``PermissionError``,
+    which the decoder turns into its row.
     """
     from ..decode import FileContent, ImageDecodeError
 
+    options = options or StorageOptions()
     fs, path = filesystem(url, options)
     for _ in range(attempts):
-        info = fs.info(path)
-        data = fs.cat_file(path)
+        info = _request_with_retries(fs.info, path, url, options)
+        data = _request_with_retries(fs.cat_file, path, url, options)
         if len(data) == info.get("size"):
             return FileContent(data, len(data), modified_us(info) or 0)
     raise ImageDecodeError(f"the object kept changing while being read ({attempts} tries); it is scored again next run")
+
+
+def _request_with_retries(request, path: str, url: str, options: StorageOptions):
+    """``request(path)``, made again after a transient failure, waiting longer each time."""
+    from ..decode import ImageDecodeError
+
+    for attempt in range(READ_TRIES):
+        if attempt:
+            time.sleep(READ_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        try:
+            return request(path)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as error:  # a storage library raises its own kinds
+            reason = options.redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            if not transient(error):  # the object's own failure: its row says why, without an option value
+                raise ImageDecodeError(f"cannot read the object: {reason}") from None
+    raise StorageError(
+        f"cannot read {url}: {reason} ({READ_TRIES} tries); the storage is failing, not the image: "
+        "the finished shards are kept, run the same command again to resume"
+    ) from None
 
 
 def _check_output(url: str, options: StorageOptions) -> None:
@@ -283,6 +378,9 @@ class ObjectLocation(Location):
             raise OutsideRootError(name)
         yield io.BytesIO(read_object(self.child(name).url, self.options).data)
 
+    def holds(self, other: Location) -> bool:
+        return isinstance(other, ObjectLocation) and other.url.startswith(self.url.rstrip("/") + "/")
+
     def reader(self):
         return functools.partial(read_object, options=self.options)
 
@@ -306,17 +404,41 @@ def _lock_record(lock: ObjectLocation) -> dict | None:
     return record if isinstance(record, dict) else {}
 
 
+def _holder_gone(record: dict) -> bool:
+    """Whether the run that wrote this lock record is known to be gone (False when that cannot be known).
+
+    Only a holder on this host can be checked, by the process it names: the same boot of the kernel
+    (``boot_id``), a process of that pid, started when the record says (``process_start``). A pid alone
+    proves nothing in a container: every pod of a CronJob is a fresh pid namespace under one host name,
+    so the next night's run gets the pid of the run that was killed, and would see that run alive in
+    itself. A record of an older version (no boot id) is checked by its pid, never taken as this process.
+    """
+    if record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    if "boot_id" not in record or "process_start" not in record:
+        return str(pid) == str(os.getpid()) or not process_alive(pid)
+    if record["boot_id"] != boot_id():
+        return True  # the machine restarted since, and every process of that boot with it
+    started = process_start(pid)
+    if started is None:
+        return not process_alive(pid)  # not running; or running where its start cannot be read: taken as alive
+    return started != record["process_start"]
+
+
 def _break_if_stale(lock: ObjectLocation, record: dict) -> bool:
     """Remove a lock left by a run of this host that is no longer running; True when it was removed.
 
-    Only a holder on this host can be checked (its pid). A local ``flock`` keyed by the lock's URL
-    makes the check and the removal one step among this host's runs, so two of them never both
-    break one stale lock and then both hold a fresh one; runs elsewhere never break a lock at all.
+    A local ``flock`` keyed by the lock's URL makes the check and the removal one step among this
+    host's runs of this user, so two of them never both break one stale lock and then both hold a
+    fresh one; runs elsewhere never break a lock at all. The guard file lies in a folder only this
+    user can write (``fsutil.private_folder``): at a name in the shared temporary folder, another user
+    could create it first and hold it for ever.
     """
-    if record.get("host") != socket.gethostname() or process_alive(record.get("pid")):
+    if not _holder_gone(record):
         return False
     key = hashlib.sha256(lock.url.encode()).hexdigest()[:24]
-    guard = open_regular_no_follow(Path(tempfile.gettempdir()) / f".batchclf-lock-{key}", os.O_RDONLY | os.O_CREAT)
+    guard = open_regular_no_follow(private_folder() / f".batchclf-lock-{key}", os.O_RDONLY | os.O_CREAT, 0o600)
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
         if _lock_record(lock) == record:
@@ -330,18 +452,22 @@ def _break_if_stale(lock: ObjectLocation, record: dict) -> bool:
 def _object_lock(output: ObjectLocation, wait: bool = False):
     """The lock of an output in a bucket: ``OUTPUT.lock``, an object made by a conditional create.
 
-    The object says who holds it (host, pid, start time). A process killed by SIGKILL cannot remove
-    it; the next run on the same host sees that pid is gone and takes the lock over. A holder on
-    another host cannot be checked, so its lock is never broken: the run exits 4 and says how to
-    remove it once that run is known to be gone. The lock is removed when the run ends, by any
-    means short of SIGKILL (an error, SIGINT, SIGTERM), and only if it is still this run's.
+    The object says who holds it: host, boot id, pid and the process's start time (together they name
+    one process, in a container too), the time the lock was taken and a random token of this taking. A
+    process killed by SIGKILL cannot remove it; the next run on the same host sees that process is gone
+    and takes the lock over. A holder on another host cannot be checked, so its lock is never broken:
+    the run exits 4 and says how to remove it once that run is known to be gone. The lock is removed
+    when the run ends, by any means short of SIGKILL (an error, SIGINT, SIGTERM), and only if it is
+    still this run's.
     """
-    lock = output.sibling(output.name + ".lock")
+    lock = output.sibling(output.name + LOCK_SUFFIX)
     mine = {
         "host": socket.gethostname(),
+        "boot_id": boot_id(),
         "pid": os.getpid(),
+        "process_start": process_start(os.getpid()),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "token": os.urandom(8).hex(),
+        "token": secrets.token_hex(8),
     }
     while not lock.create(json.dumps(mine).encode()):
         record = _lock_record(lock)

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 from . import location
 from .base import Location
 
+METADATA_KEY = b"batchclf"  # the key of the run record in an output's footer (``writer.read_run_metadata``)
+
 
 @contextlib.contextmanager
 def atomic_parquet(target: Location | Path, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
@@ -30,6 +32,15 @@ def read_schema(place: Location | Path) -> pa.Schema:
     """The schema of a Parquet file (only its footer is read)."""
     with location(place).arrow_source() as source:
         return pq.read_schema(source)
+
+
+def is_batchclf_output(place: Location | Path) -> bool:
+    """Whether the file is an output batchclf wrote: Parquet whose footer holds the run record (only the
+    footer is read)."""
+    try:
+        return METADATA_KEY in (read_schema(place).metadata or {})
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not Parquet at all
+        return False
 
 
 def read_parts(parts: Iterable[Location | Path], columns: list[str] | None = None) -> Iterator[pa.Table]:

@@ -8,17 +8,14 @@ part made under another reuse key is never reused.
 from __future__ import annotations
 
 import json
-import re
 
 import pyarrow as pa
 
-from ..fsutil import TEMPORARY_SUFFIX
-from .base import Location
+from ..fsutil import is_temporary_name
+from .base import PART_NAME, PART_RECORD, PARTS_SUFFIX, Location, part_name
 from .parquet import atomic_parquet, read_schema
 
 PART_KEY = b"batchclf_part"
-PART_NAME = re.compile(r"attempt-(\d{4})-(.+)\.parquet$")
-RECORD = "run.json"
 
 
 class PartsStore:
@@ -31,7 +28,7 @@ class PartsStore:
     """
 
     def __init__(self, output: Location, reuse_key: str):
-        self.folder = output.sibling(output.name + ".parts")
+        self.folder = output.sibling(output.name + PARTS_SUFFIX)
         self.reuse_key = reuse_key
         self.attempt = 1
         self.prepared = False
@@ -45,7 +42,7 @@ class PartsStore:
         if not entries:
             return None
         try:
-            previous = json.loads(self.folder.child(RECORD).read_text())
+            previous = json.loads(self.folder.child(PART_RECORD).read_text())
         except (OSError, ValueError):
             previous = {}
         if not isinstance(previous, dict) or previous.get("reuse_key") != self.reuse_key:
@@ -53,19 +50,19 @@ class PartsStore:
             return f"not reusing {self.folder}: it was made with another model, options or input"
         self.attempt = int(previous.get("attempts", 0)) + 1
         for entry in entries:  # what an interrupted write on disk left (a bucket never has any)
-            if entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX):
+            if is_temporary_name(entry.name):
                 entry.unlink()
         return None
 
     def _prepare(self) -> None:
         if not self.prepared:
             self.folder.make_folder()
-            with self.folder.child(RECORD).atomic_write() as stream:
+            with self.folder.child(PART_RECORD).atomic_write() as stream:
                 stream.write(json.dumps({"reuse_key": self.reuse_key, "attempts": self.attempt}).encode("utf-8"))
             self.prepared = True
 
     def part_path(self, shard_name: str) -> Location:
-        return self.folder.child(f"attempt-{self.attempt:04d}-{shard_name}.parquet")
+        return self.folder.child(part_name(self.attempt, shard_name))
 
     def earlier_attempts(self) -> list[list[Location]]:
         """Parts of earlier attempts made under this reuse key: one sorted list per attempt, oldest first."""

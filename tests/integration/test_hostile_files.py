@@ -66,23 +66,28 @@ def test_a_fifo_at_the_lock_is_refused_without_blocking(tmp_path):
 def test_links_at_predictable_temporary_names_are_not_followed(images, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    for name in (".out.parquet.partial", f".out.parquet.partial{os.getpid()}", ".out.parquet.x.partial"):
+    for name in (".out.parquet.partial", f".out.parquet.partial{os.getpid()}", ".out.parquet.k2j4m6p8.partial"):
         os.symlink(victim, tmp_path / name)
     output = tmp_path / "out.parquet"
     result = run_cli("run", str(images), str(output), "--no-progress", "--workers", "1")
     assert result.returncode == 0, result.stderr
     assert victim.read_text() == "precious\n"
     assert pq.read_table(output).num_rows == 2
-    assert not (tmp_path / ".out.parquet.x.partial").is_symlink()  # a killed merge's name: cleared, not followed
+    assert not (tmp_path / ".out.parquet.k2j4m6p8.partial").is_symlink()  # a killed merge's name: cleared, not followed
 
 
-def test_leftovers_of_a_killed_merge_are_removed(tmp_path):
+def test_leftovers_of_a_killed_merge_are_removed_and_other_programs_temporaries_kept(tmp_path):
     output = tmp_path / "out.parquet"
-    leftover = tmp_path / ".out.parquet.k2j4.partial"
+    leftover = tmp_path / ".out.parquet.k2j4m6p8.partial"  # what the atomic write names a temporary
     leftover.write_bytes(b"half a parquet file")
+    others = [".out.parquet.html.k2j4.partial", ".out.parquet.k2j4.partial", ".out.parquet.K2J4M6P8.partial"]
+    others += [".out.parquet.k2j4m6p8.partial.bak", ".out.parquet.k2j4m6p89.partial", ".out.parquet..partial"]
+    for name in others:  # another program's temporaries beside the output: not this writer's to remove
+        (tmp_path / name).write_bytes(b"someone else's")
     with location(output).lock():
         pass
     assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "out.parquet.lock"])
 
 
 def test_the_output_is_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
@@ -145,3 +150,70 @@ def test_a_run_that_scores_nothing_reports_no_speed(images, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "2 files (0 scored), 2 ok, 0 errors" in again.stderr and "nothing needed scoring" in again.stderr
     assert json.loads(summary.read_text())["images_per_second"] == 0
+
+
+# --- outputs that would destroy a file, or fail after all the work ------------------------------
+
+
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("images/pizza.jpg", "is an image name inside the input"),  # batchclf run photos photos/a.jpg
+        ("photo.jpg", "is not a batchclf output"),
+        ("notes.txt", "is not a batchclf output"),
+        ("other.parquet", "is not a batchclf output"),
+    ],
+)
+def test_an_output_that_exists_and_is_not_a_batchclf_output_is_refused_and_kept(images, tmp_path, output, message):
+    shutil.copy(images / "pizza.jpg", tmp_path / "photo.jpg")
+    (tmp_path / "notes.txt").write_text("someone's notes\n")
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "other.parquet")  # Parquet, not written by batchclf
+    target = tmp_path / output
+    before = {p: p.read_bytes() for p in [*tmp_path.iterdir(), *images.iterdir()] if p.is_file()}
+    result = run_cli("run", str(images), str(target), "--no-progress", "--workers", "1")
+    assert result.returncode == EXIT_USAGE
+    assert message in _one_line_error(result)
+    assert {p: p.read_bytes() for p in [*tmp_path.iterdir(), *images.iterdir()] if p.is_file()} == before
+    assert _names(tmp_path) == ["images", "notes.txt", "other.parquet", "photo.jpg"]
+
+
+def test_an_image_name_inside_the_input_folder_is_refused_as_output(images, tmp_path):
+    (images / "sub").mkdir()
+    for output in (images / "new.jpg", images / "sub" / "new.PNG", tmp_path / "link" / "new.webp"):
+        (tmp_path / "link").unlink(missing_ok=True)
+        (tmp_path / "link").symlink_to(images)  # the same folder through a link
+        result = run_cli("run", str(images), str(output), "--no-progress")
+        assert result.returncode == EXIT_USAGE
+        assert "is an image name inside the input" in _one_line_error(result)
+        assert not output.exists()
+    assert _names(images) == ["pizza.jpg", "sub", "teddy2.jpg"] and _names(images / "sub") == []
+
+
+def test_a_batchclf_output_and_an_empty_file_are_replaced(images, tmp_path):
+    from batchclf.store import check_output
+
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    check_output(empty)  # nothing in it to lose: made by mktemp, say
+    made = tmp_path / "made.parquet"
+    pq.write_table(pa.table({"a": [1]}).replace_schema_metadata({b"batchclf": b"{}"}), made)
+    check_output(made)
+    check_output(tmp_path / "images.parquet")  # an output beside the input folder, not in it
+
+
+def test_an_output_name_too_long_for_the_folder_is_refused_before_any_work(images, tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = "p" * (limit - len(".lock") - 100) + ".parquet"
+    too_long = "p" * (limit - len(".parquet") - 10) + ".parquet"  # fits, but its temporary name does not
+    result = run_cli("run", str(images), str(tmp_path / too_long), "--no-progress", "--workers", "1")
+    assert result.returncode == EXIT_USAGE
+    line = _one_line_error(result)
+    assert f"{limit}-byte limit" in line and "NAME_MAX" in line and f"at most {limit - 18} bytes" in line
+    assert _names(tmp_path) == ["images"]
+    result = run_cli("run", str(images), str(tmp_path / fits), "--no-progress", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / fits).num_rows == 2

@@ -84,6 +84,31 @@ def test_incremental_after_objects_added_changed_and_deleted_equals_a_full_run(s
             client.upload_file(str(local / key.removeprefix("images/")), BUCKET, key)
 
 
+ODD_KEYS = ["odd/a?versionId=1.jpg", "odd/b#1.jpg", "odd/c%20d e.jpg", "odd/e::f.jpg", "odd/g?x=1#y.png"]
+
+
+def test_keys_with_url_characters_are_names_listed_scored_and_reused(s3, tmp_path):
+    """An object's key is a name: ``?versionId=``, ``#``, ``%``, ``::`` and spaces are part of it, never
+    a query, a fragment, an escape or a chain."""
+    client, local, options = s3
+    for key in ODD_KEYS:
+        client.upload_file(str(local / "food_toy_appliance" / "pizza.jpg"), BUCKET, key)
+    try:
+        output = tmp_path / "odd.parquet"
+        first = _run(f"s3://{BUCKET}/odd", str(output), "--storage-options", options)
+        assert first.returncode == 0, first.stderr
+        rows = pq.read_table(output, columns=["path", "status", "error", "label", "bytes"]).to_pylist()
+        assert [row["path"] for row in rows] == sorted(key.removeprefix("odd/") for key in ODD_KEYS)
+        assert {(row["status"], row["error"], row["label"]) for row in rows} == {("ok", None, rows[0]["label"])}
+        again = _run(f"s3://{BUCKET}/odd", str(output), "--storage-options", options, "--incremental")
+        assert again.returncode == 0, again.stderr
+        assert "5 unchanged rows reused, 0 to score" in again.stderr and "nothing needed scoring" in again.stderr
+        assert pq.read_table(output, columns=["path", "status", "error", "label", "bytes"]).to_pylist() == rows
+    finally:
+        for key in ODD_KEYS:
+            client.delete_object(Bucket=BUCKET, Key=key)
+
+
 @pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint"])
 def test_a_bucket_that_cannot_be_read_is_one_line_exit_2_and_nothing_written(s3, tmp_path, case):
     _, _, options = s3
@@ -133,4 +158,57 @@ def test_a_killed_run_from_a_bucket_resumes_to_the_same_rows(s3, tmp_path):
     resumed = _run(*command[1:])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming: " in resumed.stderr
+    assert _rows(output) == _rows(reference)
+
+
+# Loaded by each Dask worker (a preload): after FAULT_AFTER object reads, every read fails as it does
+# when the endpoint goes away, quoting the endpoint URL, a storage option.
+ENDPOINT_LOST = """
+import os
+import s3fs.core
+from botocore.exceptions import EndpointConnectionError
+
+S3 = s3fs.core.S3FileSystem
+if not hasattr(S3, "reads_so_far"):  # a preload may be loaded more than once in a process
+    S3.reads_so_far = 0
+    read = S3._cat_file
+
+    async def _cat_file(self, path, *args, **kwargs):
+        S3.reads_so_far += 1
+        if S3.reads_so_far > int(os.environ["FAULT_AFTER"]):
+            raise EndpointConnectionError(endpoint_url=os.environ["FAULT_ENDPOINT"] + "/" + path)
+        return await read(self, path, *args, **kwargs)
+
+    S3._cat_file = _cat_file
+"""
+
+
+def test_an_endpoint_lost_mid_run_fails_the_run_keeps_its_parts_and_a_rerun_resumes(s3, tmp_path):
+    client, local, options = s3
+    endpoint = json.loads(options)["endpoint_url"]
+    output, reference, summary = tmp_path / "out.parquet", tmp_path / "reference.parquet", tmp_path / "summary.json"
+    assert _run(f"s3://{BUCKET}/images", str(reference), "--storage-options", options).returncode == 0
+    preload = tmp_path / "endpoint_lost.py"
+    preload.write_text(ENDPOINT_LOST)
+    fault = {
+        "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(preload)]),
+        "FAULT_AFTER": "12",
+        "FAULT_ENDPOINT": endpoint,
+    }
+    command = ["run", f"s3://{BUCKET}/images", str(output), "--storage-options", options, "--shard-size", "4"]
+    lost = run_cli(*command, "--no-progress", "--workers", "1", "--retries", "1", "--summary", str(summary), env=fault)
+    assert lost.returncode == 1, lost.stderr
+    [line] = lost.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"batchclf: error: cannot read s3://{BUCKET}/images/") and "cannot decode" not in line
+    for text in (lost.stdout, lost.stderr, summary.read_text()):
+        assert SECRET not in text and endpoint not in text
+    assert not output.exists()
+    parts = sorted((tmp_path / "out.parquet.parts").glob("attempt-0001-*.parquet"))
+    assert parts, "the shards finished before the endpoint went away are kept"
+    kept = pq.read_table(parts, columns=["status", "error"]).to_pylist()
+    assert kept and all(row == {"status": "ok", "error": None} for row in kept)
+
+    resumed = _run(*command[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {len(kept)} rows reused" in resumed.stderr
     assert _rows(output) == _rows(reference)

@@ -5,14 +5,21 @@ Every run here is compared with the same run written to a local file.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +27,7 @@ from conftest import run_cli, save_image
 from test_storage import BUCKET, COMPARED, SECRET, _rows, _run, s3_with_images
 
 from batchclf.errors import LockedError
+from batchclf.fsutil import boot_id, process_start
 from batchclf.store import StorageOptions, location
 
 IMAGES = f"s3://{BUCKET}/images"
@@ -156,13 +164,36 @@ def _lock_options(s3) -> StorageOptions:
     return StorageOptions(json.loads(s3[2]))
 
 
-def test_the_object_lock_is_an_object_naming_its_holder_released_on_failure_and_taken_over_when_dead(s3):
+@pytest.fixture
+def system_tmp(tmp_path, monkeypatch) -> Path:
+    """The system temporary folder, for this test alone (where the lock's guard file goes)."""
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _holder(**fields) -> dict:
+    """A lock record naming this process, as this run would write it, with ``fields`` changed."""
+    this = {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid()}
+    this.update(process_start=process_start(os.getpid()), started="2026-01-01T00:00:00Z", token="t")
+    return {**this, **fields}
+
+
+def _lock_body(client, key: str) -> dict:
+    return json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def test_the_object_lock_is_an_object_naming_its_holder_released_on_failure_and_taken_over_when_dead(s3, system_tmp):
     """The object-store side of the lock (the contract suite checks exclusion and --wait on both kinds)."""
     client, _, _ = s3
     output = location(f"s3://{BUCKET}/out-stale/predictions.parquet", _lock_options(s3))
     with pytest.raises(KeyboardInterrupt):  # what SIGINT and SIGTERM raise in the driver
         with output.lock():
             assert _keys(client, "out-stale/") == ["out-stale/predictions.parquet.lock"]
+            record = _lock_body(client, "out-stale/predictions.parquet.lock")
+            assert record == _holder(started=record["started"], token=record["token"]) and len(record["token"]) == 16
             with pytest.raises(LockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
                 with output.lock():
                     pass
@@ -178,23 +209,137 @@ def test_the_object_lock_is_an_object_naming_its_holder_released_on_failure_and_
     assert _keys(client, "out-stale/") == []
 
 
-@pytest.mark.parametrize("case", ["missing bucket", "unreachable endpoint", "a prefix"])
+@pytest.mark.parametrize("case", ["this run's pid", "a running pid started later", "another boot"])
+def test_a_lock_whose_process_is_gone_is_taken_over_though_its_pid_runs(s3, system_tmp, case):
+    """In a container every run is a fresh pid namespace under one host name: the next night's run gets the
+    pid of the run that was killed, and a pid alone would make it see that run alive in itself (exit 4)."""
+    client, key = s3[0], "out-gone/predictions.parquet.lock"
+    output = location(f"s3://{BUCKET}/out-gone/predictions.parquet", _lock_options(s3))
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        holder = {
+            "this run's pid": _holder(process_start="1"),  # a killed run that had this pid, in an earlier pod
+            "a running pid started later": _holder(pid=running.pid, process_start="1"),
+            "another boot": _holder(pid=running.pid, process_start=process_start(running.pid), boot_id="rebooted"),
+        }[case]
+        client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(holder).encode())
+        with output.lock():
+            assert _lock_body(client, key)["token"] != "t" and _lock_body(client, key)["pid"] == os.getpid()
+        assert _keys(client, "out-gone/") == []
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_a_lock_whose_process_runs_is_refused_and_left_alone(s3, system_tmp):
+    client, key = s3[0], "out-live/predictions.parquet.lock"
+    output = location(f"s3://{BUCKET}/out-live/predictions.parquet", _lock_options(s3))
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        holder = _holder(pid=running.pid, process_start=process_start(running.pid))
+        client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(holder).encode())
+        with pytest.raises(LockedError, match=f"pid {running.pid} on {socket.gethostname()}"):
+            with output.lock():
+                pass
+        assert _lock_body(client, key) == holder
+    finally:
+        running.kill()
+        running.wait()
+        client.delete_object(Bucket=BUCKET, Key=key)
+
+
+def test_breaking_a_stale_lock_is_not_held_up_by_a_file_another_user_made(s3, system_tmp):
+    """The guard taken while breaking a stale lock lies in a folder only this user can write; at its old name
+    in the shared temporary folder, anyone could create it first and hold it for ever."""
+    client, key = s3[0], "out-guard/predictions.parquet.lock"
+    output = location(f"s3://{BUCKET}/out-guard/predictions.parquet", _lock_options(s3))
+    planted = system_tmp / f".batchclf-lock-{hashlib.sha256(f's3://{BUCKET}/{key}'.encode()).hexdigest()[:24]}"
+    held = os.open(planted, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(_holder(pid=dead.pid, process_start="1")).encode())
+    taken = threading.Event()
+
+    def take() -> None:
+        with output.lock():
+            taken.set()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout=30)
+        assert taken.is_set(), "held up by the planted guard file"
+    finally:
+        os.close(held)
+        thread.join(timeout=30)
+    private = system_tmp / f"batchclf-{os.getuid()}"
+    assert stat.S_IMODE(private.lstat().st_mode) == 0o700 and private.lstat().st_uid == os.getuid()
+    assert [p.name for p in private.iterdir()] == [planted.name]
+
+
+CONTAINER_RUN = """
+import json, os, signal, sys
+from batchclf.store import StorageOptions, location
+with location(sys.argv[1], StorageOptions(json.loads(sys.argv[2]))).lock():
+    print(os.getpid(), flush=True)
+    if sys.argv[3] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_run_killed_in_a_container_leaves_a_lock_the_next_container_takes_over(s3, tmp_path):
+    """Each run in a fresh pid namespace (as every pod of a Kubernetes CronJob), under this host's name."""
+    unshare = shutil.which("unshare")
+    container = [unshare or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]
+    if not unshare or subprocess.run([*container, "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare cannot make a pid namespace here")
+    client, _, options = s3
+    target = f"s3://{BUCKET}/out-pod/predictions.parquet"
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}
+    environment.pop("XDG_RUNTIME_DIR", None)
+
+    def pod(ending: str) -> subprocess.CompletedProcess:
+        run = [sys.executable, "-c", CONTAINER_RUN, target, options, ending]
+        # sh is the namespace's pid 1 and Python its pid 2, in every pod alike.
+        return subprocess.run(
+            [*container, "sh", "-c", '"$@"; true', "sh", *run], capture_output=True, text=True, env=environment
+        )
+
+    killed = pod("killed")
+    assert _keys(client, "out-pod/") == ["out-pod/predictions.parquet.lock"], killed.stderr
+    next_night = pod("ends")
+    assert next_night.stdout == killed.stdout, next_night.stderr  # the same pid, in another namespace
+    assert "LockedError" not in next_night.stderr and next_night.stdout.strip(), next_night.stderr
+    assert _keys(client, "out-pod/") == []
+
+
+@pytest.mark.parametrize(
+    "case", ["missing bucket", "unreachable endpoint", "a prefix", "an image object", "an image name in the input"]
+)
 def test_an_output_that_cannot_be_written_is_one_line_exit_2_and_nothing_written(s3, tmp_path, case):
     client, local, options = s3
     settings, target = json.loads(options), f"s3://{BUCKET}/out-refused/predictions.parquet"
+    source, image = str(local), _keys(client, "images/")[0]
     if case == "missing bucket":
         target = "s3://no-such-bucket/out/predictions.parquet"
     elif case == "unreachable endpoint":
         settings["endpoint_url"] = "http://127.0.0.1:9"
-    else:
+    elif case == "a prefix":
         target = f"s3://{BUCKET}/images"
-    before = _keys(client, "")
-    result = _run(str(local), target, "--storage-options", json.dumps(settings))
+    elif case == "an image object":  # an object of another input, not a batchclf output: never replaced
+        target = f"s3://{BUCKET}/{image}"
+    else:  # batchclf run s3://bucket/images s3://bucket/images/new.jpg: it would be scored next time
+        source, target = IMAGES, f"s3://{BUCKET}/images/new.jpg"
+    before = {key: client.get_object(Bucket=BUCKET, Key=key)["ETag"] for key in _keys(client, "")}
+    result = _run(source, target, "--storage-options", json.dumps(settings))
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("batchclf: error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and SECRET not in result.stderr
-    assert _keys(client, "") == before
+    assert {key: client.get_object(Bucket=BUCKET, Key=key)["ETag"] for key in _keys(client, "")} == before
     assert list(tmp_path.iterdir()) == []
+    if case.startswith("an image"):
+        assert ("not a batchclf output" if case == "an image object" else "image name inside") in result.stderr
 
 
 def test_report_of_a_bucket_run_reads_the_output_and_its_thumbnails_from_the_bucket(s3, tmp_path):

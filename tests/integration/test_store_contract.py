@@ -20,7 +20,7 @@ from conftest import s3_server
 
 from batchclf.decode import read_file
 from batchclf.errors import LockedError, UsageError
-from batchclf.store import Location, OutsideRootError, StorageOptions, location, reader_for
+from batchclf.store import Location, OutsideRootError, StorageOptions, check_output, location, reader_for
 from batchclf.store.parquet import atomic_parquet, read_output, read_parts, read_schema
 from batchclf.store.parts import PART_KEY, PartsStore
 from batchclf.writer import METADATA_KEY, read_run_metadata
@@ -191,6 +191,20 @@ def test_a_worker_reads_a_child_with_the_reader_the_store_gives(root):
     assert content.data == b"not really a jpeg" and content.size == len(content.data) and content.mtime > 0
 
 
+def test_names_with_url_characters_are_names(root):
+    odd = ["a?versionId=1.jpg", "b#1.jpg", "c%20d e.jpg", "e::f.jpg"]
+    read = reader_for(str(root), root.storage_options) or read_file
+    for name in odd:
+        write(root.child(name), name.encode())
+    assert names(root) == sorted(odd)
+    for name in odd:
+        assert root.child(name).exists() and read(str(root.child(name))).data == name.encode()
+        with root.open_inside(name) as stream:
+            assert stream.read() == name.encode()
+        root.child(name).unlink()
+    assert names(root) == []
+
+
 # --- checks before a run ------------------------------------------------------------------------
 
 
@@ -204,6 +218,35 @@ def test_checks_refuse_a_missing_input_and_an_output_that_is_a_folder_and_leave_
         root.child("images").check_output()
     root.child("out.parquet").check_output()
     assert names(root) == ["images"]
+
+
+def test_an_existing_output_is_replaced_only_when_batchclf_wrote_it(root):
+    image = root.child("a.jpg")
+    write(image, b"\xff\xd8\xff\xe0 an image, not a Parquet file")
+    plain = root.child("plain.parquet")
+    with atomic_parquet(plain, TABLE.schema) as writer:  # Parquet, without batchclf's run record
+        writer.write_table(TABLE)
+    for target in (image, plain):
+        with pytest.raises(UsageError, match="is not a batchclf output"):
+            check_output(str(target), root.storage_options)
+    output = root.child("out.parquet")
+    schema = TABLE.schema.with_metadata({METADATA_KEY: b"{}"})
+    with atomic_parquet(output, schema) as writer:
+        writer.write_table(TABLE.replace_schema_metadata(schema.metadata))
+    write(root.child("empty.parquet"), b"")
+    for target in (output, root.child("empty.parquet"), root.child("new.parquet")):
+        check_output(str(target), root.storage_options)
+    with image.open_read() as stream:
+        assert stream.read().endswith(b"not a Parquet file")
+    assert names(root) == ["a.jpg", "empty.parquet", "out.parquet", "plain.parquet"]
+
+
+def test_a_location_holds_what_lies_under_it_and_nothing_beside_it(root):
+    root.child("sub").make_folder()
+    write(root.child("sub").child("x.jpg"), b"x")
+    assert root.holds(root.child("new.jpg")) and root.holds(root.child("sub").child("y.jpg"))
+    assert not root.holds(root) and not root.holds(root.sibling("new.jpg"))
+    assert not root.holds(root.sibling(root.name + "-other").child("new.jpg"))  # a name that only starts alike
 
 
 # --- Parquet and the parts store ----------------------------------------------------------------

@@ -4,12 +4,13 @@ write leaves, links planted where a cache writes, and the mass-drop rule of an i
 from __future__ import annotations
 
 import os
+import stat
 
 import pyarrow as pa
 import pytest
 
 from batchclf.errors import UsageError
-from batchclf.fsutil import atomic_file, write_atomically
+from batchclf.fsutil import atomic_file, is_temporary_name, private_folder, temporary_name, write_atomically
 from batchclf.plan import RunPlan
 
 
@@ -52,6 +53,19 @@ def test_an_interrupted_write_leaves_the_old_file_and_nothing_else(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_the_temporary_names_made_are_the_ones_the_cleanup_recognises(tmp_path):
+    target = tmp_path / "out.parquet"
+    with atomic_file(target) as stream:
+        [made] = [p.name for p in tmp_path.iterdir()]
+        stream.write(b"data")
+    assert is_temporary_name(made, target) and is_temporary_name(made)
+    assert all(is_temporary_name(temporary_name(target), target) for _ in range(100))
+    for name in (".out.parquet.html.1234.partial", ".out.parquet.1234.partial", ".out.parquet.ABCDEFGH.partial"):
+        assert not is_temporary_name(name, target)
+    assert not is_temporary_name(made, tmp_path / "out")  # another output's prefix
+    assert is_temporary_name(".attempt-0001-shard-000000.parquet.abcd_123.partial")
+
+
 def test_the_conversion_cache_never_follows_a_planted_link(tmp_path, monkeypatch):
     from batchclf import backends
 
@@ -77,3 +91,40 @@ def _plan(reusable: int, dropped: int) -> RunPlan:
 )
 def test_an_incremental_run_refuses_a_mass_drop(reusable, dropped, max_drop, refused):
     assert _plan(reusable, dropped).drops_too_much(max_drop) is refused
+
+
+@pytest.fixture
+def system_tmp(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_the_private_folder_is_made_for_this_user_alone(system_tmp, monkeypatch, umask):
+    umask(0o277)  # a umask that would leave the folder unwritable does not change its mode
+    folder = private_folder()
+    assert folder == system_tmp / f"batchclf-{os.getuid()}" and private_folder() == folder
+    assert stat.S_IMODE(folder.lstat().st_mode) == 0o700 and folder.lstat().st_uid == os.getuid()
+    runtime = system_tmp / "run-user"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert private_folder() == runtime
+    runtime.chmod(0o755)  # not private: the folder in the temporary folder is used instead
+    assert private_folder() == folder
+
+
+@pytest.mark.parametrize("planted", ["a link", "open to others", "a file"])
+def test_a_private_folder_planted_by_someone_else_is_refused(system_tmp, planted):
+    folder, elsewhere = system_tmp / f"batchclf-{os.getuid()}", system_tmp / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if planted == "a link":
+        folder.symlink_to(elsewhere)
+    elif planted == "open to others":
+        folder.mkdir()
+        folder.chmod(0o777)
+    else:
+        folder.write_text("")
+    with pytest.raises(UsageError, match="only this user can open"):
+        private_folder()
