@@ -57,15 +57,20 @@ def uninterrupted(images, tmp_path_factory):
     return pq.read_table(folder / "out.parquet")
 
 
-def _interrupt(images: Path, output: Path, summary: Path, send) -> subprocess.CompletedProcess:
-    """Start the CLI in a process group of its own, wait for its first finished part, then ``send``."""
-    process = subprocess.Popen(
+def _start(images: Path, output: Path, summary: Path) -> subprocess.Popen:
+    """The CLI in a process group of its own."""
+    return subprocess.Popen(
         [sys.executable, "-m", "batchclf", *_arguments(images, output, summary)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
+
+
+def _interrupt(images: Path, output: Path, summary: Path, send) -> subprocess.CompletedProcess:
+    """Start the CLI, wait for its first finished part, then ``send``."""
+    process = _start(images, output, summary)
     parts = output.with_name(output.name + ".parts")
     deadline = time.monotonic() + 300
     while not list(parts.glob("*.parquet")):
@@ -112,13 +117,7 @@ def test_sigterm_or_sighup_stops_cleanly_and_the_run_resumes(images, uninterrupt
 @pytest.mark.slow
 def test_a_sigterm_in_the_first_half_second_still_writes_the_summary(images, tmp_path):
     output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchclf", *_arguments(images, output, summary)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = _start(images, output, summary)
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
