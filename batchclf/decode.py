@@ -267,12 +267,6 @@ def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDe
         return ImageDecodeError(message)
 
 
-def read_error_reason(error: OSError) -> str:
-    """Why a file could not be read, in the words of the ``error`` column: for a reader of the file
-    outside the job (a content hash), so the same file gets the same reason either way."""
-    return error_message(error)
-
-
 def error_message(error: Exception, content: FileContent | None = None) -> str:
     """What went wrong, in the words of the ``error`` column (a report's placeholders say the same)."""
     if isinstance(error, FileNotFoundError):

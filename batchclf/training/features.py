@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import cache_dir
-from ..decode import read_error_reason
+from ..decode import error_message
 from ..errors import AllFilesFailedError
 from ..fsutil import atomic_file, sha256_file
 
@@ -111,7 +111,7 @@ def extract_features(paths: list[str], config: ExtractionConfig, log=print) -> F
         try:
             digests[path] = sha256_file(path)
         except OSError as error:  # a FIFO, socket or device is refused at once (fsutil.open_regular)
-            errors[path] = read_error_reason(error)
+            errors[path] = error_message(error)
     vectors = {d: v for d in set(digests.values()) if (v := _load_cached(folder, d)) is not None}
     missing = sorted({d: p for p, d in digests.items() if d not in vectors}.items())
     failed: dict[str, str] = {}
