@@ -36,16 +36,17 @@ from .writer import METADATA_KEY, output_schema
 ROW_GROUP_ROWS = 65536
 
 
-def run(config: RunConfig, log=print) -> RunSummary:
+def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
     """Classify every image ``config`` names and write ``config.output``; return the summary.
 
     An error or a signal that stops the run carries the summary so far (``error.summary``): how many
-    files were planned and how many rows were saved in parts for the next run to reuse.
+    files were planned and how many rows were saved in parts for the next run to reuse. ``checked``:
+    the caller already ran ``config.check()`` and ``store.check_locations()`` on this config.
     """
     started = time.perf_counter()
     summary = RunSummary()
     try:
-        _run(config, summary, started, log)
+        _run(config, summary, started, log, checked)
     except (BatchclfError, Interrupted) as error:
         summary.saved = getattr(error, "saved_rows", summary.saved)
         summary.seconds = time.perf_counter() - started
@@ -69,9 +70,10 @@ def run(config: RunConfig, log=print) -> RunSummary:
     return summary
 
 
-def _run(config: RunConfig, summary: RunSummary, started: float, log) -> None:
-    config.check()
-    check_locations(config)
+def _run(config: RunConfig, summary: RunSummary, started: float, log, checked: bool) -> None:
+    if not checked:  # the command line checks before it forks: a bucket output is probed once, not twice
+        config.check()
+        check_locations(config)
     spec = resolve_model(config.model, config.labels, config.trust_model)
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = class_indices(spec, config.allow, config.deny)  # unknown labels are refused before any work

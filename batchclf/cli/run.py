@@ -226,7 +226,7 @@ def _run_job(summary_path: Path | None, config: RunConfig) -> int:
     try:
         from ..job import run  # Dask and Arrow's compute kernels: only once the settings are known to be good
 
-        summary = run(config, log=print)
+        summary = run(config, log=print, checked=True)  # handle() checked it before forking
     except Interrupted as error:
         error.hint = "the finished shards are kept: run the same command again to resume"
         write_summary(summary_path, getattr(error, "summary", None), config, error.exit_code, str(error))
