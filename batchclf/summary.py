@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +16,17 @@ from .fsutil import can_create_files_in, write_atomically
 VERSIONED_PACKAGES = ("batchclf", "tensorflow", "keras", "ai-edge-litert", "dask", "distributed", "pyarrow", "pillow")
 
 
+def new_run_id() -> str:
+    """A run's id: its UTC start time and a random suffix, e.g. ``20261206T085612Z-3fa9c1``.
+
+    Sortable by time and unique across hosts; the log lines, the summary and the output's metadata carry it.
+    """
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
 @dataclass
 class RunSummary:
+    run_id: str = field(default_factory=new_run_id)
     files: int = 0  # rows in the output
     scored: int = 0  # of which this run scored; the rest were reused
     ok: int = 0
