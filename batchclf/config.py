@@ -21,6 +21,10 @@ BUILTIN_MODEL_NAMES = (
 )  # models/registry.py builds each
 BACKENDS = ("auto", "tf", "litert")
 QUANTIZATIONS = ("int8",)
+# --exif: "camera" adds capture time, camera, lens and orientation; "gps" adds the location too (personal data)
+EXIF_DEFAULT_MODE = "camera"  # what a bare --exif means
+EXIF_WITH_LOCATION = "gps"
+EXIF_MODES = (EXIF_DEFAULT_MODE, EXIF_WITH_LOCATION)
 CLUSTERS = ("local", "slurm")
 DEFAULT_SHARD_SIZE = 1024  # about a minute on one core with TensorFlow, ~15 s with LiteRT
 DEFAULT_BATCH_SIZE = 32
@@ -57,6 +61,7 @@ class RunConfig:
     exclude: tuple[str, ...] = ()
     include_hidden: bool = False
     embeddings: bool = False
+    exif: str | None = None  # one of EXIF_MODES; None: no EXIF columns
     workers: int | None = None
     scheduler: str | None = None
     scheduler_file: Path | None = None
@@ -78,6 +83,8 @@ class RunConfig:
     storage_options: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.exif, bool):  # the Python API's exif=True: a bare --exif
+            object.__setattr__(self, "exif", EXIF_DEFAULT_MODE if self.exif else None)
         for name in TUPLE_FIELDS:  # a list from the API or argparse's append: one hashable form
             value = getattr(self, name)
             if not isinstance(value, tuple):
@@ -114,6 +121,8 @@ class RunConfig:
             raise UsageError("--allow and --deny cannot be combined; use one of them")
         if self.backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.exif is not None and self.exif not in EXIF_MODES:
+            raise UsageError(f"--exif must be one of {', '.join(EXIF_MODES)}, got {self.exif!r}")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise UsageError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
         if self.quantize and self.backend == "tf":
@@ -154,6 +163,8 @@ class RunConfig:
         """The options that change what a row says: an incremental run reuses rows only if they match."""
         keep = ("backend", "quantize", "top_k", "threshold", "allow", "deny", "embeddings", "hash")
         values = {k: getattr(self, k) for k in keep if hasattr(self, k)}
+        if self.exif:  # only then: the reuse keys of runs without EXIF columns stay what they were
+            values["exif"] = self.exif
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     def recorded_options(self) -> dict:
@@ -172,6 +183,7 @@ class RunConfig:
             "exclude",
             "include_hidden",
             "embeddings",
+            "exif",
         )
         values = asdict(self)
         return {k: (list(values[k]) if isinstance(values[k], tuple) else values[k]) for k in keep}

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import StorageError
+from .exif import ExifFields, read_exif
 from .fsutil import NotRegularFileError, change_marks, content_digest, open_regular
 
 ORIENTATION_TAG = 0x0112
@@ -56,6 +57,7 @@ class DecodedImage:
     content_hash: str | None = None  # BLAKE2b-128 of those bytes, when asked for
     inode: int | None = None  # the file's change marks when it was read (fsutil.change_marks)
     ctime: int | None = None
+    exif: ExifFields | None = None  # with ``--exif``: what the photo's EXIF says (exif.py)
 
 
 class ImageDecodeError(Exception):
@@ -214,10 +216,13 @@ def check_pixel_limit(image: Image.Image) -> None:
         )
 
 
-def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = False, read=None) -> DecodedImage:
+def decode_image(
+    path: str, preprocessing: Preprocessing, content_hash: bool = False, read=None, exif: str | None = None
+) -> DecodedImage:
     """Read, decode, orient, crop and resize one image; raise ``ImageDecodeError`` with a reason.
 
     ``read`` fetches the bytes (``read_file`` for a local path; object storage passes its own).
+    ``exif`` (``config.EXIF_MODES``) also reads the EXIF columns from the image opened for decoding.
     """
     size = preprocessing.image_size
     content = None
@@ -226,7 +231,9 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
         with open_image(content.data) as image:
             width, height = image.size
             check_pixel_limit(image)
-            orientation = exif_orientation(image)
+            tags = image_exif(image)
+            orientation = exif_orientation(tags)
+            fields = read_exif(tags, exif) if exif else None
             # Draft reduces by powers of two while keeping at least the requested size.
             needed = math.ceil(size / preprocessing.crop_fraction)
             if os.environ.get("BATCHCLF_FULL_DECODE") != "1":
@@ -252,7 +259,9 @@ def decode_image(path: str, preprocessing: Preprocessing, content_hash: bool = F
     if orientation in TRANSPOSED_ORIENTATIONS:
         width, height = height, width
     digest = content_digest((content.data,)) if content_hash else None
-    return DecodedImage(pixels, width, height, content.size, content.mtime, digest, content.inode, content.ctime)
+    return DecodedImage(
+        pixels, width, height, content.size, content.mtime, digest, content.inode, content.ctime, fields
+    )
 
 
 def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDecodeError:
@@ -294,10 +303,18 @@ def error_message(error: Exception, content: FileContent | None = None) -> str:
     return f"cannot decode: {type(error).__name__}: {error}"  # a malformed file can make a decoder raise anything
 
 
-def exif_orientation(image: Image.Image) -> int:
+def image_exif(image: Image.Image) -> Image.Exif | None:
+    """The image's EXIF, read once for the orientation and the EXIF columns; None when it cannot be read."""
+    try:
+        return image.getexif()
+    except Exception:  # a damaged EXIF block is no reason to refuse the image
+        return None
+
+
+def exif_orientation(exif: Image.Exif | None) -> int:
     """The EXIF orientation (1-8); a damaged EXIF block means upright rather than an error."""
     try:
-        value = image.getexif().get(ORIENTATION_TAG, 1)
+        value = exif.get(ORIENTATION_TAG, 1) if exif is not None else 1
     except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1

@@ -107,6 +107,7 @@ def _scoring_options(task: ScoringTask, client, plan) -> ScoringOptions:
         embeddings=config.embeddings,
         quantize=config.quantize,
         content_hash=config.hash,
+        exif=config.exif,
     )
 
 

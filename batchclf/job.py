@@ -147,7 +147,7 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
         "unreadable_folders": summary.unreadable,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash)
+    schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash, exif=config.exif)
     sources = [*plan.sources, parts_source(parts)] if parts else plan.sources
     write_output(output, schema, metadata, sources, plan)  # an unusable source: the next attempt reuses these parts
     if not config.keep_parts:

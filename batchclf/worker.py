@@ -32,6 +32,7 @@ from .backends import (
     tflite_path,
 )
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
+from .exif import NO_EXIF, exif_columns
 from .models.calibration_set import calibration_digest, calibration_images
 from .models.registry import ModelSpec, load_keras_model
 from .paths import fs_path
@@ -54,6 +55,7 @@ class ScoringOptions:
     embeddings: bool = False
     quantize: str | None = None  # "int8": full-integer LiteRT model calibrated on the shipped calibration set
     content_hash: bool = False  # add the BLAKE2b of the bytes scored (``--hash``)
+    exif: str | None = None  # ``--exif``: read the EXIF columns while decoding (config.EXIF_MODES)
     storage: StorageOptions | None = None  # fsspec options when the input is a URL (repr hides the values)
 
 
@@ -170,17 +172,15 @@ def _calibration_images(spec: ModelSpec, model) -> Iterator[np.ndarray]:
     return calibration_images(spec.preprocessing or Preprocessing(int(model.inputs[0].shape[1])))
 
 
-def _decode_one(
-    path: str, preprocessing: Preprocessing, content_hash: bool, read=None
-) -> DecodedImage | ImageDecodeError:
+def _decode_one(path: str, scorer: Scorer, options: ScoringOptions, read=None) -> DecodedImage | ImageDecodeError:
     try:
-        return decode_image(path, preprocessing, content_hash, read)
+        return decode_image(path, scorer.preprocessing, options.content_hash, read, options.exif)
     except ImageDecodeError as error:
         return error
 
 
 def _decode_ahead(
-    paths: list[str], scorer: Scorer, window: int, content_hash: bool, read=None
+    paths: list[str], scorer: Scorer, window: int, options: ScoringOptions, read=None
 ) -> Iterator[DecodedImage | ImageDecodeError]:
     """Decode in the pool, at most ``window`` images ahead of the consumer, in order.
 
@@ -191,12 +191,12 @@ def _decode_ahead(
     source = iter(paths)
     try:
         for path in itertools.islice(source, window):
-            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
+            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer, options, read))
         while pending:
             result = pending.popleft().result()
             path = next(source, None)
             if path is not None:
-                pending.append(scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, content_hash, read))
+                pending.append(scorer.decode_pool.submit(_decode_one, path, scorer, options, read))
             yield result
     finally:
         for future in pending:
@@ -247,6 +247,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     ctimes = [None] * n
     hashes = [None] * n
     embeddings = [None] * n
+    exif = [NO_EXIF] * n
     timings = {"decode_wait": 0.0, "inference": 0.0}
 
     def flush(positions: list[int], pixels: list[np.ndarray]) -> None:
@@ -267,7 +268,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     batch_pixels: list[np.ndarray] = []
     read = reader_for(shard.root, options.storage)  # None: read the file itself
     window = max(2 * options.batch_size, 2 * options.decode_threads)
-    with contextlib.closing(_decode_ahead(full_paths, scorer, window, options.content_hash, read)) as decoded:
+    with contextlib.closing(_decode_ahead(full_paths, scorer, window, options, read)) as decoded:
         for position in range(n):
             tick = time.perf_counter()
             result = next(decoded)
@@ -279,6 +280,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
                 continue
             widths[position], heights[position] = result.width, result.height
             hashes[position] = result.content_hash
+            exif[position] = result.exif or NO_EXIF
             batch_positions.append(position)
             batch_pixels.append(result.pixels)
             if len(batch_positions) == options.batch_size:
@@ -308,6 +310,9 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
         columns["embedding"] = embeddings
     if options.content_hash:
         columns["content_hash"] = hashes
-    table = pa.table(columns, schema=output_schema(scorer.embedding_size, options.content_hash))
+    schema = output_schema(scorer.embedding_size, options.content_hash, options.exif)
+    if options.exif:
+        columns.update({name: values for name, values in exif_columns(exif).items() if name in schema.names})
+    table = pa.table(columns, schema=schema)
     timings.update(build=build_seconds, total=time.perf_counter() - started, images=n, backend=scorer.backend.name)
     return table, timings

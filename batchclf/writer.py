@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .config import EXIF_WITH_LOCATION
 from .store import Location
 from .store.parquet import METADATA_KEY, read_schema
 
@@ -37,12 +38,33 @@ BASE_FIELDS = [
 ]
 
 
-def output_schema(embedding_size: int | None = None, content_hash: bool = False) -> pa.Schema:
+# --exif (exif.py): the capture time is the camera's clock, without a time zone; the offset it recorded, if any,
+# is in minutes east of UTC
+EXIF_FIELDS = [
+    pa.field("exif_time", pa.timestamp("us")),
+    pa.field("exif_utc_offset", pa.int16()),
+    pa.field("exif_make", pa.string()),
+    pa.field("exif_model", pa.string()),
+    pa.field("exif_lens", pa.string()),
+    pa.field("exif_orientation", pa.int8()),
+]
+GPS_FIELDS = [  # --exif gps only: decimal degrees, north and east positive
+    pa.field("exif_latitude", pa.float64()),
+    pa.field("exif_longitude", pa.float64()),
+]
+
+
+def output_schema(embedding_size: int | None = None, content_hash: bool = False, exif: str | None = None) -> pa.Schema:
+    """The output's columns; those of ``--embeddings``, ``--hash`` and ``--exif`` only when asked for."""
     fields = list(BASE_FIELDS)
     if embedding_size:
         fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_size)))
     if content_hash:
         fields.append(pa.field("content_hash", pa.string()))
+    if exif:
+        fields += EXIF_FIELDS
+    if exif == EXIF_WITH_LOCATION:
+        fields += GPS_FIELDS
     return pa.schema(fields)
 
 

@@ -19,6 +19,9 @@ from ..config import (
     DEFAULT_RETRIES,
     DEFAULT_SHARD_SIZE,
     DEFAULT_TOP_K,
+    EXIF_DEFAULT_MODE,
+    EXIF_MODES,
+    EXIF_WITH_LOCATION,
     QUANTIZATIONS,
     RunConfig,
 )
@@ -102,6 +105,16 @@ def add_parser(subparsers) -> None:
     )
     out.add_argument(
         "--deny", type=labels_list, default=(), metavar="LABELS", help="never report these classes: 'a,b,c' or @FILE"
+    )
+    out.add_argument(
+        "--exif",
+        nargs="?",
+        const=EXIF_DEFAULT_MODE,
+        default=None,
+        type=exif_mode,
+        metavar="gps",
+        help="add EXIF columns: capture time and UTC offset, camera make and model, lens, orientation; "
+        f"'--exif {EXIF_WITH_LOCATION}' adds latitude and longitude (personal data: only when asked for)",
     )
     files = run.add_argument_group("files")
     files.add_argument(
@@ -203,6 +216,16 @@ def add_parser(subparsers) -> None:
         "--no-progress", dest="progress", action="store_false", help="no progress bar (shown unless given)"
     )
     run.set_defaults(handler=handle)
+
+
+def exif_mode(text: str) -> str:
+    """``--exif``'s optional value; what it takes by mistake (``--exif INPUT OUTPUT``) is named."""
+    if text not in EXIF_MODES:
+        raise argparse.ArgumentTypeError(
+            f"takes {' or '.join(repr(mode) for mode in EXIF_MODES)} or nothing, got {text!r} "
+            "(put a bare --exif after INPUT and OUTPUT)"
+        )
+    return text
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -34,7 +34,16 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from ..decode import ImageDecodeError, check_pixel_limit, error_message, exif_orientation, open_image, to_rgb, upright
+from ..decode import (
+    ImageDecodeError,
+    check_pixel_limit,
+    error_message,
+    exif_orientation,
+    image_exif,
+    open_image,
+    to_rgb,
+    upright,
+)
 from ..paths import fs_path
 from ..store import Location, OutsideRootError, StorageOptions, location
 
@@ -183,7 +192,8 @@ def thumbnail_from(stream: BinaryIO, size: int = THUMBNAIL_SIZE, budget: MemoryB
             with budget.admit(cost) if budget else contextlib.nullcontext():
                 try:
                     image.load()
-                    orientation = exif_orientation(image)  # after loading: a PNG's EXIF may follow its pixels
+                    # after loading: a PNG's EXIF may follow its pixels
+                    orientation = exif_orientation(image_exif(image))
                     small = upright(_shrunk_rgb(image, size), orientation)
                 finally:
                     image.close()  # the decoded pixels are released before the next decode is admitted

@@ -35,3 +35,19 @@ def test_embeddings_and_hashes_are_added_at_the_end():
     assert schema.names[-2:] == ["embedding", "content_hash"]
     assert schema.field("embedding").type == pa.list_(pa.float32(), 1280)
     assert schema.field("content_hash").type == pa.string()
+
+
+def test_exif_columns_only_when_asked_for_and_gps_only_with_gps():
+    assert output_schema(exif=None) == output_schema()  # a run without --exif: the schema it always had
+    camera = output_schema(content_hash=True, exif="camera")
+    assert [(f.name, f.type) for f in camera][len(BASE) + 1 :] == [
+        ("exif_time", pa.timestamp("us")),  # the camera's clock, no time zone
+        ("exif_utc_offset", pa.int16()),  # minutes east of UTC, when recorded
+        ("exif_make", pa.string()),
+        ("exif_model", pa.string()),
+        ("exif_lens", pa.string()),
+        ("exif_orientation", pa.int8()),
+    ]
+    gps = output_schema(exif="gps")
+    assert gps.names[len(BASE) :] == [*camera.names[len(BASE) + 1 :], "exif_latitude", "exif_longitude"]
+    assert gps.field("exif_latitude").type == gps.field("exif_longitude").type == pa.float64()

@@ -26,6 +26,7 @@ def config(**fields) -> RunConfig:
         ({"allow": ("a",), "deny": ("b",)}, "--allow and --deny cannot be combined"),
         ({"backend": "cuda"}, "--backend must be one of auto, tf, litert"),
         ({"quantize": "int4"}, "--quantize must be one of int8"),
+        ({"exif": "all"}, "--exif must be one of camera, gps, got 'all'"),
         ({"quantize": "int8", "backend": "tf"}, "--quantize runs a LiteRT model"),
         ({"cluster": "k8s"}, "--cluster must be local or slurm"),
         ({"cluster": "slurm"}, "--cluster slurm needs --cluster-config FILE"),
@@ -67,6 +68,14 @@ def test_result_options_are_what_changes_a_row():
         "embeddings": False,
         "hash": False,
     }
+
+
+def test_exif_is_a_result_option_only_when_asked_for():
+    assert "exif" not in config().result_options()  # the reuse keys of runs without --exif are unchanged
+    assert config(exif="camera").result_options()["exif"] == "camera"
+    assert config(exif="gps").result_options() != config(exif="camera").result_options()
+    assert config(exif=True).exif == "camera" and config(exif=False).exif is None  # the Python API's flag
+    assert config(exif="gps").recorded_options()["exif"] == "gps"
 
 
 def test_the_choice_lists_match_what_the_registry_builds():
