@@ -23,7 +23,7 @@ from PIL import ExifTags, Image
 
 from .config import EXIF_WITH_LOCATION
 
-GPS = ExifTags.GPS
+Base, GPS = ExifTags.Base, ExifTags.GPS
 TIME_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S")  # EXIF's, and the dashes some writers use
 OFFSET_PATTERN = re.compile(r"([+-])(\d\d):(\d\d)")
 MAX_OFFSET_MINUTES = 14 * 60  # UTC-12:00 to UTC+14:00 are the offsets in use
@@ -52,23 +52,31 @@ def read_exif(exif: Image.Exif | None, mode: str) -> ExifFields:
         return NO_EXIF
     main = _ifd(exif, ExifTags.IFD.Exif)
     location = _ifd(exif, ExifTags.IFD.GPSInfo) if mode == EXIF_WITH_LOCATION else {}
-    orientation = exif.get(ExifTags.Base.Orientation)
+    orientation = _tag(exif, Base.Orientation)
     return ExifFields(
-        time=capture_time(main.get(ExifTags.Base.DateTimeOriginal), main.get(ExifTags.Base.SubsecTimeOriginal)),
-        utc_offset=utc_offset(main.get(ExifTags.Base.OffsetTimeOriginal)),
-        make=text(exif.get(ExifTags.Base.Make)),
-        model=text(exif.get(ExifTags.Base.Model)),
-        lens=text(main.get(ExifTags.Base.LensModel)),
+        time=capture_time(_tag(main, Base.DateTimeOriginal), _tag(main, Base.SubsecTimeOriginal)),
+        utc_offset=utc_offset(_tag(main, Base.OffsetTimeOriginal)),
+        make=text(_tag(exif, Base.Make)),
+        model=text(_tag(exif, Base.Model)),
+        lens=text(_tag(main, Base.LensModel)),
         orientation=orientation if type(orientation) is int and 1 <= orientation <= 8 else None,
-        latitude=coordinate(location.get(GPS.GPSLatitude), location.get(GPS.GPSLatitudeRef), "NS", 90),
-        longitude=coordinate(location.get(GPS.GPSLongitude), location.get(GPS.GPSLongitudeRef), "EW", 180),
+        latitude=coordinate(_tag(location, GPS.GPSLatitude), _tag(location, GPS.GPSLatitudeRef), "NS", 90),
+        longitude=coordinate(_tag(location, GPS.GPSLongitude), _tag(location, GPS.GPSLongitudeRef), "EW", 180),
     )
 
 
-def _ifd(exif: Image.Exif, ifd: ExifTags.IFD) -> dict:
+def _tag(tags, tag: int):
+    """One tag's value; Pillow unpacks a value when it is first asked for, and a damaged one is None."""
+    try:
+        return tags.get(tag)
+    except Exception:  # whatever the unpacking of a damaged value raises
+        return None
+
+
+def _ifd(exif: Image.Exif, ifd: ExifTags.IFD):
     """A sub-IFD; one that cannot be read (an offset past the end, a loop) is empty."""
     try:
-        return dict(exif.get_ifd(ifd))
+        return exif.get_ifd(ifd)
     except Exception:  # Pillow raises what its TIFF parser meets on damaged data
         return {}
 

@@ -4,6 +4,7 @@ is a null, never an error row."""
 from __future__ import annotations
 
 import io
+import struct
 from datetime import datetime
 from fractions import Fraction
 
@@ -162,6 +163,23 @@ def test_a_garbage_exif_block_gives_nulls_and_the_image_still_decodes(tmp_path, 
     decoded = decode_image(str(path), Preprocessing(16), exif="gps")
     assert decoded.pixels.shape == (16, 16, 3)
     assert decoded.exif == NO_EXIF
+
+
+class DamagedExif(Image.Exif):
+    """Pillow unpacks a tag's value when it is asked for: what a damaged Make raises then."""
+
+    def __getitem__(self, tag):
+        if tag == Base.Make:
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return super().__getitem__(tag)
+
+
+def test_a_tag_that_fails_to_unpack_is_null_and_the_others_are_kept():
+    exif = DamagedExif()
+    exif.load(photo_exif().tobytes())
+    fields = read_exif(exif, "gps")
+    assert fields.make is None
+    assert fields.model == "Canon EOS R6" and fields.latitude is not None and fields.time is not None
 
 
 def test_the_decoder_reads_the_exif_it_opened_and_only_when_asked(tmp_path, monkeypatch):
