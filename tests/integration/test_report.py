@@ -152,7 +152,7 @@ def test_report_over_real_run_loads_cleanly_in_headless_chromium(real_runs, tmp_
     assert len(widths) == page_text.count("<img ") and len(widths) >= 18
     assert all(w > 0 for w in widths), widths
     assert charts == 4  # labels, scores, movers, confusion matrix
-    assert sections == ["summary", "labels", "scores", "sheets", "low", "errors", "changes", "truth"]
+    assert sections == ["summary", "changes", "labels", "folders", "scores", "sheets", "low", "errors", "truth"]
     with Image.open(shot) as image:
         pixels = image.convert("L")
         assert image.height > 2000 and len(pixels.getcolors()) > 50 and ImageStat.Stat(pixels).stddev[0] > 10
@@ -308,6 +308,8 @@ def test_thumbnail_handles_modes_orientation_and_bad_files(tmp_path):
         (["{output}", "{html}", "--compare", "{missing}"], "--compare"),
         (["{output}", "{html}", "--truth", "{missing}"], "--truth"),
         (["{output}", "{tmp}"], "is a folder"),
+        (["{output}", "{html}", "--group-depth", "0"], "--group-depth must be 1 or more"),
+        (["{output}", "{html}", "--group-depth", "-2"], "--group-depth must be 1 or more"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path, capsys, args, message):
