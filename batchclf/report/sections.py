@@ -219,6 +219,6 @@ def truth_section(truth: TruthResult, pairs: int) -> str:
         + _pairs(truth, pairs)
         + _matrix(truth)
         + f'<h3>Per class <span class="note">worst F1 first</span></h3>{table}'
-        + shown_note(len(rows), len(rows), "class", "worst F1 first")
+        + shown_note(len(rows), len(rows), "label", "worst F1 first")
         + "</section>"
     )
