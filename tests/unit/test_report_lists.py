@@ -76,7 +76,7 @@ def test_deeper_groups_keep_the_folders_a_shallower_path_has():
         "cam10": (1, 0),
     }
     assert {g.folder for g in folder_groups(RUN, 5)} == {"cam0", "cam0/2026", "cam1", "cam1/2026/01", ".", "cam10"}
-    assert (group_of("", 1), group_of("a/b/c/", 2), group_of("a/", 3)) == (".", "a/b", "a")
+    assert (group_of("", 1), group_of("a/b/c", 2), group_of("a", 3)) == (".", "a/b", "a")
 
 
 def test_folder_groups_refuse_a_depth_below_one_and_take_an_empty_run():
