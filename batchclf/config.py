@@ -40,6 +40,11 @@ DEFAULT_MAX_DROP = 0.5  # --incremental refuses to drop more than this share of 
 REPORT_LOW_SCORE = 0.5  # a top-1 score below this counts as a low-confidence prediction
 REPORT_PER_LABEL = 24  # thumbnails a label
 REPORT_TOP_LABELS = 20  # labels charted
+REPORT_LISTED = 100  # rows of each list of paths on the page (new, gone, changed); the JSON lists more
+REPORT_CONFUSED_PAIRS = 30  # most confused (true → predicted) pairs listed with --truth
+REPORT_FOLDERS = 50  # folders listed in the per-folder table, most files first
+REPORT_FOLDER_LABELS = 3  # top labels shown for each folder
+REPORT_GROUP_DEPTH = 1  # folders under the input root that make one group (1: top-level folders)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
+from ..config import REPORT_GROUP_DEPTH, REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..store import location_argument
 
 
@@ -15,8 +15,9 @@ def add_parser(subparsers) -> None:
         "report",
         help="write one self-contained HTML page showing what a run found (and what changed)",
         description="Summarise a 'batchclf run' output in one HTML file with no outside references: label "
-        "distribution, score histogram, contact sheets per label, low-confidence and error listings; with "
-        "--compare, the drift from a previous run; with --truth, the confusion matrix and per-class metrics.",
+        "distribution, files, errors and labels per folder, score histogram, contact sheets per label, low-confidence "
+        "and error listings; with --compare, first what changed since a previous run (new, gone and relabelled "
+        "files, label shifts); with --truth, the most confused pairs and per-class metrics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     report.add_argument(
@@ -68,8 +69,16 @@ def add_parser(subparsers) -> None:
         type=Path,
         default=None,
         metavar="tags.tsv",
-        help="known labels (path<TAB>label, paths relative to the file's folder): add the "
-        "confusion matrix and per-class precision, recall and F1",
+        help="known labels (path<TAB>label, paths relative to the file's folder): add the most "
+        "confused pairs, the confusion matrix and per-class precision, recall and F1",
+    )
+    report.add_argument(
+        "--group-depth",
+        type=int,
+        default=REPORT_GROUP_DEPTH,
+        metavar="N",
+        help="the 'Folders' section groups files by their first N folders under the input root (1: cam0, cam1; "
+        "2: cam0/2026, ...)",
     )
     report.add_argument(
         "--storage-options",
@@ -95,6 +104,7 @@ def _report(args) -> int:
         compare=args.compare,
         json=args.json,
         truth=args.truth,
+        group_depth=args.group_depth,
         storage_options=StorageOptions.parse(args.storage_options),
     )
     summary = build_report(config)

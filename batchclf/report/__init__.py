@@ -1,8 +1,10 @@
 """``batchclf report``: one self-contained HTML page showing what a run found and what changed since the last.
 
 The stages, one module each: ``run`` reads a Parquet output into the figures the page needs, ``drift``
-compares two runs, ``truth`` scores a run against a ``tags.tsv``, ``thumbnails`` makes the embedded
-JPEGs in parallel, ``charts`` draws the SVG, ``page`` writes the HTML and ``build`` ties them together.
+compares two runs, ``truth`` scores a run against a ``tags.tsv``, ``folders`` counts a run folder by
+folder, ``thumbnails`` makes the embedded JPEGs in parallel, ``charts`` draws the SVG, ``html`` holds the
+page's CSS and parts, ``sections`` the Changes, Folders and known-labels sections, ``page`` lays the page
+out and ``build`` ties them together.
 Nothing in the page is fetched over the network: CSS, charts and images are all inline.
 """
 

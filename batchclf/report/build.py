@@ -11,12 +11,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
+from ..config import (
+    REPORT_CONFUSED_PAIRS,
+    REPORT_FOLDER_LABELS,
+    REPORT_FOLDERS,
+    REPORT_GROUP_DEPTH,
+    REPORT_LISTED,
+    REPORT_LOW_SCORE,
+    REPORT_PER_LABEL,
+    REPORT_TOP_LABELS,
+)
 from ..errors import UsageError
 from ..fsutil import creation_error, write_atomically
 from ..store import LocalLocation, Location, StorageOptions, is_url, location
 from . import run as runs
-from .drift import Drift, compare_runs
+from .drift import LISTED_PATHS, Drift, compare_runs
+from .folders import folder_groups
 from .page import LabelSheet, Page, render
 from .thumbnails import MISSING, UNAVAILABLE, Thumbnail, make_thumbnails
 from .truth import TruthResult, read_truth, score_run
@@ -38,6 +48,11 @@ class ReportConfig:
     gallery: int = 48  # thumbnails in the low-confidence and changed-prediction galleries
     error_rows: int = 200
     max_thumbnails: int = 1500
+    group_depth: int = REPORT_GROUP_DEPTH  # folders under the input root that make one group in "Folders"
+    listed: int = REPORT_LISTED  # rows of each list of changed, new and gone paths
+    folders: int = REPORT_FOLDERS  # rows of the per-folder table
+    folder_labels: int = REPORT_FOLDER_LABELS
+    confused_pairs: int = REPORT_CONFUSED_PAIRS
     threads: int | None = None
     memory: int | None = None  # bytes of images decoded at once for thumbnails (None: thumbnails.thumbnail_memory())
     # fsspec options for an output, --compare or input root in a bucket: never printed or written.
@@ -50,6 +65,19 @@ class ReportConfig:
             raise UsageError(f"--per-label must be 0 or more, got {self.per_label}")
         if self.top < 1:
             raise UsageError(f"--top must be a positive number, got {self.top}")
+        if isinstance(self.group_depth, bool) or not isinstance(self.group_depth, int) or self.group_depth < 1:
+            raise UsageError(
+                f"--group-depth must be 1 or more (1: the top-level folders of the input root), got {self.group_depth}"
+            )
+        limits = {
+            "listed": self.listed,
+            "folders": self.folders,
+            "folder_labels": self.folder_labels,
+            "confused_pairs": self.confused_pairs,
+        }
+        for name, value in limits.items():
+            if value < 0:
+                raise UsageError(f"{name} must be 0 or more, got {value}")
         if self.memory is not None and self.memory < 1:
             raise UsageError(f"memory must be a positive number of bytes, got {self.memory}")
         for option, target in (("REPORT", self.report), ("--json", self.json)):
@@ -150,7 +178,7 @@ def _plan_sheets(config: ReportConfig, ok, counts, budget: int) -> tuple[list[La
     return sheets, note
 
 
-def summary_json(config: ReportConfig, run: runs.Run, counts, low_count: int, drift, truth) -> dict:
+def summary_json(config: ReportConfig, run: runs.Run, counts, low_count: int, drift, truth, folders) -> dict:
     ok = run.ok.num_rows
     return {
         "output": str(config.output),
@@ -168,6 +196,11 @@ def summary_json(config: ReportConfig, run: runs.Run, counts, low_count: int, dr
             "low_confidence": low_count,
             "low_confidence_share": low_count / ok if ok else 0.0,
             "labels": [{"label": label, "count": count, "share": count / ok} for label, count in counts],
+        },
+        "folders": {
+            "group_depth": config.group_depth,
+            "count": len(folders),
+            "groups": [g.to_json(config.folder_labels) for g in folders[:LISTED_PATHS]],
         },
         "drift": drift.to_json() if drift else None,
         "truth": truth.to_json() if truth else None,
@@ -200,7 +233,8 @@ def build_report(config: ReportConfig) -> ReportSummary:
     counts = runs.label_counts(ok["label"])
     low_count = runs.count_below(ok, config.low)
     low_items = runs.low_confidence(ok, config.low, config.gallery)
-    changed = sorted(drift.changed, key=lambda i: (-(i.score or 0.0), i.path))[: config.gallery] if drift else []
+    changed = drift.confident[: config.gallery] if drift else []
+    folders = folder_groups(run.table, config.group_depth)
     sheets, sheet_note = _plan_sheets(config, ok, counts, config.max_thumbnails - len(low_items) - len(changed))
     chart = counts[: config.top]
     rest = sum(count for _, count in counts[config.top :])
@@ -238,10 +272,16 @@ def build_report(config: ReportConfig) -> ReportSummary:
         drift=drift,
         changed_items=changed,
         truth=truth,
+        folders=folders,
+        group_depth=config.group_depth,
+        listed=config.listed,
+        folder_rows=config.folders,
+        folder_labels=config.folder_labels,
+        confused_pairs=config.confused_pairs,
     )
     summary.bytes = write_atomically(config.report, render(page))
     if config.json:
-        document = summary_json(config, run, counts, low_count, drift, truth)
+        document = summary_json(config, run, counts, low_count, drift, truth, folders)
         write_atomically(config.json, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     summary.rows, summary.drift, summary.truth = run.files, drift, truth
     summary.seconds = time.perf_counter() - started

@@ -38,6 +38,7 @@ class Drift:
     new: list[str]  # sorted paths, capped at LISTED_PATHS
     gone: list[str]
     changed: list[Item]  # sorted by path, capped at LISTED_PATHS; Item.previous is the old outcome
+    confident: list[Item]  # the same kind of item, the most confident first, capped at LISTED_PATHS
     new_count: int
     gone_count: int
     changed_count: int
@@ -52,7 +53,14 @@ class Drift:
             "changed": {
                 "count": self.changed_count,
                 "files": [
-                    {"path": i.path, "previous": i.previous, "current": i.label, "score": i.score} for i in self.changed
+                    {
+                        "path": i.path,
+                        "previous": i.previous,
+                        "current": i.label,
+                        "previous_score": i.previous_score,
+                        "score": i.score,
+                    }
+                    for i in self.changed
                 ],
             },
             "labels": [
@@ -88,7 +96,7 @@ def _shifts(current: pa.Table, previous: pa.Table) -> list[LabelShift]:
 
 
 def compare_runs(current: Run, previous: Run) -> Drift:
-    now, before = current.outcomes(), previous.outcomes().drop_columns(["score"])
+    now, before = current.outcomes(), previous.outcomes()
     joined = now.append_column("here", pa.repeat(True, now.num_rows)).join(
         before.append_column("there", pa.repeat(True, before.num_rows)),
         keys="path",
@@ -107,18 +115,23 @@ def compare_runs(current: Run, previous: Run) -> Drift:
         return pc.take(column, pc.array_sort_indices(column)[:LISTED_PATHS]).to_pylist()
 
     changed = joined.filter(is_changed)
-    changed = changed.take(pc.sort_indices(changed, [("path", "ascending")])[:LISTED_PATHS])
-    items = [
-        Item(r["path"], r["outcome_now"], r["score"], previous=r["outcome_before"])
-        for r in changed.select(["path", "outcome_now", "outcome_before", "score"]).to_pylist()
-    ]
+
+    def items(order: list[tuple[str, str]]) -> list[Item]:
+        rows = changed.take(pc.sort_indices(changed, order)[:LISTED_PATHS])
+        columns = ["path", "outcome_now", "outcome_before", "score_now", "score_before"]
+        return [
+            Item(r["path"], r["outcome_now"], r["score_now"], r["outcome_before"], r["score_before"])
+            for r in rows.select(columns).to_pylist()
+        ]
+
     return Drift(
         current_files=now.num_rows,
         previous_files=before.num_rows,
         shifts=_shifts(now, before),
         new=paths(is_new),
         gone=paths(is_gone),
-        changed=items,
+        changed=items([("path", "ascending")]),
+        confident=items([("score_now", "descending"), ("path", "ascending")]),
         new_count=int(pc.sum(is_new).as_py() or 0),
         gone_count=int(pc.sum(is_gone).as_py() or 0),
         changed_count=int(pc.sum(is_changed).as_py() or 0),

@@ -34,6 +34,7 @@ class Item:
     label: str
     score: float | None
     previous: str | None = None  # the label in the compared run, for changed predictions
+    previous_score: float | None = None  # its score there
 
     @property
     def caption(self) -> str:

@@ -1,4 +1,5 @@
-"""Score a run against known labels: a ``tags.tsv`` matched to the run's rows, and the confusion matrix.
+"""Score a run against known labels: a ``tags.tsv`` matched to the run's rows, the most confused pairs
+and the confusion matrix.
 
 The metrics are those of ``batchclf evaluate`` (``training.metrics``), over the matched rows; a failed
 file counts as predicted ``(error)``.
@@ -7,7 +8,8 @@ file counts as predicted ``(error)``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +22,7 @@ from .run import Run
 
 MATRIX_CLASSES = 30  # classes drawn in the heat map; the rest of the predictions go to "(other)"
 OTHER = "(other)"
+LISTED_PAIRS = 1000  # confused pairs listed in the JSON; their count is always exact
 
 
 def read_truth(tsv: Path, root: Path) -> tuple[dict[str, str], list[str]]:
@@ -43,6 +46,25 @@ def read_truth(tsv: Path, root: Path) -> tuple[dict[str, str], list[str]]:
 
 
 @dataclass(frozen=True)
+class ConfusedPair:
+    actual: str  # the true label
+    predicted: str
+    count: int  # images of ``actual`` predicted as ``predicted``
+    share: float  # of the images of ``actual``
+
+
+def confused_pairs(counts: Counter[tuple[str, str]]) -> list[ConfusedPair]:
+    """Every (true, predicted) pair that differs, most images first, then the larger share of the true
+    label, then by name: with a thousand classes these are the mistakes worth reading, where a
+    confusion matrix could show only a corner."""
+    support: Counter[str] = Counter()
+    for (actual, _), images in counts.items():
+        support[actual] += images
+    pairs = [ConfusedPair(a, g, n, n / support[a]) for (a, g), n in counts.items() if a != g and n]
+    return sorted(pairs, key=lambda p: (-p.count, -p.share, p.actual, p.predicted))
+
+
+@dataclass(frozen=True)
 class TruthResult:
     matched: int
     unmatched_truth: list[str]  # truth paths not in the run (sorted)
@@ -53,6 +75,12 @@ class TruthResult:
     matrix_columns: list[str]  # predicted classes drawn: the rows' classes, then OTHER when needed
     matrix: list[list[int]]
     aliased: dict[str, str]  # truth label → model label, where a synonym was translated
+    confused: list[ConfusedPair] = field(default_factory=list)  # every confused pair, most images first
+
+    @property
+    def matrix_complete(self) -> bool:
+        """Whether the matrix has a row for every true label (else the page lists confused pairs only)."""
+        return len(self.matrix_rows) == len(self.classes)
 
     @property
     def macro_f1(self) -> float | None:
@@ -78,6 +106,13 @@ class TruthResult:
                 for c in self.classes
             ],
             "confusion": {"rows": self.matrix_rows, "columns": self.matrix_columns, "counts": self.matrix},
+            "confused": {
+                "count": len(self.confused),
+                "pairs": [
+                    {"actual": p.actual, "predicted": p.predicted, "count": p.count, "share": round(p.share, 6)}
+                    for p in self.confused[:LISTED_PAIRS]
+                ],
+            },
             "aliases": self.aliased,
         }
 
@@ -122,4 +157,5 @@ def score_run(run: Run, truth: dict[str, str]) -> TruthResult:
         matrix_columns=columns,
         matrix=matrix,
         aliased=aliased,
+        confused=confused_pairs(counts),
     )

@@ -144,6 +144,15 @@ def test_report_over_real_run_loads_cleanly_in_headless_chromium(real_runs, tmp_
             widths = page.evaluate("Array.from(document.images, i => i.complete ? i.naturalWidth : 0)")
             charts = page.evaluate("document.querySelectorAll('svg.chart').length")
             sections = page.evaluate("Array.from(document.querySelectorAll('section'), s => s.id)")
+            tops = {name: page.locator(f"#{name}").bounding_box()["y"] for name in ("changes", "labels", "folders")}
+            listed = page.locator("#changes td.path").all_inner_texts()
+            folders = page.locator("#folders table tr").count()
+            pairs = page.locator("#truth h3:has-text('Most confused pairs') + table tr").count()
+            visible = [page.locator(f"#{name}").is_visible() for name in ("changes", "folders", "truth")]
+            shots = {}
+            for name in ("changes", "folders", "truth"):
+                shots[name] = tmp_path / f"{name}.png"
+                page.locator(f"#{name}").screenshot(path=str(shots[name]))
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -152,7 +161,17 @@ def test_report_over_real_run_loads_cleanly_in_headless_chromium(real_runs, tmp_
     assert len(widths) == page_text.count("<img ") and len(widths) >= 18
     assert all(w > 0 for w in widths), widths
     assert charts == 4  # labels, scores, movers, confusion matrix
-    assert sections == ["summary", "labels", "scores", "sheets", "low", "errors", "changes", "truth"]
+    assert sections == ["summary", "changes", "labels", "folders", "scores", "sheets", "low", "errors", "truth"]
+    assert visible == [True, True, True] and tops["changes"] < tops["labels"] < tops["folders"]
+    # changed (by path), then new, then gone: the known edits of tonight's folder
+    assert listed == ["coffeepot2.jpg", "toaster.jpg", "extra/bear.jpg", "broccoli.png", "canoe2.jpg"]
+    assert folders == 1 + 2  # a header, the root's 17 files and extra/
+    assert pairs >= 1 + 2  # a header, toaster → pizza and coffeepot → (error) at least
+    for name, path in shots.items():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        with Image.open(path) as image:
+            assert image.width >= 600 and image.height >= 100, (name, image.size)
+            assert len(image.convert("L").getcolors(1 << 16)) > 20, name
     with Image.open(shot) as image:
         pixels = image.convert("L")
         assert image.height > 2000 and len(pixels.getcolors()) > 50 and ImageStat.Stat(pixels).stddev[0] > 10
@@ -308,6 +327,8 @@ def test_thumbnail_handles_modes_orientation_and_bad_files(tmp_path):
         (["{output}", "{html}", "--compare", "{missing}"], "--compare"),
         (["{output}", "{html}", "--truth", "{missing}"], "--truth"),
         (["{output}", "{tmp}"], "is a folder"),
+        (["{output}", "{html}", "--group-depth", "0"], "--group-depth must be 1 or more"),
+        (["{output}", "{html}", "--group-depth", "-2"], "--group-depth must be 1 or more"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path, capsys, args, message):

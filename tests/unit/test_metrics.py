@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from batchclf.report.page import _truth
+from batchclf.report.sections import truth_section
 from batchclf.report.truth import TruthResult
 from batchclf.training.metrics import (
     EPSILON,
@@ -139,7 +138,7 @@ def test_the_report_shows_an_undefined_precision_as_a_dash_and_null():
     fox = next(c for c in document["classes"] if c["label"] == "fox")
     assert (fox["precision"], fox["recall"], fox["f1"]) == (None, 0.0, 0.0)
     assert document["macro_f1"] == pytest.approx((0.8 + 0.0) / 2)
-    html = _truth(SimpleNamespace(truth=result))
+    html = truth_section(result, pairs=30)
     assert '<td>fox</td><td class="n">1</td><td class="n">0</td><td class="n">—</td><td class="n">0.000</td>' in html
     assert '<td class="n">0.667</td><td class="n">1.000</td><td class="n">0.800</td>' in html
 
@@ -147,4 +146,4 @@ def test_the_report_shows_an_undefined_precision_as_a_dash_and_null():
 def test_the_report_with_no_labelled_image_found_has_no_accuracy():
     result = _truth_result([], None)
     assert result.to_json()["accuracy"] is None and result.to_json()["macro_f1"] is None
-    assert "<b>—</b><span>accuracy</span>" in _truth(SimpleNamespace(truth=result))
+    assert "<b>—</b><span>accuracy</span>" in truth_section(result, pairs=30)
