@@ -82,6 +82,8 @@ def rescore_reason(before: dict | None, now: dict, versions: tuple[str | None, s
         return GENERIC_REASON
     differences = []
     for name in ("model", "weights", "input_root"):
+        if name == "weights" and before.get("model") != now.get("model"):
+            continue  # another model: its weights say nothing more
         if before.get(name) != now.get(name):
             differences.append(f"{KEY_PART_NAMES[name]} {_shown(before.get(name))} → {_shown(now.get(name))}")
     if before.get("labels") != now.get("labels"):
