@@ -35,6 +35,9 @@ TUPLE_FIELDS = ("allow", "deny", "include", "exclude")
 LABEL_SET_FIELDS = ("allow", "deny")
 WHOLE_NUMBER_FIELDS = ("batch_size", "shard_size", "top_k", "retries", "workers")
 DEFAULT_MAX_DROP = 0.5  # --incremental refuses to drop more than this share of the rows it could reuse
+# --changes FILE: the format its name asks for
+CHANGES_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+CHANGE_KINDS = ("new", "changed", "dropped", "newly_failing", "recovered")
 
 # batchclf report
 REPORT_LOW_SCORE = 0.5  # a top-1 score below this counts as a low-confidence prediction
@@ -80,6 +83,7 @@ class RunConfig:
     max_drop: float = DEFAULT_MAX_DROP
     hash: bool = False
     wait: bool = False
+    changes: Path | str | None = None  # --changes FILE: what changed since the previous output, path by path
     progress: bool = True
     in_process: bool = False  # may score in a worker thread of this process (batchclf run watches it: supervise.py)
     extra: dict = field(default_factory=dict, compare=False)
@@ -149,6 +153,24 @@ class RunConfig:
             raise UsageError(f"scheduler file {self.scheduler_file} does not exist")
         if self.workers and (self.scheduler or self.scheduler_file):
             raise UsageError("--workers sizes the embedded cluster; it cannot be used with --scheduler")
+        self._check_changes()
+
+    def changes_format(self) -> str | None:
+        """``parquet`` or ``jsonl``, from the name of ``--changes`` (None: no changes file)."""
+        if self.changes is None:
+            return None
+        name = str(self.changes).rsplit("/", 1)[-1].lower()
+        return next((kind for suffix, kind in CHANGES_FORMATS.items() if name.endswith(suffix)), None)
+
+    def _check_changes(self) -> None:
+        if self.changes is None:
+            return
+        if not isinstance(self.changes, (str, Path)):
+            raise UsageError(f"changes must be a file name, got {self.changes!r}")
+        if self.changes_format() is None:
+            raise UsageError(f"--changes {self.changes}: name it .parquet, or .jsonl (or .json) for JSON lines")
+        if str(self.changes) == str(self.output):
+            raise UsageError(f"--changes {self.changes} is the output itself; give the changes file another name")
 
     def _check_types(self) -> None:
         """What the Python API may pass that the command line's parser would have refused."""

@@ -26,7 +26,7 @@ from .errors import StorageError
 from .models.registry import ModelSpec
 from .paths import fs_path
 from .shard import Shard
-from .worker import ScoringOptions, score_shard
+from .worker import ScoringOptions, score_shard, scored_now
 
 CRASH_MESSAGE = "crashed the worker process while decoding or scoring"
 
@@ -106,6 +106,7 @@ def _crash_rows(
         "mtime": pa.array([s[1] for s in stats], pa.timestamp("ns", tz="UTC")),
         "model": [spec.id] * len(paths),
         "unverified": [False] * len(paths),
+        "scored_at": [scored_now()] * len(paths),
     }
     columns = [
         pa.array(known[field.name]).cast(field.type, safe=False)

@@ -5,13 +5,16 @@ This is the engine behind both ``batchclf run`` and ``batchclf.classify``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 import pyarrow.compute as pc
 
 from . import __version__
+from .changes import COMPARED, ChangesWriter, open_changes, previous_rows
 from .config import RunConfig
 from .discover import list_images
 from .dispatch import ScoringTask, score
@@ -23,14 +26,14 @@ from .errors import (
     MassDropError,
     UsageError,
 )
-from .merge import UnusableSourceError, newest_rows
+from .merge import UnusableSourceError, conform, newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
-from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
+from .plan import RunPlan, key_of, parts_source, plan_run, previous_output_source, reuse_key_parts, under_folders
 from .shard import shard_name
 from .store import Location, check_locations, location
 from .store.parquet import atomic_parquet, read_parts, read_schema
 from .store.parts import PartsStore
-from .summary import RunSummary
+from .summary import RunSummary, absolute, utc_now
 from .writer import METADATA_KEY, output_schema
 
 ROW_GROUP_ROWS = 65536
@@ -49,11 +52,11 @@ def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
         _run(config, summary, started, log, checked)
     except (BatchclfError, Interrupted) as error:
         summary.saved = getattr(error, "saved_rows", summary.saved)
-        summary.seconds = time.perf_counter() - started
+        summary.seconds, summary.ended = time.perf_counter() - started, utc_now()
         if getattr(error, "summary", None) is None:
             error.summary = summary
         raise
-    summary.seconds = time.perf_counter() - started
+    summary.seconds, summary.ended = time.perf_counter() - started, utc_now()
     if summary.ok == 0:
         error = AllFilesFailedError(
             f"all {summary.files} files failed to decode; see the error column of {config.output}"
@@ -78,7 +81,9 @@ def _run(config: RunConfig, summary: RunSummary, started: float, log, checked: b
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = class_indices(spec, config.allow, config.deny)  # unknown labels are refused before any work
     output = location(config.output, config.storage_options)  # a local file, or an object in a bucket
+    waiting = time.perf_counter()
     with output.lock(config.wait):
+        summary.lock_wait_seconds = time.perf_counter() - waiting
         left_out: set[str] = set()  # sources found unusable: their files are scored again
         while True:
             try:
@@ -94,16 +99,23 @@ def _run(config: RunConfig, summary: RunSummary, started: float, log, checked: b
 def _attempt(config, spec, allowed, output: Location, summary, started, left_out: set[str], log) -> None:
     """List, plan, score and write once; a source that turns out unusable on the way raises
     ``UnusableSourceError`` and the run goes round again without it, reusing the parts made so far."""
-    listing = list_images(
-        config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
-    )
+    stages = summary.stage_seconds
+    with _timed(stages, "listing"):
+        listing = list_images(
+            config.input, config.include, config.exclude, config.include_hidden, storage_options=config.storage_options
+        )
+    listing.batches = _time_spent_in(listing.batches, stages)  # the walk streams: it runs as the plan reads it
     root = str(listing.root)
-    key = reuse_key(spec, config, root)
+    key_parts = reuse_key_parts(spec, config, root)
+    key = key_of(key_parts)
     store = PartsStore(output, key)
     message = store.open()
     if message:
         log(message, file=sys.stderr)
-    plan = _plan(config, output, listing, store, key, left_out)
+    listed_before = stages["listing"]
+    with _timed(stages, "planning"):
+        plan = _plan(config, output, listing, store, key_parts, left_out)
+    stages["planning"] -= stages["listing"] - listed_before
     if plan.files == 0 and not plan.kept:
         raise UsageError(
             f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
@@ -124,15 +136,22 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
         log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
     summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)
     summary.incremental = plan.record() if config.incremental else None
+    summary.rescore_reason = plan.reason if config.incremental else None
     summary.unreadable = [folder for folder, _ in plan.unreadable]
     summary.shards = 0
     if len(plan.to_score):
-        scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
-        summary.shards, summary.timings, summary.saved = scoring.shards, scoring.timings, scoring.saved
+        try:
+            with _timed(stages, "scoring"):
+                scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
+        finally:  # the parts are written between the shards: that time is the writing stage, not scoring
+            stages["scoring"] -= store.write_seconds
+            stages["writing"] += store.write_seconds
+        summary.shards, summary.task_seconds, summary.saved = scoring.shards, scoring.timings, scoring.saved
         summary.plan, summary.dashboard = scoring.plan, scoring.dashboard
     parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]
     summary.count_errors(plan.kept_errors + _error_messages(parts))
     metadata = {
+        "run_id": summary.run_id,
         "model": spec.id,
         "batchclf_version": __version__,
         "run_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -140,6 +159,7 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
         "options": config.recorded_options(),
         "result_options": config.result_options(),
         "reuse_key": key,
+        "reuse_key_parts": key_parts,  # what the next run names when it cannot reuse these rows
         "files": summary.files,
         "scored": summary.scored,  # the rest were reused from the previous output or earlier parts
         "ok": summary.ok,
@@ -149,17 +169,57 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
     }
     schema = output_schema(_embedding_size(parts + plan.source_files), content_hash=config.hash, exif=config.exif)
     sources = [*plan.sources, parts_source(parts)] if parts else plan.sources
-    write_output(output, schema, metadata, sources, plan)  # an unusable source: the next attempt reuses these parts
+    with _timed(stages, "merging"), contextlib.ExitStack() as stack:
+        changes = None
+        if config.changes is not None:  # replaced after the output, and only if the output was
+            target = location(config.changes, config.storage_options)
+            changes = stack.enter_context(open_changes(target, config.changes_format()))
+        # an unusable source (the previous output included): the next attempt reuses these parts
+        write_output(output, schema, metadata, sources, plan, changes, _compared_with(output, changes, left_out, log))
+    if changes is not None:
+        summary.changes = {"file": absolute(config.changes), **changes.counts}
+        counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in changes.counts.items())
+        log(f"changes: {counts}, listed in {config.changes}", file=sys.stderr)
     if not config.keep_parts:
         store.remove()
 
 
-def _plan(config: RunConfig, output, listing, store: PartsStore, key: str, left_out: set[str]) -> RunPlan:
+@contextlib.contextmanager
+def _timed(stages: dict, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[stage] += time.perf_counter() - started
+
+
+def _time_spent_in(batches, stages: dict):
+    """``batches``, adding the time spent waiting on each to the listing stage."""
+    iterator = iter(batches)
+    while True:
+        with _timed(stages, "listing"):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def _compared_with(output: Location, changes, left_out: set[str], log):
+    """The previous output's rows for the changes file (None: every path is new)."""
+    if changes is None:
+        return None
+    if str(output) in left_out:
+        log(f"changes: {output} cannot be read; every path is listed as new", file=sys.stderr)
+        return None
+    return previous_rows(output)
+
+
+def _plan(config: RunConfig, output, listing, store: PartsStore, key_parts: dict, left_out: set[str]) -> RunPlan:
     """Compare the listing with what may be reused: last night's output (incremental) and earlier parts,
     less the sources found unusable (``left_out``)."""
     sources, files, reason = [], [], None
     if config.incremental:
-        source, reason = previous_output_source(output, key, config.hash)
+        source, reason = previous_output_source(output, key_parts, config.hash)
         if source is not None and source.name in left_out:
             source, reason = None, f"{output} cannot be used"
         if source is not None:
@@ -176,8 +236,11 @@ def _plan(config: RunConfig, output, listing, store: PartsStore, key: str, left_
     return plan
 
 
-def write_output(output, schema, metadata: dict, sources: list, plan: RunPlan) -> None:
-    """Merge the reusable rows and this run's parts into ``output``, streaming, newest row winning.
+def write_output(
+    output, schema, metadata: dict, sources: list, plan: RunPlan, changes: ChangesWriter | None = None, previous=None
+) -> None:
+    """Merge the reusable rows and this run's parts into ``output``, streaming, newest row winning;
+    with ``changes``, compare the rows written with the ``previous`` output's as they pass.
 
     Rows of files that are gone are dropped; rows under a folder that could not be read are kept
     and marked ``unverified``. Memory stays at a few batches whatever the number of rows.
@@ -186,13 +249,24 @@ def write_output(output, schema, metadata: dict, sources: list, plan: RunPlan) -
     unreadable = [folder for folder, _ in plan.unreadable]
     metadata_bytes = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
     with atomic_parquet(output, plain.with_metadata(metadata_bytes)) as writer:
-        for table in newest_rows([source(None) for source in sources], plain):
-            if len(plan.dropped):
-                table = table.filter(pc.invert(pc.is_in(table["path"], value_set=plan.dropped)))
-            # Every row left is of a file listed (and so checked) now, or under a folder that could not be read.
-            marked = under_folders(table["path"], unreadable)
-            table = table.set_column(table.schema.get_field_index("unverified"), "unverified", marked)
-            writer.write_table(table.cast(plain).replace_schema_metadata(metadata_bytes), row_group_size=ROW_GROUP_ROWS)
+
+        def written():
+            for table in newest_rows([source(None) for source in sources], plain):
+                if len(plan.dropped):
+                    table = table.filter(pc.invert(pc.is_in(table["path"], value_set=plan.dropped)))
+                # Every row left is of a file listed (and so checked) now, or under a folder that could not be read.
+                marked = under_folders(table["path"], unreadable)
+                table = table.set_column(table.schema.get_field_index("unverified"), "unverified", marked)
+                writer.write_table(
+                    table.cast(plain).replace_schema_metadata(metadata_bytes), row_group_size=ROW_GROUP_ROWS
+                )
+                yield conform(table, COMPARED)
+
+        if changes is None:
+            for _ in written():
+                pass
+        else:
+            changes.compare(written(), previous)
 
 
 def _error_messages(parts: list[Location]) -> list[str]:

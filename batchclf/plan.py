@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import __version__
 from .config import RunConfig
 from .discover import Listing
 from .fsutil import content_digest, read_blocks
@@ -43,6 +44,16 @@ def reuse_key(spec: ModelSpec, config: RunConfig, root: str) -> str:
     Checked for last night's output and for every part file, so no row made by another model or
     with other options is ever carried into an output.
     """
+    return key_of(reuse_key_parts(spec, config, root))
+
+
+def key_of(parts: dict) -> str:
+    """The reuse key: a digest of its parts (``reuse_key_parts``)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def reuse_key_parts(spec: ModelSpec, config: RunConfig, root: str) -> dict:
+    """The parts of the reuse key, recorded in the output so that the next run can say which one differs."""
     record = {
         "model": spec.id,
         "weights": _weights_version(spec),
@@ -53,7 +64,49 @@ def reuse_key(spec: ModelSpec, config: RunConfig, root: str) -> str:
     }
     if config.quantize:  # only then: the keys of unquantized rows stay what they were
         record["calibration"] = calibration_digest()
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
+    return record
+
+
+GENERIC_REASON = "the previous output was made with another model, other options, another folder or batchclf"
+KEY_PART_NAMES = {"model": "model", "weights": "weights", "input_root": "input root"}
+
+
+def rescore_reason(before: dict | None, now: dict, versions: tuple[str | None, str | None] = (None, None)) -> str:
+    """Which part of the reuse key differs, in words: ``top_k 5 → 3``, ``model a → b``, ``input root /a → /b``.
+
+    ``before`` is what the previous output recorded (None: an older output that recorded only the digest,
+    which gets the generic reason); ``versions`` the batchclf versions that wrote the two, named when the
+    way paths are written changed.
+    """
+    if not isinstance(before, dict):
+        return GENERIC_REASON
+    differences = []
+    for name in ("model", "weights", "input_root"):
+        if name == "weights" and before.get("model") != now.get("model"):
+            continue  # another model: its weights say nothing more
+        if before.get(name) != now.get(name):
+            differences.append(f"{KEY_PART_NAMES[name]} {_shown(before.get(name))} → {_shown(now.get(name))}")
+    if before.get("labels") != now.get("labels"):
+        differences.append("class names differ")
+    old_options, new_options = before.get("options") or {}, now.get("options") or {}
+    for name in sorted(set(old_options) | set(new_options)):
+        if old_options.get(name) != new_options.get(name):
+            differences.append(f"{name} {_shown(old_options.get(name))} → {_shown(new_options.get(name))}")
+    if before.get("calibration") != now.get("calibration"):
+        differences.append("int8 calibration set differs")
+    if before.get("path_format") != now.get("path_format"):
+        old, new = (version or "?" for version in versions)
+        formats = f"{before.get('path_format')} → {now.get('path_format')}"
+        differences.append(f"batchclf {old} → {new} (path format {formats})")
+    return ", ".join(differences) or GENERIC_REASON
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 def _weights_version(spec: ModelSpec) -> str | None:
@@ -156,8 +209,9 @@ def content_hash(path: str) -> str | None:
         return None
 
 
-def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[Source | None, str | None]:
-    """Last night's output (a ``store.Location``) as a source of rows, or why it cannot be one."""
+def previous_output_source(previous, key_parts: dict, use_hash: bool) -> tuple[Source | None, str | None]:
+    """Last night's output (a ``store.Location``) as a source of rows, or why it cannot be one (which part
+    of the reuse key ``key_parts`` differs, when that is the reason)."""
     if not previous.exists():
         return None, f"{previous} does not exist yet"
     try:
@@ -165,8 +219,9 @@ def previous_output_source(previous, reuse_key: str, use_hash: bool) -> tuple[So
         names = read_schema(previous).names
     except (OSError, ValueError, pa.ArrowInvalid) as error:
         return None, f"cannot read {previous}: {error}"
-    if metadata.get("reuse_key") != reuse_key:
-        return None, "the previous output was made with another model, other options, another folder or batchclf"
+    if metadata.get("reuse_key") != key_of(key_parts):
+        versions = (metadata.get("batchclf_version"), __version__)
+        return None, rescore_reason(metadata.get("reuse_key_parts"), key_parts, versions)
     if use_hash and "content_hash" not in names:
         return None, "the previous output has no content hashes"
     return Source(str(previous), lambda columns: read_output(previous, columns), (previous,)), None

@@ -1,17 +1,22 @@
 """What a run reports: the counts and timings of ``RunSummary``, its one console line, and the
-``--summary FILE.json`` record for monitoring."""
+``--summary FILE.json`` record for monitoring, whose schema is ``docs/summary.schema.json``."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from . import __version__
 from .errors import INTERRUPTED_EXIT_CODES, UsageError
 from .fsutil import can_create_files_in, write_atomically
+from .store import is_url
 
 VERSIONED_PACKAGES = ("batchclf", "tensorflow", "keras", "ai-edge-litert", "dask", "distributed", "pyarrow", "pillow")
 
@@ -24,17 +29,32 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+def utc_now() -> str:
+    """Now, in UTC ISO-8601 to the millisecond: ``2026-12-06T08:56:12.345Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+STAGES = ("listing", "planning", "scoring", "writing", "merging")
+
+
 @dataclass
 class RunSummary:
     run_id: str = field(default_factory=new_run_id)
+    started: str = field(default_factory=utc_now)
+    ended: str | None = None
     files: int = 0  # rows in the output
     scored: int = 0  # of which this run scored; the rest were reused
     ok: int = 0
     errors: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time, start to end
     shards: int = 0
     errors_by_kind: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
+    # Wall time of each stage of the driver (``STAGES``); listing streams, so it is the time spent waiting on it.
+    stage_seconds: dict = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    task_seconds: dict = field(default_factory=dict)  # per-task times summed over all tasks (decode, inference ...)
+    lock_wait_seconds: float = 0.0
+    changes: dict | None = None  # --changes: the file and the count of each kind
+    rescore_reason: str | None = None  # --incremental: why last night's rows could not be reused
     dashboard: str | None = None
     incremental: dict | None = None
     unreadable: list = field(default_factory=list)  # folders that could not be listed
@@ -72,15 +92,25 @@ def versions() -> dict[str, str]:
     return found
 
 
+def absolute(place) -> str:
+    """A local path made absolute (not resolved: a link stays the name it was given); a URL as it is."""
+    return place if is_url(place) else os.path.abspath(place)
+
+
 def summary_record(summary: RunSummary, config, exit_code: int, error: str | None = None) -> dict:
-    """What ``--summary FILE.json`` holds, for monitoring."""
+    """What ``--summary FILE.json`` holds, for monitoring (``docs/summary.schema.json``)."""
     interrupted = exit_code in INTERRUPTED_EXIT_CODES
     return {
+        "run_id": summary.run_id,
         "status": "ok" if exit_code == 0 else "interrupted" if interrupted else "failed",
         "exit_code": exit_code,
         "error": error,
-        "input": str(config.input),
-        "output": str(config.output),
+        "started": summary.started,
+        "ended": summary.ended or utc_now(),
+        "host": socket.gethostname(),
+        "batchclf": __version__,
+        "input": absolute(config.input),
+        "output": absolute(config.output),
         "model": config.model,
         "files": summary.files,
         "ok": summary.ok,
@@ -91,9 +121,13 @@ def summary_record(summary: RunSummary, config, exit_code: int, error: str | Non
         "shards": summary.shards,
         "unreadable_folders": summary.unreadable,
         "incremental": summary.incremental,
+        "rescore_reason": summary.rescore_reason,
+        "changes": summary.changes,
         "seconds": round(summary.seconds, 3),
+        "stage_seconds": {stage: round(summary.stage_seconds.get(stage, 0.0), 3) for stage in STAGES},
+        "lock_wait_seconds": round(summary.lock_wait_seconds, 3),
         "images_per_second": round(summary.images_per_second, 2),
-        "timings": summary.timings,
+        "task_seconds": summary.task_seconds,
         "worker_plan": summary.plan,
         "versions": versions(),
     }

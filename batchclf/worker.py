@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -224,6 +225,11 @@ def top_k(probabilities: np.ndarray, k: int, allowed: tuple[int, ...] | None) ->
     return order, np.take_along_axis(probabilities, order, axis=1)
 
 
+def scored_now() -> datetime:
+    """The ``scored_at`` of rows scored now."""
+    return datetime.now(timezone.utc)
+
+
 def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple[pa.Table, dict]:
     """Score every image of ``shard``; one row per path, failures included as error rows.
 
@@ -305,6 +311,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
         "ctime": ctimes,
         "model": [spec.id] * n,
         "unverified": [False] * n,
+        "scored_at": [scored_now()] * n,
     }
     if options.embeddings:
         columns["embedding"] = embeddings

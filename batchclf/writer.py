@@ -35,6 +35,9 @@ BASE_FIELDS = [
     pa.field("model", pa.string(), nullable=False),
     # True when the file could not be checked (its folder was unreadable) and last run's row was kept.
     pa.field("unverified", pa.bool_()),
+    # When the row was scored (UTC); a reused row keeps its own, a row reused from an output older than
+    # this column has none. The run that wrote the file is in its metadata (``run_id``).
+    pa.field("scored_at", pa.timestamp("us", tz="UTC")),
 ]
 
 

@@ -206,11 +206,20 @@ def add_parser(subparsers) -> None:
         help="if another run holds OUTPUT's lock, wait for it instead of exiting with code 4",
     )
     nightly.add_argument(
+        "--changes",
+        type=location_argument,
+        default=None,
+        metavar="FILE",
+        help="list every path that is new, changed, dropped, newly failing or recovered since the previous OUTPUT, "
+        "with its old and new label: Parquet, or JSON lines if FILE ends in .jsonl or .json",
+    )
+    nightly.add_argument(
         "--summary",
         type=Path,
         default=None,
         metavar="FILE",
-        help="write counts, errors by kind, timings and versions as JSON",
+        help="write the run's record as JSON: id, times, host, counts, errors by kind, stage timings, changes, "
+        "versions (docs/summary.schema.json)",
     )
     run.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar (shown unless given)"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
+from ..fsutil import can_create_files_in
 from ..paths import is_image_name
 from .base import Location, OutsideRootError
 from .local import LocalLocation
@@ -28,6 +29,7 @@ __all__ = [
     "ObjectLocation",
     "OutsideRootError",
     "StorageOptions",
+    "check_changes",
     "check_input",
     "check_output",
     "is_url",
@@ -82,6 +84,27 @@ def check_locations(config) -> None:
             "as an image; write the output outside the input, as NAME.parquet"
         )
     check_output(config.output, config.storage_options)
+    if getattr(config, "changes", None) is not None:
+        check_changes(config.changes, config.storage_options)
+
+
+def check_changes(place: Path | str, options: StorageOptions | None = None) -> None:
+    """Refuse a ``--changes`` file the run could not write, before any work (a bucket is probed like an output)."""
+    target = location(place, options)
+    if target.local_path is None:
+        try:
+            target.check_output()
+        except UsageError as error:
+            raise UsageError(f"--changes: {error}") from None
+        return
+    path = target.local_path
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"--changes {path} is a folder; give a file name such as {path}/changes.parquet")
+    if not folder.is_dir():
+        raise UsageError(f"--changes folder {folder} does not exist; create it first")
+    if not can_create_files_in(folder):
+        raise UsageError(f"--changes folder {folder} is not writable; choose another path")
 
 
 def check_output(place: Path | str, options: StorageOptions | None = None) -> None:

@@ -8,6 +8,7 @@ part made under another reuse key is never reused.
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow as pa
 
@@ -32,6 +33,7 @@ class PartsStore:
         self.reuse_key = reuse_key
         self.attempt = 1
         self.prepared = False
+        self.write_seconds = 0.0  # time spent writing parts: the run's "writing" stage
 
     def open(self) -> str | None:
         """Find the attempts made before; return a message when existing parts were discarded.
@@ -81,11 +83,13 @@ class PartsStore:
         return metadata.get(PART_KEY, b"").decode() == self.reuse_key
 
     def write(self, shard_name: str, table: pa.Table) -> Location:
+        started = time.perf_counter()
         self._prepare()
         target = self.part_path(shard_name)
         table = table.replace_schema_metadata({PART_KEY: self.reuse_key.encode()})
         with atomic_parquet(target, table.schema) as writer:
             writer.write_table(table)
+        self.write_seconds += time.perf_counter() - started
         return target
 
     def remove(self) -> None:

@@ -13,6 +13,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
+from summary_check import valid_summary
 
 from batchclf.errors import EXIT_LOCKED
 from batchclf.store import location
@@ -21,8 +22,8 @@ SHARD_SIZE = "16"
 
 
 def _plain(path):
-    """The rows, without the file metadata (which records the run time)."""
-    return pq.read_table(path).replace_schema_metadata(None)
+    """The rows, without the file metadata (which records the run) and scored_at (when each row was scored)."""
+    return pq.read_table(path).drop_columns(["scored_at"]).replace_schema_metadata(None)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_incremental_with_other_options_rescores(datasets, tmp_path):
     assert run_cli("run", str(images), str(output), "--incremental", "--no-progress").returncode == 0
     again = run_cli("run", str(images), str(output), "--incremental", "--top-k", "3", "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert "scoring everything (the previous output was made with another model, other options" in again.stderr
+    assert "incremental: scoring everything (top_k 5 → 3)" in again.stderr
 
 
 def test_incremental_hash_ignores_touch_but_sees_content(datasets, tmp_path):
@@ -211,7 +212,7 @@ def test_summary_file(datasets, tmp_path):
     summary = tmp_path / "s.json"
     result = run_cli("run", str(images), str(tmp_path / "o.parquet"), "--summary", str(summary), "--no-progress")
     assert result.returncode == 0, result.stderr
-    record = json.loads(summary.read_text())
+    record = valid_summary(summary)
     assert (record["status"], record["exit_code"], record["files"], record["ok"], record["errors"]) == (
         "ok",
         0,
@@ -220,8 +221,12 @@ def test_summary_file(datasets, tmp_path):
         2,
     )
     assert record["errors_by_kind"] == {"empty file": 1, "not a recognised image format": 1}
-    assert record["images_per_second"] > 0 and record["timings"]["inference"] > 0
+    assert record["images_per_second"] > 0 and record["task_seconds"]["inference"] > 0
+    stages = record["stage_seconds"]
+    assert stages["scoring"] > 0 and stages["merging"] > 0
+    assert sum(stages.values()) <= record["seconds"] + 0.01  # wall times of the stages, within the run's
+    assert record["started"] < record["ended"] and record["output"] == str(tmp_path / "o.parquet")
     assert {"batchclf", "pyarrow", "dask", "tensorflow"} <= set(record["versions"])
     failed = run_cli("run", str(tmp_path / "missing"), str(tmp_path / "o.parquet"), "--summary", str(summary))
     assert failed.returncode == 2
-    assert json.loads(summary.read_text())["status"] == "failed"
+    assert valid_summary(summary)["status"] == "failed"

@@ -39,7 +39,8 @@ def _rows(path: Path) -> dict[str, dict]:
 
 
 def _plain(path: Path) -> pa.Table:
-    return pq.read_table(path).replace_schema_metadata(None)
+    """The rows, without the file metadata (which records the run) and scored_at (when each row was scored)."""
+    return pq.read_table(path).drop_columns(["scored_at"]).replace_schema_metadata(None)
 
 
 @pytest.fixture

@@ -132,7 +132,7 @@ def test_two_runs_identical_and_model_built_once_per_worker(tree, local_cluster,
     first = batchclf.classify(root, tmp_path / "a.parquet", scheduler=cluster.scheduler_address, shard_size=2)
     second = batchclf.classify(root, tmp_path / "b.parquet", scheduler=cluster.scheduler_address, shard_size=2)
     assert first.num_rows == 10
-    assert first.equals(second)
+    assert first.drop_columns(["scored_at"]).equals(second.drop_columns(["scored_at"]))
     counts = client.run(model_build_count)
     assert sorted(counts.values()) == [1, 1], counts  # ten shards over two workers: one build each
 

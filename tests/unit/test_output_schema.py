@@ -21,6 +21,7 @@ BASE = [
     ("ctime", pa.timestamp("us", tz="UTC")),
     ("model", pa.string()),
     ("unverified", pa.bool_()),
+    ("scored_at", pa.timestamp("us", tz="UTC")),
 ]
 
 
