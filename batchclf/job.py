@@ -6,7 +6,6 @@ This is the engine behind both ``batchclf run`` and ``batchclf.classify``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import pyarrow.compute as pc
@@ -23,11 +22,14 @@ from .errors import (
     MassDropError,
     UsageError,
 )
+from .machine import WorkerPlan, machine_plan
 from .merge import UnusableSourceError, newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
+from .progress import duration
+from .runlog import HEADER, logger, set_run_id
 from .shard import shard_name
-from .store import Location, check_locations, location
+from .store import Location, LockWait, check_locations, location
 from .store.parquet import atomic_parquet, read_parts, read_schema
 from .store.parts import PartsStore
 from .summary import RunSummary
@@ -36,17 +38,20 @@ from .writer import METADATA_KEY, output_schema
 ROW_GROUP_ROWS = 65536
 
 
-def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
+def run(config: RunConfig, checked: bool = False, run_id: str | None = None) -> RunSummary:
     """Classify every image ``config`` names and write ``config.output``; return the summary.
 
     An error or a signal that stops the run carries the summary so far (``error.summary``): how many
     files were planned and how many rows were saved in parts for the next run to reuse. ``checked``:
     the caller already ran ``config.check()`` and ``store.check_locations()`` on this config.
+    ``run_id``: the id the caller's log already carries (``summary.new_run_id``; a new one if None).
+    Messages go to the ``batchclf`` logger (``runlog``): the run's first line, progress, its summary line.
     """
     started = time.perf_counter()
-    summary = RunSummary()
+    summary = RunSummary(run_id=run_id) if run_id else RunSummary()
+    set_run_id(summary.run_id)
     try:
-        _run(config, summary, started, log, checked)
+        _run(config, summary, started, checked)
     except (BatchclfError, Interrupted) as error:
         summary.saved = getattr(error, "saved_rows", summary.saved)
         summary.seconds = time.perf_counter() - started
@@ -54,6 +59,7 @@ def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
             error.summary = summary
         raise
     summary.seconds = time.perf_counter() - started
+    _say_summary(summary)
     if summary.ok == 0:
         error = AllFilesFailedError(
             f"all {summary.files} files failed to decode; see the error column of {config.output}"
@@ -70,28 +76,86 @@ def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
     return summary
 
 
-def _run(config: RunConfig, summary: RunSummary, started: float, log, checked: bool) -> None:
+def _run(config: RunConfig, summary: RunSummary, started: float, checked: bool) -> None:
     if not checked:  # the command line checks before it forks: a bucket output is probed once, not twice
         config.check()
         check_locations(config)
+    plan = _worker_plan(config)
+    _say_start(config, plan)
     spec = resolve_model(config.model, config.labels, config.trust_model)
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = class_indices(spec, config.allow, config.deny)  # unknown labels are refused before any work
     output = location(config.output, config.storage_options)  # a local file, or an object in a bucket
-    with output.lock(config.wait):
+    with output.lock(config.wait, LockWait(_say_waiting(output), config.progress_interval)):
         left_out: set[str] = set()  # sources found unusable: their files are scored again
         while True:
             try:
-                _attempt(config, spec, allowed, output, summary, started, left_out, log)
+                _attempt(config, spec, allowed, output, summary, started, left_out, plan)
                 return
             except UnusableSourceError as error:
                 if error.name in left_out:  # the same source twice: no way round it
                     raise
                 left_out.add(error.name)
-                log(f"cannot use {error.name}: {error.reason}; scoring its files again", file=sys.stderr)
+                logger.warning(f"cannot use {error.name}: {error.reason}; scoring its files again")
 
 
-def _attempt(config, spec, allowed, output: Location, summary, started, left_out: set[str], log) -> None:
+def _say_summary(summary: RunSummary) -> None:
+    """The run's last line (before an error that ends it, if any)."""
+    keep = ("files", "scored", "ok", "errors", "shards")
+    fields = {name: getattr(summary, name) for name in keep}
+    fields.update(seconds=round(summary.seconds, 3), images_per_second=round(summary.images_per_second, 2))
+    logger.info(summary.line(), extra={"fields": fields})
+
+
+def _worker_plan(config: RunConfig) -> WorkerPlan | None:
+    """The embedded cluster's plan, made once (it may ask a child process about GPUs); None when the run
+    attaches to a cluster (``--scheduler``, ``--cluster slurm``)."""
+    if config.scheduler or config.scheduler_file or config.cluster != "local":
+        return None
+    return machine_plan(config.workers, config.backend, config.quantize, config.in_process)
+
+
+def _say_start(config: RunConfig, plan: WorkerPlan | None) -> None:
+    """The run's first line: version, input, output, model, and where it runs."""
+    if plan is not None:
+        backend = config.backend if config.backend != "auto" else ("tf" if plan.gpus else "litert")
+        where = "in this process" if plan.in_process else (f"on GPU {','.join(plan.gpus)}" if plan.gpus else "")
+        workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''} {where}".strip()
+        text = f"{workers}, {plan.inference_threads} inference and {plan.decode_threads} decode threads each"
+    else:
+        backend = config.backend
+        text = f"workers of {config.scheduler or config.scheduler_file or config.cluster_config}"
+    dashboard = config.dashboard_address if plan is not None and config.dashboard_address else "none"
+    fields = {
+        "batchclf_version": __version__,
+        "input": str(config.input),
+        "output": str(config.output),
+        "model": config.model,
+        "backend": backend,
+        "workers": plan.workers if plan else None,
+        "inference_threads": plan.inference_threads if plan else None,
+        "decode_threads": plan.decode_threads if plan else None,
+        "dashboard": dashboard,
+    }
+    logger.info(
+        f"batchclf {__version__} run: {config.input} -> {config.output}, model {config.model}, backend {backend}, "
+        f"{text}, dashboard {dashboard}",
+        extra={HEADER: True, "fields": fields},
+    )
+
+
+def _say_waiting(output: Location):
+    def say(holder: str, waited: float) -> None:
+        still = f"still waiting ({duration(waited)} so far)" if waited else "waiting"
+        logger.info(
+            f"{still} for the lock on {output}: another batchclf run holds it ({holder})",
+            extra={"fields": {"lock_holder": holder, "waited_seconds": round(waited)}},
+        )
+
+    return say
+
+
+def _attempt(config, spec, allowed, output: Location, summary, started, left_out: set[str], plan) -> None:
     """List, plan, score and write once; a source that turns out unusable on the way raises
     ``UnusableSourceError`` and the run goes round again without it, reusing the parts made so far."""
     listing = list_images(
@@ -102,17 +166,17 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
     store = PartsStore(output, key)
     message = store.open()
     if message:
-        log(message, file=sys.stderr)
-    plan = _plan(config, output, listing, store, key, left_out)
+        logger.info(message)
+    worker_plan, plan = plan, _plan(config, output, listing, store, key, left_out)
     if plan.files == 0 and not plan.kept:
         raise UsageError(
             f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
             ".tif .tiff); check the path and --include/--exclude"
         )
     for folder, reason in plan.unreadable:
-        log(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified", file=sys.stderr)
+        logger.warning(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified")
     if config.incremental:
-        log(plan.line(), file=sys.stderr)
+        logger.info(plan.line())
         if plan.drops_too_much(config.max_drop):
             raise MassDropError(
                 f"--incremental would drop {len(plan.dropped)} of the {plan.reusable} rows it could reuse "
@@ -121,13 +185,13 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
                 "a copy half-synced), or pass --max-drop 1 if the files were deleted on purpose"
             )
     if plan.resumed:
-        log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
+        logger.info(f"resuming: {plan.resumed} rows reused from the parts of an earlier run")
     summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)
     summary.incremental = plan.record() if config.incremental else None
     summary.unreadable = [folder for folder, _ in plan.unreadable]
     summary.shards = 0
     if len(plan.to_score):
-        scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
+        scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store, worker_plan))
         summary.shards, summary.timings, summary.saved = scoring.shards, scoring.timings, scoring.saved
         summary.plan, summary.dashboard = scoring.plan, scoring.dashboard
     parts = [store.part_path(shard_name(index)) for index in range(summary.shards)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..paths import is_image_name
-from .base import Location, OutsideRootError
+from .base import Location, LockWait, OutsideRootError
 from .local import LocalLocation
 from .objects import ObjectLocation, list_objects, read_object, sorted_listing
 from .options import StorageOptions
@@ -25,6 +25,7 @@ from .options import StorageOptions
 __all__ = [
     "Location",
     "LocalLocation",
+    "LockWait",
     "ObjectLocation",
     "OutsideRootError",
     "StorageOptions",
