@@ -31,6 +31,7 @@ NO_DASHBOARD = "none"  # --dashboard-address none: no dashboard (None in RunConf
 AUTO_DASHBOARD = "auto"  # the command line's default: the dashboard on a terminal, none in cron or systemd
 LOG_FORMATS = ("auto", "plain", "text", "json")  # auto: plain on a terminal, timestamped text otherwise
 DEFAULT_LOG_FORMAT = "auto"
+LOG_FORMAT_VARIABLE = "BATCHCLF_LOG_FORMAT"  # the environment's default for --log-format (a unit's Environment=)
 DEFAULT_PROGRESS_INTERVAL = 60.0  # seconds between progress lines, where there is no progress bar
 TUPLE_FIELDS = ("allow", "deny", "include", "exclude")
 LABEL_SET_FIELDS = ("allow", "deny")

@@ -4,6 +4,7 @@ settings before anything heavy is imported or forked, then runs the job (watched
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,12 +23,13 @@ from ..config import (
     DEFAULT_RETRIES,
     DEFAULT_SHARD_SIZE,
     DEFAULT_TOP_K,
+    LOG_FORMAT_VARIABLE,
     LOG_FORMATS,
     QUANTIZATIONS,
     RunConfig,
     dashboard_address,
 )
-from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted
+from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted, UsageError
 from ..machine import may_score_in_process
 from ..runlog import capture_warnings, configure, set_run_id
 from ..store import StorageOptions, check_locations, location_argument
@@ -224,16 +226,19 @@ def add_parser(subparsers) -> None:
     )
     logs.add_argument(
         "--log-format",
-        default=DEFAULT_LOG_FORMAT,
+        default=os.environ.get(LOG_FORMAT_VARIABLE, DEFAULT_LOG_FORMAT),
         choices=LOG_FORMATS,
         help="plain: messages alone; text: each line starts with the UTC time and the run id; json: one JSON "
-        "object a line; auto: plain when stderr is a terminal, text otherwise (a cron log, a journal)",
+        "object a line; auto: plain when stderr is a terminal, text otherwise (a cron log, a journal); "
+        f"default: ${LOG_FORMAT_VARIABLE}, else auto",
     )
     run.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     """Check everything that can be checked without the machinery, then run the job."""
+    if args.log_format not in LOG_FORMATS:  # from the environment, which argparse does not check
+        raise UsageError(f"{LOG_FORMAT_VARIABLE} must be one of {', '.join(LOG_FORMATS)}, got {args.log_format!r}")
     configure(args.log_format)
     run_id = new_run_id()  # the summary's, made before the job so that every line of the run carries it
     set_run_id(run_id)
