@@ -33,6 +33,6 @@ def classify(source, output=None, **options):
         options["storage_options"] = StorageOptions(given)
     with tempfile.TemporaryDirectory(prefix="batchclf-") as scratch:
         target = location_argument(str(output)) if output is not None else Path(scratch) / "predictions.parquet"
-        run(RunConfig(input=location_argument(str(source)), output=target, **options), log=lambda *a, **k: None)
+        run(RunConfig(input=location_argument(str(source)), output=target, **options))
         with location(target, options.get("storage_options")).arrow_source() as stored:
             return pq.read_table(stored)

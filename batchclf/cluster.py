@@ -43,6 +43,7 @@ from .machine import (
     machine_plan,
     total_memory,
 )
+from .runlog import forward_warnings
 
 LOOPBACK = "127.0.0.1"
 WORKER_START_TIMEOUT = 120  # seconds for the first worker of the embedded cluster to join
@@ -54,16 +55,17 @@ def connect(
     scheduler: str | None = None,
     scheduler_file: str | None = None,
     workers: int | None = None,
-    dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS,
+    dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS,
     cluster_config: str | os.PathLike | None = None,
     worker_timeout: float = 3600,
     backend: str = "auto",
     quantize: str | None = None,
     in_process: bool = False,
+    plan: WorkerPlan | None = None,
 ) -> Iterator[tuple[object, WorkerPlan | None]]:
     """A Dask client: on SLURM jobs (``cluster_config``), attached to ``scheduler``/``scheduler_file``,
-    or on a new embedded cluster planned for ``backend``/``quantize`` (in-process if ``in_process``
-    allows and the plan takes it)."""
+    or on a new embedded cluster run to ``plan``, or planned here for ``backend``/``quantize`` (in-process
+    if ``in_process`` allows and the plan takes it). ``dashboard_address`` None: no dashboard."""
     from distributed import Client
 
     if cluster_config is not None:  # --cluster slurm: dask-jobqueue submits the workers as SLURM jobs
@@ -88,7 +90,7 @@ def connect(
         with client:
             yield client, None
         return
-    plan = machine_plan(workers, backend, quantize, in_process)
+    plan = plan or machine_plan(workers, backend, quantize, in_process)
     cluster_for_plan = in_process_cluster if plan.in_process else embedded_cluster
     with cluster_for_plan(plan, dashboard_address) as cluster, Client(cluster) as client:
         try:
@@ -139,15 +141,17 @@ def write_certificates(folder: str | os.PathLike) -> dict[str, str]:
 
 def dask_setup(worker) -> None:
     """Worker preload: ignore SIGINT, so a Ctrl-C sent to every process (systemd's KillSignal, a
-    terminal) stops the run through the driver alone, without a traceback from each worker."""
+    terminal) stops the run through the driver alone, without a traceback from each worker; send
+    warnings to the driver, which says each kind once in the run's log (``runlog``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forward_warnings(worker)
 
 
 @contextlib.contextmanager
-def embedded_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS):
+def embedded_cluster(plan: WorkerPlan, dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS):
     """A scheduler in this process and ``plan.workers`` nanny processes, on loopback, over TLS.
 
-    On a GPU plan each worker sees only its own device.
+    On a GPU plan each worker sees only its own device. ``dashboard_address`` None: no dashboard.
     """
     import dask
     from distributed import Scheduler, SpecCluster
@@ -179,8 +183,7 @@ def embedded_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBOAR
         "port": 0,
         "protocol": "tls",
         "security": security,
-        "dashboard": True,
-        "dashboard_address": dashboard_address,
+        **_scheduler_dashboard(dashboard_address),
     }
     with SpecCluster(
         workers=workers,
@@ -188,11 +191,27 @@ def embedded_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBOAR
         security=security,
         silence_logs=logging.CRITICAL,  # failures reach the run through its futures; log lines are noise
     ) as cluster:
+        _close_http_server(cluster, dashboard_address)
         yield cluster
 
 
+def _scheduler_dashboard(dashboard_address: str | None) -> dict:
+    """The scheduler's dashboard options. Without a dashboard its HTTP server (health and metrics pages)
+    still starts, on a free loopback port rather than on 8787, and is closed at once (``_close_http_server``)."""
+    if dashboard_address is None:
+        return {"dashboard": False, "dashboard_address": f"{LOOPBACK}:0"}
+    return {"dashboard": True, "dashboard_address": dashboard_address}
+
+
+def _close_http_server(cluster, dashboard_address: str | None) -> None:
+    """No dashboard: nothing of the scheduler's listens on HTTP either."""
+    if dashboard_address is None:
+        cluster.scheduler.http_server.stop()
+        cluster.scheduler.services.pop("dashboard", None)
+
+
 @contextlib.contextmanager
-def in_process_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS):
+def in_process_cluster(plan: WorkerPlan, dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS):
     """A scheduler and one worker in this process, over ``inproc://``: nothing to start, nothing listening
     but the dashboard (and the worker's health page, on loopback). The worker runs ``IN_PROCESS_TASKS``
     tasks at a time; its memory is the job's."""
@@ -207,11 +226,12 @@ def in_process_cluster(plan: WorkerPlan, dashboard_address: str = DEFAULT_DASHBO
         "dashboard_address": f"{LOOPBACK}:0",
     }
     with InProcessCluster(
-        dashboard_host=dashboard_address.rpartition(":")[0] or socket.gethostname(),
+        dashboard_host=(dashboard_address or "").rpartition(":")[0] or socket.gethostname(),
         workers={"in-process": {"cls": Worker, "options": worker}},
-        scheduler={"cls": Scheduler, "options": {**inproc, "dashboard": True, "dashboard_address": dashboard_address}},
+        scheduler={"cls": Scheduler, "options": {**inproc, **_scheduler_dashboard(dashboard_address)}},
         silence_logs=logging.CRITICAL,
     ) as cluster:
+        _close_http_server(cluster, dashboard_address)
         yield cluster
 
 

@@ -31,6 +31,12 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOP_K = 5
 DEFAULT_RETRIES = 2
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"  # loopback: the dashboard shows file paths and accepts no login
+NO_DASHBOARD = "none"  # --dashboard-address none: no dashboard (None in RunConfig)
+AUTO_DASHBOARD = "auto"  # the command line's default: the dashboard on a terminal, none in cron or systemd
+LOG_FORMATS = ("auto", "plain", "text", "json")  # auto: plain on a terminal, timestamped text otherwise
+DEFAULT_LOG_FORMAT = "auto"
+LOG_FORMAT_VARIABLE = "BATCHCLF_LOG_FORMAT"  # the environment's default for --log-format (a unit's Environment=)
+DEFAULT_PROGRESS_INTERVAL = 60.0  # seconds between progress lines, where there is no progress bar
 TUPLE_FIELDS = ("allow", "deny", "include", "exclude")
 LABEL_SET_FIELDS = ("allow", "deny")
 WHOLE_NUMBER_FIELDS = ("batch_size", "shard_size", "top_k", "retries", "workers")
@@ -38,6 +44,16 @@ DEFAULT_MAX_DROP = 0.5  # --incremental refuses to drop more than this share of 
 # --changes FILE: the format its name asks for
 CHANGES_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 CHANGE_KINDS = ("new", "changed", "dropped", "newly_failing", "recovered")
+
+
+def dashboard_address(value: str, interactive: bool) -> str | None:
+    """``--dashboard-address`` as ``RunConfig`` takes it: ``none`` is None; ``auto`` is the default address
+    on a terminal and None elsewhere (a cron or systemd run has nobody to look at it, and a second run would
+    only find the port taken)."""
+    if value == AUTO_DASHBOARD:
+        return DEFAULT_DASHBOARD_ADDRESS if interactive else None
+    return None if value.strip().lower() == NO_DASHBOARD else value
+
 
 # batchclf report
 REPORT_LOW_SCORE = 0.5  # a top-1 score below this counts as a low-confidence prediction
@@ -75,7 +91,7 @@ class RunConfig:
     scheduler_file: Path | None = None
     cluster: str = "local"
     cluster_config: Path | None = None
-    dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS
+    dashboard_address: str | None = DEFAULT_DASHBOARD_ADDRESS  # None: no dashboard
     retries: int = DEFAULT_RETRIES
     keep_parts: bool = False
     incremental: bool = False
@@ -84,7 +100,8 @@ class RunConfig:
     hash: bool = False
     wait: bool = False
     changes: Path | str | None = None  # --changes FILE: what changed since the previous output, path by path
-    progress: bool = True
+    progress: bool = True  # a progress bar; without one, a progress line every progress_interval seconds
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL  # 0: no progress lines
     in_process: bool = False  # may score in a worker thread of this process (batchclf run watches it: supervise.py)
     extra: dict = field(default_factory=dict, compare=False)
     # fsspec options for a URL input or output (endpoint, credentials): never printed, recorded or logged.
@@ -124,6 +141,8 @@ class RunConfig:
             raise UsageError(f"--retries must be 0 or more, got {self.retries}")
         if not 0.0 <= self.max_drop <= 1.0:
             raise UsageError(f"--max-drop must be between 0 and 1, got {self.max_drop}")
+        if not self.progress_interval >= 0:
+            raise UsageError(f"--progress-interval must be 0 (no lines) or more seconds, got {self.progress_interval}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UsageError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.allow and self.deny:
@@ -178,7 +197,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UsageError(f"{name} must be a whole number, got {value!r}")
-        for name in ("threshold", "max_drop"):
+        for name in ("threshold", "max_drop", "progress_interval"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UsageError(f"{name} must be a number, got {value!r}")

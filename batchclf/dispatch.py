@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-import sys
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -19,8 +18,10 @@ from .cluster import connect, submit_shards, worker_hosts
 from .config import RunConfig
 from .errors import StorageError
 from .isolate import isolate_failing_shard
-from .machine import IN_PROCESS_TASKS, threads_for_worker
+from .machine import IN_PROCESS_TASKS, WorkerPlan, threads_for_worker
 from .models.registry import ModelSpec
+from .progress import progress_display
+from .runlog import WARNINGS_TOPIC, logger, say_forwarded_warning
 from .shard import MIN_SHARDS, balanced_shard_size, iter_shards
 from .store import location
 from .worker import PROGRESS_TOPIC, ScoringOptions, conversion_pending, score_shard
@@ -39,6 +40,7 @@ class ScoringTask:
     root: str
     to_score: pa.ChunkedArray
     store: object  # the parts store each finished shard is written to
+    plan: WorkerPlan | None = None  # the embedded cluster's plan, made once by the job (None: plan it here)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class ScoringResult:
     dashboard: str | None = None
 
 
-def score(task: ScoringTask, log=print) -> ScoringResult:
+def score(task: ScoringTask) -> ScoringResult:
     """Score every path of ``task`` on the cluster the config names; return what it took."""
     config = task.config
     cluster_config = config.cluster_config if config.cluster == "slurm" else None
@@ -63,6 +65,7 @@ def score(task: ScoringTask, log=print) -> ScoringResult:
         backend=config.backend,
         quantize=config.quantize,
         in_process=config.in_process,
+        plan=task.plan,
     ) as (client, worker_plan):
         # The in-process worker shares one model between its tasks, so a few shards keep it busy to the
         # end; separate workers need more, so that none idles while another finishes.
@@ -71,18 +74,18 @@ def score(task: ScoringTask, log=print) -> ScoringResult:
         result = ScoringResult(
             shards=-(-len(task.to_score) // shard_size),
             plan=asdict(worker_plan) if worker_plan else None,
-            dashboard=client.dashboard_link,
+            dashboard=client.dashboard_link or None,
         )
-        log(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+        if client.dashboard_link:
+            logger.info(f"dashboard: {client.dashboard_link}", extra={"fields": {"dashboard": client.dashboard_link}})
         options = _scoring_options(task, client, worker_plan)
         if conversion_pending(task.spec, options):
-            log(
-                f"converting {task.spec.id} for LiteRT: once per machine (about 20 s, the bar waits meanwhile); "
-                f"later runs reuse it from {cache_dir() / 'litert'}",
-                file=sys.stderr,
+            logger.info(
+                f"converting {task.spec.id} for LiteRT: once per machine (about 20 s, progress waits meanwhile); "
+                f"later runs reuse it from {cache_dir() / 'litert'}"
             )
         shards = iter_shards(task.root, task.to_score, shard_size)
-        result.timings, result.saved = _score_pending(client, shards, task, options, len(task.to_score), log)
+        result.timings, result.saved = _score_pending(client, shards, task, options, len(task.to_score))
     return result
 
 
@@ -111,13 +114,7 @@ def _scoring_options(task: ScoringTask, client, plan) -> ScoringOptions:
     )
 
 
-def _progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
-
-
-def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, total: int, log) -> tuple[dict, int]:
+def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, total: int) -> tuple[dict, int]:
     """Keep a bounded window of shards in flight: ten thousand shards are never all futures at once.
     Returns the per-task timings summed by stage and the rows saved; an exception that stops it
     carries the rows saved so far (``saved_rows``), which the next run reuses."""
@@ -125,8 +122,9 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
 
     timings: dict = {}
     saved = 0
-    bar = _progress_bar(total, task.config.progress)
-    client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(min(event[1], bar.total - bar.n)))
+    progress = progress_display(total, task.config.progress, task.config.progress_interval)
+    client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress.update(event[1]))
+    client.subscribe_topic(WARNINGS_TOPIC, say_forwarded_warning)  # worker processes' warnings, said here once
     token = secrets.token_hex(4)
     window = max(8, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
     pending = iter(shards)
@@ -155,7 +153,7 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
             except StorageError:
                 raise  # the storage failed on every try, not a file: stop, keeping the parts written so far
             except Exception as error:  # failed on every try: find the file that kills the worker
-                log(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it", file=sys.stderr)
+                logger.warning(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it")
                 table, shard_timings = isolate_failing_shard(client, shard, task.spec, options, error), None
             task.store.write(shard.name, table)
             saved += table.num_rows
@@ -171,5 +169,6 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
         raise
     finally:
         client.unsubscribe_topic(PROGRESS_TOPIC)
-        bar.close()
+        client.unsubscribe_topic(WARNINGS_TOPIC)
+        progress.close()
     return timings, saved

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from collections.abc import Iterator
 
@@ -26,11 +25,14 @@ from .errors import (
     MassDropError,
     UsageError,
 )
+from .machine import WorkerPlan, machine_plan
 from .merge import UnusableSourceError, conform, newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
 from .plan import RunPlan, key_of, parts_source, plan_run, previous_output_source, reuse_key_parts, under_folders
+from .progress import duration
+from .runlog import HEADER, logger, set_run_id
 from .shard import shard_name
-from .store import Location, check_locations, location
+from .store import Location, LockWait, check_locations, location
 from .store.parquet import atomic_parquet, read_parts, read_schema
 from .store.parts import PartsStore
 from .summary import RunSummary, absolute, utc_now
@@ -39,17 +41,20 @@ from .writer import METADATA_KEY, output_schema
 ROW_GROUP_ROWS = 65536
 
 
-def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
+def run(config: RunConfig, checked: bool = False, run_id: str | None = None) -> RunSummary:
     """Classify every image ``config`` names and write ``config.output``; return the summary.
 
     An error or a signal that stops the run carries the summary so far (``error.summary``): how many
     files were planned and how many rows were saved in parts for the next run to reuse. ``checked``:
     the caller already ran ``config.check()`` and ``store.check_locations()`` on this config.
+    ``run_id``: the id the caller's log already carries (``summary.new_run_id``; a new one if None).
+    Messages go to the ``batchclf`` logger (``runlog``): the run's first line, progress, its summary line.
     """
     started = time.perf_counter()
-    summary = RunSummary()
+    summary = RunSummary(run_id=run_id) if run_id else RunSummary()
+    set_run_id(summary.run_id)
     try:
-        _run(config, summary, started, log, checked)
+        _run(config, summary, started, checked)
     except (BatchclfError, Interrupted) as error:
         summary.saved = getattr(error, "saved_rows", summary.saved)
         summary.seconds, summary.ended = time.perf_counter() - started, utc_now()
@@ -57,6 +62,7 @@ def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
             error.summary = summary
         raise
     summary.seconds, summary.ended = time.perf_counter() - started, utc_now()
+    _say_summary(summary)
     if summary.ok == 0:
         error = AllFilesFailedError(
             f"all {summary.files} files failed to decode; see the error column of {config.output}"
@@ -73,30 +79,88 @@ def run(config: RunConfig, log=print, checked: bool = False) -> RunSummary:
     return summary
 
 
-def _run(config: RunConfig, summary: RunSummary, started: float, log, checked: bool) -> None:
+def _run(config: RunConfig, summary: RunSummary, started: float, checked: bool) -> None:
     if not checked:  # the command line checks before it forks: a bucket output is probed once, not twice
         config.check()
         check_locations(config)
+    plan = _worker_plan(config)
+    _say_start(config, plan)
     spec = resolve_model(config.model, config.labels, config.trust_model)
     check_scoring_options(spec, config.backend, config.quantize, config.embeddings)
     allowed = class_indices(spec, config.allow, config.deny)  # unknown labels are refused before any work
     output = location(config.output, config.storage_options)  # a local file, or an object in a bucket
     waiting = time.perf_counter()
-    with output.lock(config.wait):
+    with output.lock(config.wait, LockWait(_say_waiting(output), config.progress_interval)):
         summary.lock_wait_seconds = time.perf_counter() - waiting
         left_out: set[str] = set()  # sources found unusable: their files are scored again
         while True:
             try:
-                _attempt(config, spec, allowed, output, summary, started, left_out, log)
+                _attempt(config, spec, allowed, output, summary, started, left_out, plan)
                 return
             except UnusableSourceError as error:
                 if error.name in left_out:  # the same source twice: no way round it
                     raise
                 left_out.add(error.name)
-                log(f"cannot use {error.name}: {error.reason}; scoring its files again", file=sys.stderr)
+                logger.warning(f"cannot use {error.name}: {error.reason}; scoring its files again")
 
 
-def _attempt(config, spec, allowed, output: Location, summary, started, left_out: set[str], log) -> None:
+def _say_summary(summary: RunSummary) -> None:
+    """The run's last line (before an error that ends it, if any)."""
+    keep = ("files", "scored", "ok", "errors", "shards")
+    fields = {name: getattr(summary, name) for name in keep}
+    fields.update(seconds=round(summary.seconds, 3), images_per_second=round(summary.images_per_second, 2))
+    logger.info(summary.line(), extra={"fields": fields})
+
+
+def _worker_plan(config: RunConfig) -> WorkerPlan | None:
+    """The embedded cluster's plan, made once (it may ask a child process about GPUs); None when the run
+    attaches to a cluster (``--scheduler``, ``--cluster slurm``)."""
+    if config.scheduler or config.scheduler_file or config.cluster != "local":
+        return None
+    return machine_plan(config.workers, config.backend, config.quantize, config.in_process)
+
+
+def _say_start(config: RunConfig, plan: WorkerPlan | None) -> None:
+    """The run's first line: version, input, output, model, and where it runs."""
+    if plan is not None:
+        backend = config.backend if config.backend != "auto" else ("tf" if plan.gpus else "litert")
+        where = "in this process" if plan.in_process else (f"on GPU {','.join(plan.gpus)}" if plan.gpus else "")
+        workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''} {where}".strip()
+        text = f"{workers}, {plan.inference_threads} inference and {plan.decode_threads} decode threads each"
+    else:
+        backend = config.backend
+        text = f"workers of {config.scheduler or config.scheduler_file or config.cluster_config}"
+    dashboard = config.dashboard_address if plan is not None and config.dashboard_address else "none"
+    fields = {
+        "batchclf_version": __version__,
+        "input": str(config.input),
+        "output": str(config.output),
+        "model": config.model,
+        "backend": backend,
+        "workers": plan.workers if plan else None,
+        "inference_threads": plan.inference_threads if plan else None,
+        "decode_threads": plan.decode_threads if plan else None,
+        "dashboard": dashboard,
+    }
+    logger.info(
+        f"batchclf {__version__} run: {config.input} -> {config.output}, model {config.model}, backend {backend}, "
+        f"{text}, dashboard {dashboard}",
+        extra={HEADER: True, "fields": fields},
+    )
+
+
+def _say_waiting(output: Location):
+    def say(holder: str, waited: float) -> None:
+        still = f"still waiting ({duration(waited)} so far)" if waited else "waiting"
+        logger.info(
+            f"{still} for the lock on {output}: another batchclf run holds it ({holder})",
+            extra={"fields": {"lock_holder": holder, "waited_seconds": round(waited)}},
+        )
+
+    return say
+
+
+def _attempt(config, spec, allowed, output: Location, summary, started, left_out: set[str], plan) -> None:
     """List, plan, score and write once; a source that turns out unusable on the way raises
     ``UnusableSourceError`` and the run goes round again without it, reusing the parts made so far."""
     stages = summary.stage_seconds
@@ -111,10 +175,10 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
     store = PartsStore(output, key)
     message = store.open()
     if message:
-        log(message, file=sys.stderr)
+        logger.info(message)
     listed_before = stages["listing"]
     with _timed(stages, "planning"):
-        plan = _plan(config, output, listing, store, key_parts, left_out)
+        worker_plan, plan = plan, _plan(config, output, listing, store, key_parts, left_out)
     stages["planning"] -= stages["listing"] - listed_before
     if plan.files == 0 and not plan.kept:
         raise UsageError(
@@ -122,9 +186,9 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
             ".tif .tiff); check the path and --include/--exclude"
         )
     for folder, reason in plan.unreadable:
-        log(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified", file=sys.stderr)
+        logger.warning(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified")
     if config.incremental:
-        log(plan.line(), file=sys.stderr)
+        logger.info(plan.line())
         if plan.drops_too_much(config.max_drop):
             raise MassDropError(
                 f"--incremental would drop {len(plan.dropped)} of the {plan.reusable} rows it could reuse "
@@ -133,7 +197,7 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
                 "a copy half-synced), or pass --max-drop 1 if the files were deleted on purpose"
             )
     if plan.resumed:
-        log(f"resuming: {plan.resumed} rows reused from the parts of an earlier run", file=sys.stderr)
+        logger.info(f"resuming: {plan.resumed} rows reused from the parts of an earlier run")
     summary.files, summary.scored = plan.files + plan.kept_unverified, len(plan.to_score)
     summary.incremental = plan.record() if config.incremental else None
     summary.rescore_reason = plan.reason if config.incremental else None
@@ -142,7 +206,7 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
     if len(plan.to_score):
         try:
             with _timed(stages, "scoring"):
-                scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store), log)
+                scoring = score(ScoringTask(config, spec, allowed, root, plan.to_score, store, worker_plan))
         finally:  # the parts are written between the shards: that time is the writing stage, not scoring
             stages["scoring"] -= store.write_seconds
             stages["writing"] += store.write_seconds
@@ -175,11 +239,11 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
             target = location(config.changes, config.storage_options)
             changes = stack.enter_context(open_changes(target, config.changes_format()))
         # an unusable source (the previous output included): the next attempt reuses these parts
-        write_output(output, schema, metadata, sources, plan, changes, _compared_with(output, changes, left_out, log))
+        write_output(output, schema, metadata, sources, plan, changes, _compared_with(output, changes, left_out))
     if changes is not None:
         summary.changes = {"file": absolute(config.changes), **changes.counts}
         counts = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in changes.counts.items())
-        log(f"changes: {counts}, listed in {config.changes}", file=sys.stderr)
+        logger.info(f"changes: {counts}, listed in {config.changes}")
     if not config.keep_parts:
         store.remove()
 
@@ -204,12 +268,12 @@ def _time_spent_in(batches, stages: dict):
         yield batch
 
 
-def _compared_with(output: Location, changes, left_out: set[str], log):
+def _compared_with(output: Location, changes, left_out: set[str]):
     """The previous output's rows for the changes file (None: every path is new)."""
     if changes is None:
         return None
     if str(output) in left_out:
-        log(f"changes: {output} cannot be read; every path is listed as new", file=sys.stderr)
+        logger.warning(f"changes: {output} cannot be read; every path is listed as new")
         return None
     return previous_rows(output)
 

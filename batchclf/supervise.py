@@ -37,22 +37,26 @@ def can_supervise() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
-def supervised(job: Callable[[bool], int], log=print) -> int:
+def supervised(job: Callable[[bool], int], log: Callable[[str], None] | None = None) -> int:
     """Run ``job(in_process=True)`` in a child; if that child crashes, ``job(in_process=False)`` in another.
 
-    Returns the exit status to leave with: the child's, or 128 + the signal that ended it.
+    Returns the exit status to leave with: the child's, or 128 + the signal that ended it. What happened is
+    said through ``log`` (default: the ``batchclf`` logger).
     """
+    import logging
+
+    say = log or logging.getLogger("batchclf").warning
+    fail = log or logging.getLogger("batchclf").error
     status, crashed = _in_child(job, True)
     if crashed is None:
         return status
-    log(
-        f"batchclf: the in-process worker crashed ({crashed.name}); running again with worker processes, "
-        "which turn the file that causes it into an error row",
-        file=sys.stderr,
+    say(
+        f"the in-process worker crashed ({crashed.name}); running again with worker processes, "
+        "which turn the file that causes it into an error row"
     )
     status, crashed = _in_child(job, False)
     if crashed is not None:
-        log(f"batchclf: error: the job died of {crashed.name} twice; run again with BATCHCLF_DEBUG=1", file=sys.stderr)
+        fail(f"the job died of {crashed.name} twice; run again with BATCHCLF_DEBUG=1")
     return status
 
 

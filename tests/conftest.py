@@ -15,6 +15,8 @@ from PIL import Image
 # The test images, kept in the repository (tests/data/README.md says where they come from).
 DATASETS = Path(__file__).resolve().parent / "data"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite reads messages in their plain look, whatever stderr is; tests/integration/test_logs.py runs without it.
+os.environ.setdefault("BATCHCLF_LOG_FORMAT", "plain")
 
 # The session's own model cache, set at import so that every CLI subprocess and Dask worker inherits it:
 # a test never passes against a converted model left in the user's ~/.cache/batchclf by older code.

@@ -9,6 +9,7 @@ import argparse
 import os
 
 from .. import __version__
+from ..runlog import configure
 from ..supervise import stop_on_signals
 from . import report, run, train
 from .common import EXIT_CODES_HELP, exit_status
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure("plain")  # every command's messages through one logger; `run --log-format` may change the format
     stop_on_signals()  # first: a signal in the first instant stops the command as cleanly as a later one
     return exit_status(_dispatch, argv)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from pathlib import Path
 
 from ..errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, BatchclfError, Interrupted
+from ..runlog import logger
 
 EXIT_CODES_HELP = """exit codes:
   0    success (some files may be error rows)
@@ -58,20 +58,22 @@ def labels_list(text: str) -> tuple[str, ...]:
 
 
 def exit_status(handler, *args) -> int:
-    """Run ``handler(*args)``; an error a user can act on becomes one line on stderr and its exit status."""
+    """Run ``handler(*args)``; an error a user can act on becomes one line of the log (``runlog``) and its
+    exit status."""
     try:
         return handler(*args)
     except Interrupted as error:
-        print(f"batchclf: {error}", file=sys.stderr)
+        logger.warning(str(error), extra={"fields": {"exit_code": error.exit_code}})
         return error.exit_code
     except BatchclfError as error:
-        print(f"batchclf: error: {error}", file=sys.stderr)
+        logger.error(str(error), extra={"fields": {"exit_code": error.exit_code}})
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"batchclf: {Interrupted(signal.SIGINT)}", file=sys.stderr)
+        logger.warning(str(Interrupted(signal.SIGINT)), extra={"fields": {"exit_code": EXIT_INTERRUPTED}})
         return EXIT_INTERRUPTED
     except Exception as error:  # a failure we did not foresee: one line, and where to look
-        print(f"batchclf: error: the job failed: {type(error).__name__}: {error}", file=sys.stderr)
+        failure = f"the job failed: {type(error).__name__}: {error}"
+        logger.error(failure, extra={"fields": {"exit_code": EXIT_JOB_FAILED}})
         if os.environ.get("BATCHCLF_DEBUG"):
             raise
         return EXIT_JOB_FAILED

@@ -4,31 +4,39 @@ settings before anything heavy is imported or forked, then runs the job (watched
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import (
+    AUTO_DASHBOARD,
     BACKENDS,
     BUILTIN_MODEL_NAMES,
     CLUSTERS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DASHBOARD_ADDRESS,
+    DEFAULT_LOG_FORMAT,
     DEFAULT_MAX_DROP,
     DEFAULT_MODEL,
+    DEFAULT_PROGRESS_INTERVAL,
     DEFAULT_RETRIES,
     DEFAULT_SHARD_SIZE,
     DEFAULT_TOP_K,
     EXIF_DEFAULT_MODE,
     EXIF_MODES,
     EXIF_WITH_LOCATION,
+    LOG_FORMAT_VARIABLE,
+    LOG_FORMATS,
     QUANTIZATIONS,
     RunConfig,
+    dashboard_address,
 )
-from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted
+from ..errors import EXIT_JOB_FAILED, BatchclfError, Interrupted, UsageError
 from ..machine import may_score_in_process
+from ..runlog import capture_warnings, configure, set_run_id
 from ..store import StorageOptions, check_locations, location_argument
-from ..summary import check_summary_path, write_summary
+from ..summary import RunSummary, check_summary_path, new_run_id, write_summary
 from ..supervise import supervised
 from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, exit_status, labels_list
 
@@ -163,9 +171,11 @@ def add_parser(subparsers) -> None:
     )
     dask.add_argument(
         "--dashboard-address",
-        default=DEFAULT_DASHBOARD_ADDRESS,
+        default=AUTO_DASHBOARD,
         metavar="HOST:PORT",
-        help="where the embedded cluster serves its dashboard (':8787' for every interface; another port if taken)",
+        help=f"where the embedded cluster serves its dashboard (':8787' for every interface; another port if "
+        f"taken); 'none' for no dashboard (default: {DEFAULT_DASHBOARD_ADDRESS} when stderr is a terminal, "
+        "none otherwise, as in cron or systemd)",
     )
     dask.add_argument(
         "--shard-size",
@@ -221,8 +231,28 @@ def add_parser(subparsers) -> None:
         help="write the run's record as JSON: id, times, host, counts, errors by kind, stage timings, changes, "
         "versions (docs/summary.schema.json)",
     )
-    run.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar (shown unless given)"
+    logs = run.add_argument_group("logs")
+    logs.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar, progress lines instead (the bar is shown only when stderr is a terminal)",
+    )
+    logs.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_PROGRESS_INTERVAL,
+        metavar="SECONDS",
+        help="without a progress bar, a progress line (done/total, images/s, ETA) this often, and while --wait "
+        "waits, a line naming the lock's holder; 0: none",
+    )
+    logs.add_argument(
+        "--log-format",
+        default=os.environ.get(LOG_FORMAT_VARIABLE, DEFAULT_LOG_FORMAT),
+        choices=LOG_FORMATS,
+        help="plain: messages alone; text: each line starts with the UTC time and the run id; json: one JSON "
+        "object a line; auto: plain when stderr is a terminal, text otherwise (a cron log, a journal); "
+        f"default: ${LOG_FORMAT_VARIABLE}, else auto",
     )
     run.set_defaults(handler=handle)
 
@@ -239,26 +269,39 @@ def exif_mode(text: str) -> str:
 
 def handle(args: argparse.Namespace) -> int:
     """Check everything that can be checked without the machinery, then run the job."""
+    if args.log_format not in LOG_FORMATS:  # from the environment, which argparse does not check
+        raise UsageError(f"{LOG_FORMAT_VARIABLE} must be one of {', '.join(LOG_FORMATS)}, got {args.log_format!r}")
+    configure(args.log_format)
+    run_id = new_run_id()  # the summary's, made before the job so that every line of the run carries it
+    set_run_id(run_id)
     check_summary_path(args.summary)
-    config = RunConfig.from_fields({**vars(args), "storage_options": StorageOptions.parse(args.storage_options)})
+    interactive = sys.stderr.isatty()
+    fields = {
+        **vars(args),
+        "storage_options": StorageOptions.parse(args.storage_options),
+        "dashboard_address": dashboard_address(args.dashboard_address, interactive),
+        "progress": args.progress and interactive,  # a bar in a log file is a line of carriage returns
+    }
+    config = RunConfig.from_fields(fields)
     try:
         config.check()
         check_locations(config)
     except (BatchclfError, Interrupted) as error:
-        write_summary(args.summary, None, config, error.exit_code, str(error))
+        write_summary(args.summary, RunSummary(run_id=run_id), config, error.exit_code, str(error))
         raise
     if may_score_in_process(config):  # score in this process, watched by a parent that survives a crash
         return supervised(
-            lambda in_process: exit_status(_run_job, args.summary, replace(config, in_process=in_process))
+            lambda in_process: exit_status(_run_job, args.summary, replace(config, in_process=in_process), run_id)
         )
-    return _run_job(args.summary, config)
+    return _run_job(args.summary, config, run_id)
 
 
-def _run_job(summary_path: Path | None, config: RunConfig) -> int:
+def _run_job(summary_path: Path | None, config: RunConfig, run_id: str) -> int:
     try:
         from ..job import run  # Dask and Arrow's compute kernels: only once the settings are known to be good
 
-        summary = run(config, log=print, checked=True)  # handle() checked it before forking
+        with capture_warnings():
+            summary = run(config, checked=True, run_id=run_id)  # handle() checked it before forking
     except Interrupted as error:
         error.hint = "the finished shards are kept: run the same command again to resume"
         write_summary(summary_path, getattr(error, "summary", None), config, error.exit_code, str(error))
@@ -269,6 +312,5 @@ def _run_job(summary_path: Path | None, config: RunConfig) -> int:
     except Exception as error:
         write_summary(summary_path, None, config, EXIT_JOB_FAILED, f"{type(error).__name__}: {error}")
         raise
-    print(summary.line(), file=sys.stderr)
     write_summary(summary_path, summary, config, 0)
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..fsutil import can_create_files_in
 from ..paths import is_image_name
-from .base import Location, OutsideRootError
+from .base import Location, LockWait, OutsideRootError
 from .local import LocalLocation
 from .objects import ObjectLocation, list_objects, read_object, sorted_listing
 from .options import StorageOptions
@@ -26,6 +26,7 @@ from .options import StorageOptions
 __all__ = [
     "Location",
     "LocalLocation",
+    "LockWait",
     "ObjectLocation",
     "OutsideRootError",
     "StorageOptions",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,25 @@ PARTS_SUFFIX = ".parts"
 PART_RECORD = "run.json"
 PART_NAME = re.compile(r"attempt-(\d{4})-(.+)\.parquet$")
 _LONGEST_SHARD = "shard-999999"  # shard.shard_name of the millionth shard: a bound, not a name in use
+
+
+class LockWait:
+    """What a run waiting for a lock says: ``say(holder, waited_seconds)`` when it finds the lock held, then
+    every ``every`` seconds while it still is (0: only the first time). ``holder`` names who holds it."""
+
+    def __init__(self, say: Callable[[str, float], None], every: float) -> None:
+        self.say, self.every = say, every
+        self._started: float | None = None
+        self._said: float | None = None
+
+    def held(self, holder: Callable[[], str]) -> None:
+        """The lock was found held: say so if it is time."""
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        if self._said is None or (self.every > 0 and now - self._said >= self.every):
+            self._said = now
+            self.say(holder(), now - self._started)
 
 
 def part_name(attempt: int, shard: str) -> str:
@@ -108,9 +128,9 @@ class Location(ABC):
         """
 
     @abstractmethod
-    def lock(self, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+    def lock(self, wait: bool = False, waiting: LockWait | None = None) -> contextlib.AbstractContextManager[None]:
         """Hold ``NAME.lock`` for the block, so two runs never write this location; a second holder is
-        refused with ``LockedError`` (or, with ``wait``, queues behind the first)."""
+        refused with ``LockedError`` (or, with ``wait``, queues behind the first, telling ``waiting``)."""
 
     @abstractmethod
     def children(self) -> list[Location]:

@@ -13,14 +13,18 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import LockedError, UsageError
 from ..fsutil import atomic_file, can_create_files_in, is_temporary_name, open_regular_no_follow
-from .base import LOCK_SUFFIX, PARTS_SUFFIX, Location, OutsideRootError, names_made_beside
+from .base import LOCK_SUFFIX, PARTS_SUFFIX, Location, LockWait, OutsideRootError, names_made_beside
+
+LOCK_POLL_SECONDS = 0.5  # how often a waiting run tries the lock again
 
 _OPEN_INSIDE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
@@ -71,8 +75,8 @@ class LocalLocation(Location):
     def atomic_write(self):
         return atomic_file(self.path)
 
-    def lock(self, wait: bool = False):
-        return _file_lock(self, wait)
+    def lock(self, wait: bool = False, waiting: LockWait | None = None):
+        return _file_lock(self, wait, waiting)
 
     def children(self) -> list[LocalLocation]:
         """The entries of the folder; a link or a file in its place is refused (writing there would write
@@ -191,8 +195,19 @@ def _lock_holder(descriptor: int) -> str:
     return "unknown"
 
 
+def _holder_text(pid: str) -> str:
+    """``pid 1234 on HOST since 2026-12-06T02:30:01Z``: the flock's holder is a process of this kernel."""
+    import psutil
+
+    try:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(psutil.Process(int(pid)).create_time()))
+    except (psutil.Error, ValueError):
+        since = "an unknown time"
+    return f"pid {pid} on {socket.gethostname()} since {since}"
+
+
 @contextlib.contextmanager
-def _file_lock(target: LocalLocation, wait: bool = False):
+def _file_lock(target: LocalLocation, wait: bool = False, waiting: LockWait | None = None):
     """The lock of a local output.
 
     An advisory ``flock``: the kernel releases it when the process dies, even by SIGKILL, so a
@@ -202,13 +217,19 @@ def _file_lock(target: LocalLocation, wait: bool = False):
     output = target.path
     descriptor = open_regular_no_follow(output.with_name(output.name + LOCK_SUFFIX), os.O_RDONLY | os.O_CREAT)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise LockedError(
-                f"another batchclf run (pid {_lock_holder(descriptor)}) is writing {output}; "
-                "wait for it, or pass --wait to queue"
-            ) from None
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    raise LockedError(
+                        f"another batchclf run (pid {_lock_holder(descriptor)}) is writing {output}; "
+                        "wait for it, or pass --wait to queue"
+                    ) from None
+            if waiting is not None:
+                waiting.held(lambda: _holder_text(_lock_holder(descriptor)))
+            time.sleep(LOCK_POLL_SECONDS)
         _remove_stale_temporaries(output)
         yield
     finally:

@@ -76,14 +76,15 @@ def _break_if_stale(lock, record: dict) -> bool:
 
 
 @contextlib.contextmanager
-def object_lock(output, wait: bool = False):
+def object_lock(output, wait: bool = False, waiting=None):
     """The lock of an output in a bucket: ``OUTPUT.lock``, an object made by a conditional create.
 
     The object says who holds it: host, boot id, pid and the process's start time (together they name
     one process, in a container too), the time the lock was taken and a random token of this taking. A
     process killed by SIGKILL cannot remove it; the next run on the same host sees that process is gone
     and takes the lock over. A holder on another host cannot be checked, so its lock is never broken:
-    the run exits 4 and says how to remove it once that run is known to be gone. The lock is removed
+    the run exits 4 and says how to remove it once that run is known to be gone (with ``wait``, it tells
+    ``waiting``, a ``base.LockWait``, who holds it, and tries again). The lock is removed
     when the run ends, by any means short of SIGKILL (an error, SIGINT, SIGTERM), and only if it is
     still this run's.
     """
@@ -100,12 +101,14 @@ def object_lock(output, wait: bool = False):
         record = _lock_record(lock)
         if record is None or _break_if_stale(lock, record):
             continue  # released meanwhile, or left by a dead run of this host: try again
+        who = f"pid {record.get('pid', '?')} on {record.get('host', '?')} since {record.get('started', '?')}"
         if not wait:
-            who = f"pid {record.get('pid', '?')} on {record.get('host', '?')} since {record.get('started', '?')}"
             raise LockedError(
                 f"another batchclf run ({who}) holds {lock}; wait for it, or pass --wait to queue; "
                 f"if that run is no longer running, delete {lock} and run again"
             )
+        if waiting is not None:
+            waiting.held(lambda holder=who: holder)
         time.sleep(LOCK_POLL_SECONDS)
     try:
         yield

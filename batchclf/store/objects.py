@@ -334,8 +334,8 @@ class ObjectLocation(Location):
             fs, path = self._fs()
             fs.put_file(str(local), path)
 
-    def lock(self, wait: bool = False):
-        return object_lock(self, wait)
+    def lock(self, wait: bool = False, waiting=None):
+        return object_lock(self, wait, waiting)
 
     def _under(self, recursive: bool) -> list[str]:
         """The names just under this prefix (objects and deeper prefixes), or every object at any depth."""

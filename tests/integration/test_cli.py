@@ -136,9 +136,9 @@ def test_help_shows_each_default_once_and_only_where_it_says_something():
     for option in ("--labels", "--workers", "--dashboard-address", "--batch-size"):
         entry = flat.split(f" {option} ", 1)[1].split(" --", 1)[0]
         assert entry.count("(default:") == 1, (option, entry)
-    assert "(default: 127.0.0.1:8787)" in flat
+    assert "(default: 127.0.0.1:8787 when stderr is a terminal, none otherwise, as in cron or systemd)" in flat
     assert "\nexit codes:\n  0 " in text and "\n  130  interrupted" in text  # one code a line, as written
-    assert "--no-progress no progress bar (shown unless given)" in flat
+    assert "--no-progress no progress bar, progress lines instead (the bar is shown only when stderr" in flat
 
 
 def test_exit_codes_are_all_in_the_help():
