@@ -126,7 +126,7 @@ def test_changing_exif_with_incremental_scores_again(photos, gps_output, tmp_pat
     assert "4 unchanged rows reused, 1 to score" in again.stderr  # same --exif: only the error row is retried
 
     camera = run(photos, output, "--incremental", "--exif")
-    assert "scoring everything (the previous output was made with another model, other options" in camera.stderr
+    assert "incremental: scoring everything (exif gps → camera)" in camera.stderr
     schema = pq.read_schema(output)
     assert schema.remove_metadata() == output_schema(exif="camera")  # no location without --exif gps
     assert not set(GPS_COLUMNS) & set(schema.names)
@@ -134,7 +134,7 @@ def test_changing_exif_with_incremental_scores_again(photos, gps_output, tmp_pat
     assert read_run_metadata(output)["result_options"]["exif"] == "camera"
 
     plain = run(photos, output, "--incremental")
-    assert "scoring everything (the previous output was made with another model, other options" in plain.stderr
+    assert "incremental: scoring everything (exif camera → none)" in plain.stderr
     assert pq.read_schema(output).remove_metadata() == output_schema()  # without --exif: the schema it always had
 
 
