@@ -25,12 +25,13 @@ from .errors import (
 )
 from .merge import UnusableSourceError, newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
+from .paths import IMAGE_FORMATS
 from .plan import RunPlan, parts_source, plan_run, previous_output_source, reuse_key, under_folders
 from .shard import shard_name
 from .store import Location, check_locations, location
 from .store.parquet import atomic_parquet, read_parts, read_schema
 from .store.parts import PartsStore
-from .summary import RunSummary
+from .summary import RunSummary, skipped_text
 from .writer import METADATA_KEY, output_schema
 
 ROW_GROUP_ROWS = 65536
@@ -104,10 +105,12 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
     if message:
         log(message, file=sys.stderr)
     plan = _plan(config, output, listing, store, key, left_out)
+    summary.skipped_by_extension = dict(listing.skipped)  # complete: the planner walked the whole listing
     if plan.files == 0 and not plan.kept:
+        skipped = skipped_text(listing.skipped)
         raise UsageError(
-            f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
-            ".tif .tiff); check the path and --include/--exclude"
+            f"no image files found in {config.input} (looked for {' '.join(IMAGE_FORMATS)}"
+            f"{'; ' + skipped if skipped else ''}); check the path and --include/--exclude"
         )
     for folder, reason in plan.unreadable:
         log(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified", file=sys.stderr)

@@ -238,5 +238,7 @@ def _run_job(summary_path: Path | None, config: RunConfig) -> int:
         write_summary(summary_path, None, config, EXIT_JOB_FAILED, f"{type(error).__name__}: {error}")
         raise
     print(summary.line(), file=sys.stderr)
+    if summary.skipped_line():
+        print(summary.skipped_line(), file=sys.stderr)
     write_summary(summary_path, summary, config, 0)
     return 0
