@@ -112,3 +112,20 @@ def test_without_the_heif_extra_a_heic_file_is_an_error_row(tmp_path, datasets):
     assert (rows["pizza.heic"]["status"], rows["pizza.heic"]["error"]) == ("error", HEIF_MISSING)
     assert 'pip install "batchclf[heif]"' in HEIF_MISSING
     assert "Traceback" not in result.stderr
+
+
+def test_a_bucket_listing_counts_the_objects_it_leaves_out():
+    """fsspec's in-memory file system stands for a bucket: the same listing code as s3:// or gs://."""
+    import fsspec
+
+    from batchclf.discover import list_images
+
+    memory = fsspec.filesystem("memory")
+    for name in ("photos/a.jpg", "photos/b.HEIC", "photos/notes.txt", "photos/raw/README", "photos/.cache/x.txt"):
+        memory.pipe(f"/skipped-bucket/{name}", b"x")
+    try:
+        found = list_images("memory://skipped-bucket/photos")
+        assert sum(batch.num_rows for batch in found.batches) == 2
+        assert found.skipped == {".txt": 1, "": 1}
+    finally:
+        memory.rm("/skipped-bucket", recursive=True)
