@@ -230,7 +230,7 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
         from . import tflite
 
         signature = tflite.describe(path)
-        settings = read_sidecar(path, TFLITE_DEFAULTS)
+        settings = read_sidecar(path, TFLITE_DEFAULTS, _carried_normalisation(path, signature.input_dtype))
         kind, layout, image_size = "tflite", "NHWC", signature.image_size
         if settings["image_size"] not in (None, image_size):
             given = settings["image_size"]
@@ -265,6 +265,18 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
     if sidecar.is_file():  # other preprocessing, other results
         model_id += f"+{sha256_tree(sidecar)[:8]}"
     return ModelSpec(model_id, kind, os.fspath(path.resolve()), labels, preprocessing, None, input_format)
+
+
+def _carried_normalisation(path: Path, input_dtype: str) -> tuple | None:
+    """The (mean, std) of a ``.tflite``'s metadata, applied as the Task Library does: to a float input,
+    and (as metadata_schema.fbs says) before the quantization of an int8 input. A uint8 input takes
+    the raw pixels (its quantization undoes the normalisation), whatever the metadata says."""
+    if input_dtype == "uint8":
+        return None
+    from .tflite_metadata import input_metadata
+
+    found = input_metadata(path)
+    return (found.mean, found.std) if found is not None and found.mean is not None else None
 
 
 def load_keras_model(spec: ModelSpec):
