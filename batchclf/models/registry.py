@@ -21,7 +21,7 @@ from ..decode import Preprocessing
 from ..errors import UsageError
 from ..fsutil import sha256_tree
 from .introspect import keras_output_size
-from .sidecar import ONNX_DEFAULTS, TFLITE_DEFAULTS, InputFormat, read_sidecar, sidecar_path
+from .sidecar import ONNX_DEFAULTS, InputFormat, read_sidecar, sidecar_path
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"
@@ -230,11 +230,8 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
         from . import tflite
 
         signature = tflite.describe(path)
-        settings = read_sidecar(path, TFLITE_DEFAULTS, _carried_normalisation(path, signature.input_dtype))
-        kind, layout, image_size = "tflite", "NHWC", signature.image_size
-        if settings["image_size"] not in (None, image_size):
-            given = settings["image_size"]
-            raise UsageError(f"{sidecar_path(path)} says image_size {given} but {path} takes {image_size}")
+        settings, image_size = tflite.input_settings(path, signature)
+        kind, layout = "tflite", "NHWC"
         packed = None if labels_file else tflite.packed_labels(path)
         beside = ()
     else:
@@ -265,18 +262,6 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
     if sidecar.is_file():  # other preprocessing, other results
         model_id += f"+{sha256_tree(sidecar)[:8]}"
     return ModelSpec(model_id, kind, os.fspath(path.resolve()), labels, preprocessing, None, input_format)
-
-
-def _carried_normalisation(path: Path, input_dtype: str) -> tuple | None:
-    """The (mean, std) of a ``.tflite``'s metadata, applied as the Task Library does: to a float input,
-    and (as metadata_schema.fbs says) before the quantization of an int8 input. A uint8 input takes
-    the raw pixels (its quantization undoes the normalisation), whatever the metadata says."""
-    if input_dtype == "uint8":
-        return None
-    from .tflite_metadata import input_metadata
-
-    found = input_metadata(path)
-    return (found.mean, found.std) if found is not None and found.mean is not None else None
 
 
 def load_keras_model(spec: ModelSpec):

@@ -22,6 +22,7 @@ from conftest import run_cli, save_image
 
 from batchclf import worker
 from batchclf.decode import decode_image
+from batchclf.errors import UsageError
 from batchclf.models import registry
 from batchclf.models.tflite_metadata import MalformedMetadata, read_input_metadata
 
@@ -104,18 +105,28 @@ def with_metadata(model: bytes, metadata: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-@pytest.fixture(scope="module")
-def probe_model() -> bytes:
-    """A float .tflite taking 8x8 RGB whose logits are [k m, -k m], m the mean of its input."""
+def _probe(size: int | None) -> bytes:
     import keras
     import tensorflow as tf
 
-    inputs = keras.Input((SIZE, SIZE, 3))
+    inputs = keras.Input((size, size, 3))
     mean = keras.layers.GlobalAveragePooling2D()(inputs)
     logits = keras.layers.Dense(2, use_bias=False)(mean)
     model = keras.Model(inputs, logits)
     model.layers[-1].set_weights([np.array([[K, -K]] * 3, np.float32) / 3])
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+@pytest.fixture(scope="module")
+def probe_model() -> bytes:
+    """A float .tflite taking 8x8 RGB whose logits are [k m, -k m], m the mean of its input."""
+    return _probe(SIZE)
+
+
+@pytest.fixture(scope="module")
+def any_size_model() -> bytes:
+    """The same, taking images of any size."""
+    return _probe(None)
 
 
 def _model(folder, probe_model, metadata: bytes | None, sidecar: dict | None = None):
@@ -128,10 +139,11 @@ def _model(folder, probe_model, metadata: bytes | None, sidecar: dict | None = N
     return path
 
 
-def _fed_mean(path, image) -> float:
+def _fed_mean(path, image, size: int = SIZE) -> float:
     """The mean of what batchclf fed the model, read back from its top-1 score."""
     spec = registry.resolve_model(str(path))
     scorer = worker.get_scorer(spec, worker.ScoringOptions(backend="litert", threads=1, decode_threads=1))
+    assert spec.preprocessing.image_size == scorer.backend.image_size == size
     probabilities, _ = scorer.backend.predict(decode_image(str(image), scorer.preprocessing).pixels[None])
     positive = float(probabilities[0, 0])
     return math.log(positive / (1 - positive)) / (2 * K)
@@ -199,3 +211,13 @@ def test_a_run_feeds_the_metadata_normalisation(tmp_path, probe_model, grey):
     [row] = pq.read_table(output).to_pylist()
     assert row["label"] == "negative"  # 0-255 would have been "positive", with a score of 1
     assert row["score"] == pytest.approx(1 / (1 + math.exp(-2 * K * (127.5 - GREY) / 127.5)), abs=1e-5)
+
+
+def test_a_model_of_any_size_takes_the_size_its_metadata_names(tmp_path, any_size_model, grey):
+    path = _model(tmp_path / "meta", any_size_model, metadata_buffer([127.5], [127.5], default_size=12))
+    assert _fed_mean(path, grey, size=12) == pytest.approx((GREY - 127.5) / 127.5, abs=1e-3)
+    sized = _model(tmp_path / "sidecar", any_size_model, metadata_buffer([127.5], [127.5], 12), {"image_size": 16})
+    assert _fed_mean(sized, grey, size=16) == pytest.approx((GREY - 127.5) / 127.5, abs=1e-3)
+    unsized = _model(tmp_path / "plain", any_size_model, None)
+    with pytest.raises(UsageError, match=r"takes images of any size and its metadata names none; say which in"):
+        registry.resolve_model(str(unsized))
