@@ -223,6 +223,7 @@ class LiteRTBackend:
         num_classes: int,
         with_features: bool,
         input_format: InputFormat | None = None,
+        image_size: int | None = None,  # for a model that takes any size; else its input's
     ):
         from ai_edge_litert.interpreter import Interpreter
 
@@ -230,7 +231,7 @@ class LiteRTBackend:
         with quiet_native_stderr():  # the XNNPACK delegate announces itself when the tensors are allocated
             self.interpreter = Interpreter(model_path=os.fspath(tflite_path), num_threads=threads)
             self.input = self.interpreter.get_input_details()[0]
-            self.image_size = int(self.input["shape"][1])
+            self.image_size = image_size or int(self.input["shape"][1])
             self.batch_size = batch_size
             shape = [batch_size, self.image_size, self.image_size, 3]
             self.interpreter.resize_tensor_input(self.input["index"], shape)

@@ -17,6 +17,7 @@ import errno
 import io
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -26,6 +27,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from .errors import StorageError
 from .exif import ExifFields, read_exif
 from .fsutil import NotRegularFileError, change_marks, content_digest, open_regular
+from .paths import IMAGE_FORMATS
 
 ORIENTATION_TAG = 0x0112
 TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -75,7 +77,11 @@ READ_ATTEMPTS = 3
 MAX_FILE_BYTES = 1 << 30  # 1 GiB: above any image Pillow's pixel limit lets through; padding is never read
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 # What Pillow may decode: the formats of the extensions the walk takes (a phone's JPEG opens as MPO).
-DECODED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+# HEIF joins them once pillow-heif's opener is registered, when the first HEIF file is met.
+DECODED_FORMATS = tuple(dict.fromkeys(f for f in IMAGE_FORMATS.values() if f != "HEIF"))
+# The ISO-BMFF brands pillow-heif decodes (a ``mif1``/``msf1`` file may be AVIF: Pillow tries that first).
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+HEIF_MISSING = 'cannot decode HEIC/HEIF without the heif extra: pip install "batchclf[heif]"'
 # Formats named in the error row of a file that is not one of those: (offset, magic bytes, name).
 # Nothing here is ever decoded.
 OTHER_FORMATS = (
@@ -84,10 +90,6 @@ OTHER_FORMATS = (
     (0, b"%PDF", "PDF"),
     (0, b"<?xml", "XML (an SVG?)"),
     (0, b"<svg", "SVG"),
-    (4, b"ftypheic", "HEIC"),
-    (4, b"ftypheix", "HEIC"),
-    (4, b"ftypmif1", "HEIF"),
-    (4, b"ftypavif", "AVIF"),
     (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
     (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
     (0, b"8BPS", "Photoshop (PSD)"),
@@ -190,17 +192,43 @@ def open_image(source: bytes | BinaryIO) -> Image.Image:
     batchclf decodes, for the model or for a report's thumbnail, is opened here.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    head = stream.read(HEAD_BYTES)
+    stream.seek(0)
+    if not head:
+        raise ImageDecodeError("empty file (0 bytes)")
+    heif = head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+    formats = DECODED_FORMATS + ("HEIF",) if heif and heif_opener() else DECODED_FORMATS
     try:
-        return Image.open(stream, formats=DECODED_FORMATS)
+        return Image.open(stream, formats=formats)
     except UnidentifiedImageError:
-        stream.seek(0)
-        head = stream.read(HEAD_BYTES)
-        if not head:
-            raise ImageDecodeError("empty file (0 bytes)") from None
+        if heif and "HEIF" not in formats:
+            raise ImageDecodeError(HEIF_MISSING) from None
         found = next((name for at, magic, name in OTHER_FORMATS if head.startswith(magic, at)), None)
         if found:
             raise ImageDecodeError(f"not an image batchclf reads: the content is {found}") from None
         raise
+
+
+_heif_lock = threading.Lock()
+_heif_registered: bool | None = None  # None: no HEIF file met yet in this process
+
+
+def heif_opener() -> bool:
+    """Register pillow-heif's Pillow opener, once, when the first HEIF file is met; False without the extra.
+
+    Registered lazily so that a run without HEIF files never imports libheif.
+    """
+    global _heif_registered
+    with _heif_lock:
+        if _heif_registered is None:
+            try:
+                from pillow_heif import register_heif_opener
+            except ImportError:
+                _heif_registered = False
+            else:
+                register_heif_opener()
+                _heif_registered = True
+    return _heif_registered
 
 
 def check_pixel_limit(image: Image.Image) -> None:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from .errors import UsageError
 from .folders import Files, Folder, ListingHelpers, list_folder
 from .fsutil import change_marks
-from .paths import fs_path, is_image_name, path_text
+from .paths import IMAGE_EXTENSIONS, extension, fs_path, path_text
 
 
 def _matches(relative: str, patterns: Sequence[str]) -> bool:
@@ -42,14 +42,20 @@ class Listing:
     """The images under the input, streamed in output order as Arrow batches of path, bytes and mtime (µs).
 
     Nothing holds the whole list: at ten million files a Python list of names alone would take
-    about a gigabyte. ``unreadable`` (folder text ending in ``/``, reason) and ``files`` are complete
-    once ``batches`` is exhausted.
+    about a gigabyte. ``unreadable`` (folder text ending in ``/``, reason), ``skipped`` and ``files``
+    are complete once ``batches`` is exhausted.
     """
 
     root: Path | str  # a URL for object storage
     batches: Iterator[pa.Table]
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     files: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # files left out for their extension, by extension
+
+
+def add_counts(total: dict[str, int], counts: dict[str, int]) -> None:
+    for key, count in counts.items():
+        total[key] = total.get(key, 0) + count
 
 
 def _signature(path: str) -> tuple:
@@ -62,14 +68,17 @@ def _signature(path: str) -> tuple:
     return stat.st_size, stat.st_mtime_ns // 1000, os.access(path, os.R_OK), *change_marks(stat)
 
 
-def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool, with_names: bool) -> Iterator[Files]:
+def _walk(
+    root: Path, include_hidden: bool, unreadable: list, with_stat: bool, with_names: bool, skipped: dict | None = None
+) -> Iterator[Files]:
     """Yield the image files under ``root`` in output order, following symlinks without looping.
 
     Directories are identified by (device, inode) so a symlink loop, or two links to one folder,
     is entered once; the folders above ``root`` count as visited, so a link to one of them (a loop
     that would otherwise walk the whole disk) is not followed. Broken links are reported as files so
     that they become error rows rather than vanish. A folder that cannot be listed is recorded in
-    ``unreadable`` (never silently skipped: a nightly run must not take its files for deleted).
+    ``unreadable`` (never silently skipped: a nightly run must not take its files for deleted). Files
+    of other extensions are counted in ``skipped``, by extension, once a folder.
 
     Entries are sorted by their path text, folders as ``name/``: a depth-first walk in that order
     yields exactly the sorted order of the full path texts, so no global sort is needed. Each folder
@@ -102,6 +111,8 @@ def _walk(root: Path, include_hidden: bool, unreadable: list, with_stat: bool, w
         if result.key in visited:
             return None
         visited.add(result.key)
+        if skipped is not None:
+            add_counts(skipped, result.skipped)
         return result
 
     top = entered(listed(os.fspath(root), "", ""), "", "")
@@ -138,28 +149,31 @@ def walk_images(root: Path, include_hidden: bool = False) -> Iterator[str]:
         yield from files.names
 
 
-def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
+def read_path_list(list_file: Path, skipped: dict[str, int] | None = None) -> tuple[Path, list[str]]:
     """Read a text file of image paths, one a line (``#`` comments and blank lines ignored).
 
     Lines are path texts as the output writes them (so a ``path`` column can be fed back, odd bytes
     as ``\\xNN``), relative to the list file's folder or absolute. The input root, against which the
-    output's ``path`` column is written, is the deepest folder holding every listed file. A file that
-    is not UTF-8 text of image paths is refused: it is more likely the wrong file than a list.
+    output's ``path`` column is written, is the deepest folder holding every listed file. A line of
+    another extension is left out like the walk leaves such a file out, and counted in ``skipped``.
+    A file that is not UTF-8 text, or names no image at all, is refused: it is more likely the wrong
+    file than a list.
     """
     base = list_file.resolve().parent
     absolute = []
+    counts: dict[str, int] = {}
+    first_other = None  # (line number, text) of the first line that is not an image path
     try:
         with open(list_file, encoding="utf-8-sig") as lines:
             for number, line in enumerate(lines, 1):
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue
-                if not is_image_name(line):
-                    shown = line if len(line) <= 60 else line[:57] + "..."
-                    raise UsageError(
-                        f"{list_file} line {number} is not an image path ({shown!r}); give a folder, or a text "
-                        "file with one image path a line"
-                    )
+                kind = extension(line.rsplit("/", 1)[-1])
+                if kind not in IMAGE_EXTENSIONS:
+                    counts[kind] = counts.get(kind, 0) + 1
+                    first_other = first_other or (number, line)
+                    continue
                 absolute.append(os.path.normpath(os.path.join(base, fs_path(line))))
     except UnicodeDecodeError:
         raise UsageError(
@@ -167,6 +181,15 @@ def read_path_list(list_file: Path) -> tuple[Path, list[str]]:
         ) from None
     except OSError as error:
         raise UsageError(f"cannot read {list_file}: {error.strerror}") from None
+    if first_other and not absolute:
+        number, line = first_other
+        shown = line if len(line) <= 60 else line[:57] + "..."
+        raise UsageError(
+            f"{list_file} line {number} is not an image path ({shown!r}) and no line is; give a folder, or a "
+            "text file with one image path a line"
+        )
+    if skipped is not None:
+        add_counts(skipped, counts)
     if not absolute:
         return base, []
     root = os.path.commonpath(absolute)
@@ -218,10 +241,11 @@ def list_images(
     filtered = bool(include or exclude)
     if source.is_dir():
         listing = Listing(root=source.resolve(), batches=iter(()))
-        chunks = _walk(source, include_hidden, listing.unreadable, with_stat=True, with_names=filtered)
+        chunks = _walk(source, include_hidden, listing.unreadable, True, filtered, listing.skipped)
     elif source.is_file():
-        root, relative = read_path_list(source)
-        listing = Listing(root=root, batches=iter(()))
+        skipped: dict[str, int] = {}
+        root, relative = read_path_list(source, skipped)
+        listing = Listing(root=root, batches=iter(()), skipped=skipped)
         chunks = _listed(root, relative, with_stat=True)
     else:
         raise UsageError(f"input {source} does not exist; give a folder of images or a file listing them")
@@ -235,11 +259,15 @@ def _list_objects(url: str, include, exclude, include_hidden: bool, batch_rows: 
 
     root = url.rstrip("/")
     listing = Listing(root=root, batches=iter(()))
-    objects = [
-        (name, size, mtime)
-        for name, size, mtime in store.list_objects(root, options)
-        if is_image_name(name.rsplit("/", 1)[-1]) and (include_hidden or not any(p[:1] == "." for p in name.split("/")))
-    ]
+    objects = []
+    for name, size, mtime in store.list_objects(root, options):
+        if not include_hidden and any(part[:1] == "." for part in name.split("/")):
+            continue
+        kind = extension(name.rsplit("/", 1)[-1])
+        if kind in IMAGE_EXTENSIONS:
+            objects.append((name, size, mtime))
+        else:
+            listing.skipped[kind] = listing.skipped.get(kind, 0) + 1
     names, sizes, mtimes = (list(column) for column in zip(*objects)) if objects else ([], [], [])
     files = Files([path_text(name) for name in names], names, sizes, mtimes)
     kept = next(_filtered(iter([files]), include, exclude), None) if names else None

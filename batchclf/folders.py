@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .fsutil import change_marks
 from .machine import available_cores
-from .paths import is_image_name, path_text
+from .paths import IMAGE_EXTENSIONS, extension, path_text
 
 LISTING_AHEAD = 16  # sub-folders of a folder handed to the helpers ahead of the walk
 LISTING_MAX_OUTSTANDING = 64  # requests in flight to all helpers at once (they and their pipes stay small)
@@ -61,6 +61,7 @@ class Folder:
         info = os.fstat(fd)
         self.key = (info.st_dev, info.st_ino)  # a folder reached twice (a loop, two links) is walked once
         names, folders = [], []
+        skipped: dict[str, int] = {}  # files of other extensions, by extension: reported, never scored
         with os.scandir(fd) as scan:
             for entry in scan:
                 name = entry.name
@@ -72,8 +73,10 @@ class Folder:
                     is_dir = False
                 if is_dir:
                     folders.append((_text(name) + "/", name))
-                elif is_image_name(name):
+                elif (kind := extension(name)) in IMAGE_EXTENSIONS:
                     names.append(name)
+                else:
+                    skipped[kind] = skipped.get(kind, 0) + 1
         joined = "".join(names)
         if joined.isascii() and "\\" not in joined:  # the common case: each name is its own text
             names.sort()
@@ -84,6 +87,7 @@ class Folder:
         folders.sort()
         self.texts = [prefix_text + text for text in texts] if prefix_text else texts
         self.names = names
+        self.skipped = skipped
         self.folders = [(prefix_text + text, name) for text, name in folders]
         self.sizes = self.mtimes = self.readable = self.inodes = self.ctimes = None
         if with_stat:
@@ -105,6 +109,7 @@ class Folder:
         "readable",
         "inodes",
         "ctimes",
+        "skipped",
     )
 
     def __getstate__(self) -> tuple:  # what a listing helper sends back: plain lists, cheap to pickle

@@ -28,6 +28,7 @@ from .errors import (
 from .machine import WorkerPlan, machine_plan
 from .merge import UnusableSourceError, conform, newest_rows
 from .models.registry import check_scoring_options, class_indices, resolve_model
+from .paths import IMAGE_FORMATS
 from .plan import RunPlan, key_of, parts_source, plan_run, previous_output_source, reuse_key_parts, under_folders
 from .progress import duration
 from .runlog import HEADER, logger, set_run_id
@@ -35,7 +36,7 @@ from .shard import shard_name
 from .store import Location, LockWait, check_locations, location
 from .store.parquet import atomic_parquet, read_parts, read_schema
 from .store.parts import PartsStore
-from .summary import RunSummary, absolute, utc_now
+from .summary import RunSummary, absolute, skipped_text, utc_now
 from .writer import METADATA_KEY, output_schema
 
 ROW_GROUP_ROWS = 65536
@@ -105,7 +106,9 @@ def _run(config: RunConfig, summary: RunSummary, started: float, checked: bool) 
 
 
 def _say_summary(summary: RunSummary) -> None:
-    """The run's last line (before an error that ends it, if any)."""
+    """The run's last line (before an error that ends it, if any), after the files left out for their extension."""
+    if summary.skipped_line():
+        logger.info(summary.skipped_line(), extra={"fields": {"skipped_by_extension": summary.skipped_by_extension}})
     keep = ("files", "scored", "ok", "errors", "shards")
     fields = {name: getattr(summary, name) for name in keep}
     fields.update(seconds=round(summary.seconds, 3), images_per_second=round(summary.images_per_second, 2))
@@ -180,10 +183,12 @@ def _attempt(config, spec, allowed, output: Location, summary, started, left_out
     with _timed(stages, "planning"):
         worker_plan, plan = plan, _plan(config, output, listing, store, key_parts, left_out)
     stages["planning"] -= stages["listing"] - listed_before
+    summary.skipped_by_extension = dict(listing.skipped)  # complete: the planner walked the whole listing
     if plan.files == 0 and not plan.kept:
+        skipped = skipped_text(listing.skipped)
         raise UsageError(
-            f"no image files found in {config.input} (looked for .jpg .jpeg .png .bmp .gif .webp "
-            ".tif .tiff); check the path and --include/--exclude"
+            f"no image files found in {config.input} (looked for {' '.join(IMAGE_FORMATS)}"
+            f"{'; ' + skipped if skipped else ''}); check the path and --include/--exclude"
         )
     for folder, reason in plan.unreadable:
         logger.warning(f"cannot read folder {folder} ({reason}); its previous rows are kept, marked unverified")

@@ -5,13 +5,34 @@ from __future__ import annotations
 
 import re
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# The one list of what the walk takes: each extension and the Pillow format that decodes it. The
+# decoder opens these formats and no other; HEIF is decoded by the ``heif`` extra (pillow-heif).
+IMAGE_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".avif": "AVIF",
+    ".heic": "HEIF",
+    ".heif": "HEIF",
+}
+IMAGE_EXTENSIONS = frozenset(IMAGE_FORMATS)
+
+
+def extension(name: str) -> str:
+    """The extension in lower case with its dot, or ``""``: as ``pathlib`` reads a suffix (``.jpg`` alone is
+    a hidden file's name, ``a.`` has none)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def is_image_name(name: str) -> bool:
-    """An image extension, in any case, after a name (``.jpg`` alone is a hidden file's name)."""
-    dot = name.rfind(".")
-    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+    """An image extension, in any case, after a name."""
+    return extension(name) in IMAGE_EXTENSIONS
 
 
 def path_text(relative: str) -> str:

@@ -60,6 +60,7 @@ class RunSummary:
     unreadable: list = field(default_factory=list)  # folders that could not be listed
     plan: dict | None = None  # the embedded cluster's worker plan (None: attached or SLURM cluster)
     saved: int = 0  # rows this run saved in parts (what an interrupted run leaves for the next to reuse)
+    skipped_by_extension: dict = field(default_factory=dict)  # files left out for their extension ("": none)
 
     @property
     def images_per_second(self) -> float:
@@ -71,6 +72,10 @@ class RunSummary:
         scored = f" ({self.scored} scored)" if self.scored != self.files else ""
         return f"{self.files} files{scored}, {self.ok} ok, {self.errors} errors, {self.seconds:.1f} s, {speed}"
 
+    def skipped_line(self) -> str | None:
+        """E.g. ``skipped 3 files by extension: .txt 2, (none) 1``; None when nothing was skipped."""
+        return skipped_text(self.skipped_by_extension)
+
     def count_errors(self, messages: list[str | None]) -> None:
         """Count error rows by kind: the message up to its first colon, semicolon or parenthesis."""
         for message in messages:
@@ -78,6 +83,15 @@ class RunSummary:
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         self.errors = len(messages)
         self.ok = self.files - self.errors
+
+
+def skipped_text(counts: dict[str, int]) -> str | None:
+    """The files left out for their extension, most frequent first; ``(none)`` for no extension."""
+    if not counts:
+        return None
+    total = sum(counts.values())
+    shown = ", ".join(f"{kind or '(none)'} {n}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"skipped {total} file{'s' if total != 1 else ''} by extension: {shown}"
 
 
 def versions() -> dict[str, str]:
@@ -120,6 +134,7 @@ def summary_record(summary: RunSummary, config, exit_code: int, error: str | Non
         "saved_in_parts": summary.saved,
         "shards": summary.shards,
         "unreadable_folders": summary.unreadable,
+        "skipped_by_extension": summary.skipped_by_extension,
         "incremental": summary.incremental,
         "rescore_reason": summary.rescore_reason,
         "changes": summary.changes,

@@ -124,7 +124,13 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
             raise ValueError(f"a {spec.kind} model has no known feature layer, so it cannot produce embeddings")
         if spec.kind == "tflite":
             backend = LiteRTBackend(
-                spec.source, options.batch_size, options.threads, len(spec.labels), False, spec.input_format
+                spec.source,
+                options.batch_size,
+                options.threads,
+                len(spec.labels),
+                False,
+                spec.input_format,
+                spec.preprocessing.image_size,
             )
         else:
             backend = OnnxBackend(spec.source, options.threads, spec.input_format, spec.preprocessing.image_size)

@@ -21,7 +21,7 @@ from ..decode import Preprocessing
 from ..errors import UsageError
 from ..fsutil import sha256_tree
 from .introspect import keras_output_size
-from .sidecar import ONNX_DEFAULTS, TFLITE_DEFAULTS, InputFormat, read_sidecar, sidecar_path
+from .sidecar import ONNX_DEFAULTS, InputFormat, read_sidecar, sidecar_path
 
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "metadata.json"
@@ -230,11 +230,8 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
         from . import tflite
 
         signature = tflite.describe(path)
-        settings = read_sidecar(path, TFLITE_DEFAULTS)
-        kind, layout, image_size = "tflite", "NHWC", signature.image_size
-        if settings["image_size"] not in (None, image_size):
-            given = settings["image_size"]
-            raise UsageError(f"{sidecar_path(path)} says image_size {given} but {path} takes {image_size}")
+        settings, image_size = tflite.input_settings(path, signature)
+        kind, layout = "tflite", "NHWC"
         packed = None if labels_file else tflite.packed_labels(path)
         beside = ()
     else:

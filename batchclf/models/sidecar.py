@@ -67,8 +67,15 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def read_sidecar(model_path: Path, defaults: SidecarDefaults) -> dict:
-    """The sidecar's settings over ``defaults``, checked: a typo is refused, not silently ignored."""
+NORMALISATION_KEYS = ("scale", "mean", "std")
+
+
+def read_sidecar(model_path: Path, defaults: SidecarDefaults, carried: tuple | None = None) -> dict:
+    """The sidecar's settings over ``defaults``, checked: a typo is refused, not silently ignored.
+
+    ``carried``: the (mean, std) the model file itself says (a ``.tflite``'s metadata), used unless
+    the sidecar sets any of scale, mean or std, which then replace it whole.
+    """
     settings = {
         "image_size": defaults.image_size,
         "crop_fraction": defaults.crop_fraction,
@@ -78,6 +85,8 @@ def read_sidecar(model_path: Path, defaults: SidecarDefaults) -> dict:
         "std": defaults.std,
     }
     path = sidecar_path(model_path)
+    if carried is not None:
+        settings["mean"], settings["std"] = carried
     if not path.is_file():
         return settings
     try:
@@ -89,6 +98,8 @@ def read_sidecar(model_path: Path, defaults: SidecarDefaults) -> dict:
     unknown = sorted(set(given) - set(settings))
     if unknown:
         raise UsageError(f"{path}: unknown setting {', '.join(unknown)}; known: {', '.join(settings)}")
+    if carried is not None and any(key in given for key in NORMALISATION_KEYS):
+        settings.update(scale=defaults.scale, mean=defaults.mean, std=defaults.std)
     settings.update(given)
     _check(path, settings)
     settings["mean"], settings["std"] = tuple(map(float, settings["mean"])), tuple(map(float, settings["std"]))

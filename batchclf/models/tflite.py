@@ -20,7 +20,7 @@ PACKED_LABEL_NAMES = ("labels.txt", "labelmap.txt", "label_map.txt")
 
 @dataclass(frozen=True)
 class TFLiteSignature:
-    image_size: int
+    image_size: int | None  # None: the model takes any size (its metadata or sidecar says which)
     input_dtype: str  # "float32", "uint8" or "int8"
     classes: int
 
@@ -41,14 +41,47 @@ def describe(path: Path) -> TFLiteSignature:
     if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or int(inputs[0]["shape"][-1]) != 3:
         shapes = [list(map(int, i["shape"])) for i in inputs]
         raise UsageError(f"{path} must take one image tensor of shape [batch, height, width, 3], not {shapes}")
-    height, width = int(inputs[0]["shape"][1]), int(inputs[0]["shape"][2])
-    if height != width or height < 1:
-        raise UsageError(f"{path} takes {height}x{width} images; batchclf feeds square crops")
+    shape = inputs[0].get("shape_signature", inputs[0]["shape"])  # -1 where the size is not fixed
+    height, width = int(shape[1]), int(shape[2])
+    if (height != width or height < 1) and (height, width) != (-1, -1):
+        shown = "x".join("any" if n == -1 else str(n) for n in (height, width))
+        raise UsageError(f"{path} takes {shown} images; batchclf feeds square crops")
     dtype = np.dtype(inputs[0]["dtype"]).name
     if dtype not in ("float32", "uint8", "int8"):
         raise UsageError(f"{path} takes {dtype} input; batchclf feeds float32, uint8 or int8")
     classes = max(int(o["shape"][-1]) for o in outputs if len(o["shape"]) == 2) if outputs else 0
-    return TFLiteSignature(height, dtype, classes)
+    return TFLiteSignature(height if height > 0 else None, dtype, classes)
+
+
+def input_settings(path: Path, signature: TFLiteSignature) -> tuple[dict, int]:
+    """The preprocessing settings and the image size: the sidecar's, over what the model's metadata
+    says, over the defaults (0-255 pixels, bicubic).
+
+    The metadata's normalisation is applied as the Task Library does: to a float input, and (as
+    metadata_schema.fbs says) before the quantization of an int8 input; a uint8 input takes the raw
+    pixels, whatever it says (its quantization undoes the normalisation). Its image size counts
+    only for a model that takes any size.
+    """
+    from .sidecar import TFLITE_DEFAULTS, read_sidecar, sidecar_path
+    from .tflite_metadata import input_metadata
+
+    found = input_metadata(path)
+    carried = None
+    if found is not None and found.mean is not None and signature.input_dtype != "uint8":
+        carried = (found.mean, found.std)
+    settings = read_sidecar(path, TFLITE_DEFAULTS, carried)
+    given = settings["image_size"]
+    if signature.image_size is not None:
+        if given not in (None, signature.image_size):
+            raise UsageError(f"{sidecar_path(path)} says image_size {given} but {path} takes {signature.image_size}")
+        return settings, signature.image_size
+    image_size = given or (found.image_size if found is not None else None)
+    if image_size is None:
+        raise UsageError(
+            f"{path} takes images of any size and its metadata names none; say which in {sidecar_path(path)}, "
+            'e.g. {"image_size": 224}'
+        )
+    return settings, image_size
 
 
 def packed_labels(path: Path) -> tuple[str, ...] | None:

@@ -66,3 +66,24 @@ def test_list_file_relative_and_absolute(tree, tmp_path):
     root, paths = discover_images(listing)
     assert root == tree.resolve()
     assert paths == ["b/1.png", "c/d/e/f.TIFF"]
+
+
+def test_files_of_other_extensions_are_counted_once_and_hidden_ones_not(tree):
+    from batchclf.discover import list_images
+
+    (tree / "b" / "photo.XMP").write_text("x")
+    (tree / ".hid" / "notes.txt").write_text("hidden: left out for that")
+    os.symlink(tree / "b", tree / "b-again")  # a folder reached twice is counted once
+    listing = list_images(tree)
+    assert sum(batch.num_rows for batch in listing.batches) == 7
+    assert listing.skipped == {".txt": 1, "": 1, ".xmp": 1}
+    hidden = list_images(tree, include_hidden=True)
+    assert sum(batch.num_rows for batch in hidden.batches) == 9
+    assert hidden.skipped == {".txt": 2, "": 1, ".xmp": 1}
+
+
+def test_a_list_file_that_names_no_image_is_refused(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# photos\nnotes.txt\nREADME\n")
+    with pytest.raises(UsageError, match=r"line 2 is not an image path \('notes.txt'\) and no line is"):
+        discover_images(listing)

@@ -4,12 +4,14 @@ formats in disguise, oversized files, and wide (16-bit, float) pixels."""
 from __future__ import annotations
 
 import os
+import sys
 import tracemalloc
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from batchclf import decode
 from batchclf.decode import MAX_FILE_BYTES, ImageDecodeError, Preprocessing, decode_image, to_rgb
 from batchclf.fsutil import NotRegularFileError, read_blocks
 
@@ -64,7 +66,7 @@ def test_a_socket_is_refused_saying_what_it_is(tmp_path, monkeypatch):
         (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "PostScript"),
         (b"\xc5\xd0\xd3\xc6" + b"\0" * 40, "PostScript (binary EPS)"),
         (b"%PDF-1.7\n1 0 obj\n", "PDF"),
-        (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC"),
+        (b"8BPS\0\x01" + b"\0" * 40, "Photoshop (PSD)"),
     ],
 )
 def test_another_format_in_disguise_is_named_and_never_decoded(tmp_path, content, name):
@@ -123,3 +125,27 @@ def test_a_16_bit_image_costs_two_copies_of_its_pixels_not_a_dozen():
         tracemalloc.stop()
     assert rgb.getpixel((0, 0)) == (156, 156, 156)
     assert peak < 2.5 * raw, f"{peak / raw:.1f} times the 16-bit pixels"  # the float64 copies cost 12 times
+
+
+def _heic(path):
+    import pillow_heif  # the writer only: registering the opener is the decoder's business
+
+    pillow_heif.from_pillow(Image.new("RGB", (64, 48), (10, 200, 30))).save(path)
+
+
+def test_heic_is_decoded_through_the_heif_extra(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "_heif_registered", None)  # as in a fresh process: registered on first use
+    _heic(tmp_path / "phone.heic")
+    decoded = decode_image(str(tmp_path / "phone.heic"), PRE)
+    assert (decoded.width, decoded.height) == (64, 48)
+    assert np.abs(decoded.pixels.astype(int) - (10, 200, 30)).max() <= 8
+
+
+def test_heic_without_the_heif_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    _heic(tmp_path / "phone.jpg")  # the content decides, not the name
+    monkeypatch.setattr(decode, "_heif_registered", None)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # "import pillow_heif" raises ImportError
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_image(str(tmp_path / "phone.jpg"), PRE)
+    assert str(raised.value) == 'cannot decode HEIC/HEIF without the heif extra: pip install "batchclf[heif]"'
+    assert raised.value.size == (tmp_path / "phone.jpg").stat().st_size  # still a row with its signature

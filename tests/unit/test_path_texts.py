@@ -7,7 +7,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from batchclf.paths import IMAGE_EXTENSIONS, fs_path, is_image_name, path_text
+from batchclf.paths import IMAGE_EXTENSIONS, extension, fs_path, is_image_name, path_text
 
 ODD_NAMES = [
     "plain.jpg",
@@ -74,3 +74,22 @@ def test_is_image_name(name, expected):
 def test_every_image_extension_is_a_lower_case_suffix():
     assert all(extension.startswith(".") and extension == extension.lower() for extension in IMAGE_EXTENSIONS)
     assert all(is_image_name("x" + extension.upper()) for extension in IMAGE_EXTENSIONS)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a.JPG", ".jpg"),
+        ("archive.tar.gz", ".gz"),
+        ("IMG_0001.HEIC", ".heic"),
+        ("noext", ""),
+        (".bashrc", ""),
+        ("a.", ""),
+    ],
+)
+def test_extension_is_lower_case_with_its_dot(name, expected):
+    assert extension(name) == expected
+
+
+def test_phone_formats_are_image_names():
+    assert all(is_image_name(name) for name in ("a.avif", "IMG_0001.HEIC", "b.heif"))
