@@ -116,19 +116,18 @@ class Classifier:
         ``batchclf.ImageDecodeError``, whose message is the ``error`` column's (and whose ``image`` is
         the path); an array of another shape or type ``ValueError``; anything else ``TypeError``.
         """
+        self.load()
         if _is_batch(images):
-            return list(self._predict_many(images))
-        return next(self._predict_many([images]))
+            return [self._score(item, pixels) for item, pixels in self._decode_ahead(images)]
+        return self._score(images, self._pixels(images))  # decoded in this thread: no hand-over to wait for
 
-    def _predict_many(self, images) -> Iterator[Prediction]:
+    def _score(self, image, pixels) -> Prediction:
         from .worker import top_k
 
-        scorer = self.load()._scorer
-        for item, pixels in self._decode_ahead(images):
-            probabilities, _ = scorer.backend.predict(pixels[None])
-            indices, values = top_k(probabilities, self.top_k, None)
-            categories = tuple(Category(self.spec.labels[i], float(s)) for i, s in zip(indices[0], values[0]))
-            yield Prediction(categories, os.fspath(item) if _is_path(item) else None)
+        probabilities, _ = self._scorer.backend.predict(pixels[None])
+        indices, values = top_k(probabilities, self.top_k, None)
+        categories = tuple(Category(self.spec.labels[i], float(s)) for i, s in zip(indices[0], values[0]))
+        return Prediction(categories, os.fspath(image) if _is_path(image) else None)
 
     def _decode_ahead(self, images) -> Iterator[tuple[Any, Any]]:
         """Each image with its model input, decoded in the scorer's pool a few images ahead of inference."""
