@@ -4,7 +4,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "classify"]
+__all__ = ["Category", "Classifier", "ImageDecodeError", "Prediction", "__version__", "classify"]
+
+_LAZY = {  # imported on first use: ``import batchclf`` stays light
+    "Category": "classifier",
+    "Classifier": "classifier",
+    "Prediction": "classifier",
+    "ImageDecodeError": "decode",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def classify(source, output=None, **options):

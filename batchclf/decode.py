@@ -268,14 +268,7 @@ def decode_image(
                 image.draft("RGB", (needed, needed))
             image.seek(0)
             image.load()
-            image = upright(image, orientation)
-            image = to_rgb(image)
-            w, h = image.size
-            crop = min(w, h) * preprocessing.crop_fraction
-            box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
-            resample = Image.Resampling[preprocessing.interpolation.upper()]
-            resized = image.resize((size, size), resample, box=box, reducing_gap=REDUCING_GAP)
-            pixels = np.asarray(resized, dtype=np.uint8)
+            pixels = model_input(image, preprocessing, orientation)
     except ImageDecodeError as error:
         if content is None:
             raise
@@ -290,6 +283,22 @@ def decode_image(
     return DecodedImage(
         pixels, width, height, content.size, content.mtime, digest, content.inode, content.ctime, fields
     )
+
+
+def model_input(image: Image.Image, preprocessing: Preprocessing, orientation: int = 1) -> np.ndarray:
+    """A decoded image as the model sees it: upright, RGB, a centred square crop resized to the input size.
+
+    The one copy of the preprocessing after decoding: ``decode_image`` and ``batchclf.Classifier``
+    (for a PIL image or an array already in memory) both end here.
+    """
+    image = to_rgb(upright(image, orientation))
+    size = preprocessing.image_size
+    w, h = image.size
+    crop = min(w, h) * preprocessing.crop_fraction
+    box = ((w - crop) / 2, (h - crop) / 2, (w + crop) / 2, (h + crop) / 2)
+    resample = Image.Resampling[preprocessing.interpolation.upper()]
+    resized = image.resize((size, size), resample, box=box, reducing_gap=REDUCING_GAP)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def _reason(error: Exception, path: str, content: FileContent | None) -> ImageDecodeError:

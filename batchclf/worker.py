@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from .backends import (
     LiteRTBackend,
@@ -37,9 +37,12 @@ from .exif import NO_EXIF, exif_columns
 from .models.calibration_set import calibration_digest, calibration_images
 from .models.registry import ModelSpec, load_keras_model
 from .paths import fs_path
-from .shard import Shard
 from .store import StorageOptions, reader_for
-from .writer import output_schema
+
+if TYPE_CHECKING:  # Arrow is imported where a shard is scored: batchclf.Classifier builds scorers without it
+    import pyarrow as pa
+
+    from .shard import Shard
 
 PROGRESS_TOPIC = "batchclf-progress"
 
@@ -242,6 +245,10 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     ``bytes``, ``mtime``, ``inode``, ``ctime`` (and ``content_hash``) describe the very bytes that were decoded: they
     are taken from the open file as it is read, never from a later look at the path.
     """
+    import pyarrow as pa
+
+    from .writer import output_schema
+
     started = time.perf_counter()
     scorer = get_scorer(spec, options)
     build_seconds = time.perf_counter() - started

@@ -11,7 +11,7 @@ import os
 from .. import __version__
 from ..runlog import configure
 from ..supervise import stop_on_signals
-from . import report, run, train
+from . import predict, report, run, train
 from .common import EXIT_CODES_HELP, exit_status
 
 __all__ = ["EXIT_CODES_HELP", "build_parser", "exit_status", "main"]
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"batchclf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, train, report):
+    for command in (run, predict, train, report):
         command.add_parser(subparsers)
     return parser
 
