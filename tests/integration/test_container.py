@@ -91,6 +91,11 @@ def image() -> str:
         require_base()
         built = subprocess.run(["bash", str(BUILD_SCRIPT), tag], capture_output=True, text=True, timeout=3600)
         assert built.returncode == 0, f"build-here.sh failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}"
+        # The images of earlier contexts are a few GB each: keep only this one.
+        listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/batchclf").stdout.split()
+        older = [name for name in listed if name.startswith("localhost/batchclf:test-") and name != tag]
+        if older:
+            podman("rmi", *older, check=False)
     return tag
 
 
