@@ -70,10 +70,13 @@ def test_daskcluster_manifest():
     worker = cluster["spec"]["worker"]
     assert worker["replicas"] >= 1
     (container,) = worker["spec"]["containers"]
-    assert container["args"][:2] == ["dask", "worker"]
-    assert container["args"][container["args"].index("--nthreads") + 1] == "1"
+    # The image's entrypoint is batchclf: the Dask processes replace it ("command"), never follow it ("args").
+    assert "args" not in container
+    assert container["command"][:2] == ["dask", "worker"]
+    assert container["command"][container["command"].index("--nthreads") + 1] == "1"
     scheduler = cluster["spec"]["scheduler"]
-    assert scheduler["spec"]["containers"][0]["args"][:2] == ["dask", "scheduler"]
+    assert "args" not in scheduler["spec"]["containers"][0]
+    assert scheduler["spec"]["containers"][0]["command"][:2] == ["dask", "scheduler"]
     service = scheduler["service"]
     assert service["selector"] == {"dask.org/cluster-name": name, "dask.org/component": "scheduler"}
     ports = {port["name"]: port["port"] for port in service["ports"]}
@@ -134,11 +137,11 @@ def test_kubernetes_dask_processes_speak_tls_with_one_secret():
     files = {}
     for pod in (scheduler_pod, worker_pod):
         (container,) = pod["containers"]
-        args = container["args"]
+        args = container["command"]
         files[args[1]] = tuple(_option(args, f"--tls-{kind}") for kind in ("ca-file", "cert", "key"))
         mounts = _secret_mounts(pod, container)
         assert all(_mount_of(path, mounts)[1] == "batchclf-dask-tls" for path in files[args[1]]), mounts
-    assert _option(scheduler_pod["containers"][0]["args"], "--protocol") == "tls"
+    assert _option(scheduler_pod["containers"][0]["command"], "--protocol") == "tls"
     assert files["scheduler"] == files["worker"]
     (driver,) = driver_pod["containers"]
     env = {item["name"]: item["value"] for item in driver["env"]}
