@@ -178,7 +178,7 @@ def test_crontab_line():
     redirect = argv.index(">>")
     assert argv[redirect + 1].endswith(".log") and argv[redirect + 2] == "2>&1"
     args = check_incremental_run(argv[:redirect], "/var/lib/batchclf/predictions.parquet")
-    assert args.summary is not None
+    assert args.summary is not None and str(args.changes) == "/var/lib/batchclf/changes.jsonl"
 
 
 def read_unit(name: str) -> configparser.ConfigParser:
@@ -192,7 +192,7 @@ def test_systemd_service():
     service = read_unit("batchclf.service")
     assert service["Service"]["Type"] == "oneshot"
     args = check_incremental_run(shlex.split(service["Service"]["ExecStart"]), "/var/lib/batchclf/predictions.parquet")
-    assert args.summary is not None
+    assert args.summary is not None and str(args.changes) == "/var/lib/batchclf/changes.jsonl"
     assert PurePosixPath(service["Service"]["ExecStart"].split()[0]).is_absolute(), "systemd needs an absolute path"
     assert "4" in service["Service"]["SuccessExitStatus"].split()  # lock held by a run started by hand
     assert str(args.output.parent) in service["Service"]["ReadWritePaths"].split()
