@@ -34,6 +34,8 @@ SCHEMA_VERSION = 3
 BUFFER_ALIGNMENT = 16  # what the schema asks of buffer data (force_align), so weights can be used in place
 INPUT_NAME = "image"
 PROBABILITIES_NAME = "probabilities"
+TENSOR_TYPES = {np.dtype(np.float32): schema.TensorType.FLOAT32, np.dtype(np.int32): schema.TensorType.INT32}
+CONVOLUTIONS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
 
 
 class _AlignedBuffer(schema.BufferT):
@@ -73,11 +75,10 @@ class _Graph:
 
     def constant(self, name: str, values: np.ndarray) -> int:
         values = np.ascontiguousarray(values)
-        dtype = {np.dtype(np.float32): schema.TensorType.FLOAT32, np.dtype(np.int32): schema.TensorType.INT32}
         buffer = _AlignedBuffer()
         buffer.data = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
         self.buffers.append(buffer)
-        return self._tensor(name, values.shape, dtype[values.dtype], len(self.buffers) - 1, batched=False)
+        return self._tensor(name, values.shape, TENSOR_TYPES[values.dtype], len(self.buffers) - 1, batched=False)
 
     def activation(self, name: str, shape: tuple[int, ...]) -> int:
         return self._tensor(name, shape, schema.TensorType.FLOAT32, 0, batched=True)
@@ -89,6 +90,9 @@ class _Graph:
         op.builtinOptionsType, op.builtinOptions = options_type, options
         self.operators.append(op)
         return output
+
+    def code_of(self, op: schema.OperatorT) -> int:
+        return next(code for code, index in self.codes.items() if index == op.opcodeIndex)
 
     def operator_codes(self) -> list[schema.OperatorCodeT]:
         codes = []
@@ -154,11 +158,8 @@ def build_tflite(weights: dict[str, np.ndarray], image_size: int, with_features:
     With ``with_features`` the pooled features (the Keras model's ``avg_pool``) are a second output.
     """
     graph = _Graph()
-    used = 0
 
     def conv(x, keys, stride, relu6, name):
-        nonlocal used
-        used += 5
         return _conv(graph, x, weights, keys, stride, relu6, name)
 
     image = graph.activation(INPUT_NAME, (1, image_size, image_size, 3))
@@ -173,7 +174,6 @@ def build_tflite(weights: dict[str, np.ndarray], image_size: int, with_features:
         if block.expand_filters is not None:
             x = conv(x, block.expand, 1, True, f"{prefix}_expand")
         x = _depthwise(graph, x, weights, block.depthwise, block.stride, f"{prefix}_dwconv")
-        used += 5
         x = conv(x, block.project, 1, False, f"{prefix}_project")
         if block.residual:
             x = _elementwise(graph, schema.BuiltinOperator.ADD, shortcut, x, f"{prefix}_add")
@@ -186,8 +186,8 @@ def build_tflite(weights: dict[str, np.ndarray], image_size: int, with_features:
     graph.operator(schema.BuiltinOperator.MEAN, [x, axes], features, schema.BuiltinOptions.ReducerOptions, reducer)
 
     kernel, bias = (weights[key].astype(np.float32) for key in CLASSIFIER)  # (classes, features): LiteRT's layout
-    used += 2
-    check_all_used(weights, used)
+    convolutions = sum(graph.code_of(op) in CONVOLUTIONS for op in graph.operators)
+    check_all_used(weights, 5 * convolutions + len(CLASSIFIER))  # a kernel and 4 batch-norm tensors each
     logits = graph.activation("logits", (1, kernel.shape[0]))
     graph.operator(
         schema.BuiltinOperator.FULLY_CONNECTED,
