@@ -1,8 +1,9 @@
-"""Inference backends: the same Keras model run by TensorFlow, or converted once and run by LiteRT.
+"""Inference backends: the same model run by TensorFlow (Keras), or by LiteRT from a file made once.
 
 LiteRT with XNNPACK is two to three times faster than TensorFlow on a CPU; TensorFlow is the
-choice on a GPU. Both take uint8 RGB batches and return class probabilities (and pooled features
-when asked).
+choice on a GPU. The built-in models' float LiteRT files are written directly from their weights
+(``models/efficientnet_lite_tflite.py``); other Keras models, and int8, go through TensorFlow's
+converter. Both take uint8 RGB batches and return class probabilities (and pooled features when asked).
 """
 
 from __future__ import annotations
@@ -127,16 +128,8 @@ def tflite_path(key: str) -> Path:
     return cache_dir() / "litert" / f"{key}.tflite"
 
 
-def convert_to_tflite(
-    build_model: Callable[[], object],
-    key: str,
-    representative: Callable[[object], Iterable[np.ndarray]] | None = None,
-) -> Path:
-    """Convert the model once; later calls (any process) reuse the cached file without building it.
-
-    With ``representative`` (the model → calibration images, uint8 HxWx3), the model is quantized to
-    full integer (int8 weights and activations, uint8 input); the probabilities stay float32.
-    """
+def cached_model_file(key: str, make: Callable[[], bytes]) -> Path:
+    """The LiteRT file for ``key``, made by ``make`` once per machine; later calls (any process) reuse it."""
     target = tflite_path(key)
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,16 +137,32 @@ def convert_to_tflite(
     # cannot make this truncate another file.
     lock = open_regular_no_follow(folder / f"{key}.lock", os.O_RDONLY | os.O_CREAT)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting together convert once
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two workers starting together make it once
         if not target.exists():
-            model = build_model()
-            with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the converter's notes are about its internals, not the user's data
-                content = _converter(model, representative).convert()
-            write_atomically(target, content)
+            write_atomically(target, make())
     finally:
         os.close(lock)
     return target
+
+
+def convert_to_tflite(
+    build_model: Callable[[], object],
+    key: str,
+    representative: Callable[[object], Iterable[np.ndarray]] | None = None,
+) -> Path:
+    """Convert the Keras model with TensorFlow's converter, once; later calls reuse the file without building it.
+
+    With ``representative`` (the model → calibration images, uint8 HxWx3), the model is quantized to
+    full integer (int8 weights and activations, uint8 input); the probabilities stay float32.
+    """
+
+    def convert() -> bytes:
+        model = build_model()
+        with contextlib.redirect_stdout(io.StringIO()), quiet_native_stderr(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter's notes are about its internals, not the user's data
+            return _converter(model, representative).convert()
+
+    return cached_model_file(key, convert)
 
 
 def _converter(model, representative):
@@ -173,10 +182,16 @@ def _converter(model, representative):
     return converter
 
 
-# The code that builds the Keras model and converts it: an edit to any of them makes a new conversion.
+# The code that builds the model and writes or converts it: an edit to any of them makes a new file.
 BUILDER_SOURCES = tuple(
     Path(__file__).parent / name
-    for name in ("models/efficientnet_lite.py", "models/torch_weights.py", "models/registry.py", "backends.py")
+    for name in (
+        "models/efficientnet_lite.py",
+        "models/efficientnet_lite_tflite.py",
+        "models/torch_weights.py",
+        "models/registry.py",
+        "backends.py",
+    )
 )
 
 
@@ -188,17 +203,27 @@ def builder_digest(sources: Iterable[Path] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
-def conversion_key(model_id: str, with_features: bool, quantize: str | None = None, calibration: str = "") -> str:
-    """A hash of what determines the converted file: model, outputs, quantization and its calibration set."""
+def conversion_key(
+    model_id: str, with_features: bool, quantize: str | None = None, calibration: str = "", direct: bool = False
+) -> str:
+    """A hash of what determines the LiteRT file: model, outputs, who made it, quantization and its calibration set.
+
+    ``direct``: written by batchclf's own builder (``models/efficientnet_lite_tflite.py``), not by
+    TensorFlow's converter, so a file the converter made is never taken for it, and the TensorFlow
+    version does not matter.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        tf_version = version("tensorflow")  # without importing TensorFlow
-    except PackageNotFoundError:
-        tf_version = "unknown"
+    if direct:
+        maker = "direct"
+    else:
+        try:
+            maker = "tf=" + version("tensorflow")  # without importing TensorFlow
+        except PackageNotFoundError:
+            maker = "tf=unknown"
     from . import __version__
 
-    text = f"{model_id}|features={with_features}|tf={tf_version}|batchclf={__version__}|builder={builder_digest()}"
+    text = f"{model_id}|features={with_features}|{maker}|batchclf={__version__}|builder={builder_digest()}"
     if quantize:
         text += f"|quantize={quantize}|calibration={calibration}"
     return hashlib.sha256(text.encode()).hexdigest()[:20]

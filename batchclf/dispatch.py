@@ -100,7 +100,9 @@ def _scoring_options(task: ScoringTask, client, plan) -> ScoringOptions:
     source = location(task.root, config.storage_options)  # the input root: a folder or a prefix
     return ScoringOptions(
         storage=source.storage_options,
-        batch_size=config.batch_size,
+        # A run of fewer images than a batch gets a batch of its size: the interpreter pads every batch,
+        # and six images padded to 32 cost a first run half a second on 2 cores (results are the same).
+        batch_size=max(1, min(config.batch_size, len(task.to_score))),
         top_k=config.top_k,
         threshold=config.threshold,
         allowed=task.allowed,

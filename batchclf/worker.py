@@ -25,6 +25,7 @@ import numpy as np
 from .backends import (
     LiteRTBackend,
     TensorFlowBackend,
+    cached_model_file,
     choose_backend,
     conversion_key,
     convert_to_tflite,
@@ -35,7 +36,7 @@ from .backends import (
 from .decode import DecodedImage, ImageDecodeError, Preprocessing, decode_image
 from .exif import NO_EXIF, exif_columns
 from .models.calibration_set import calibration_digest, calibration_images
-from .models.registry import ModelSpec, load_keras_model
+from .models.registry import ModelSpec, builtin_tflite, load_keras_model
 from .paths import fs_path
 from .store import StorageOptions, reader_for
 
@@ -116,9 +117,11 @@ def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
 
 
 def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
-    """LiteRT needs the Keras model (and TensorFlow) only when its converted file is not cached yet.
+    """LiteRT needs the Keras model (and TensorFlow) only to convert a user's Keras model or an int8 one.
 
-    A user's ``.tflite`` runs on LiteRT and an ``.onnx`` on onnxruntime as they are: neither imports TensorFlow.
+    A built-in model's float LiteRT file is written from its weights (under a second) and cached like a
+    converted one. A user's ``.tflite`` runs on LiteRT and an ``.onnx`` on onnxruntime as they are:
+    neither imports TensorFlow.
     """
     from .backends import OnnxBackend
 
@@ -144,10 +147,13 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         return scoring_model(load_keras_model(spec), spec.feature_layer, options.embeddings, bool(options.quantize))
 
     if choose_backend(options.backend, options.quantize) == "litert":
-        representative = None
-        if options.quantize:
-            representative = functools.partial(_calibration_images, spec)
-        path = convert_to_tflite(build_model, _conversion_key(spec, options), representative)
+        if _written_directly(spec, options):
+            path = cached_model_file(
+                _conversion_key(spec, options), functools.partial(builtin_tflite, spec, options.embeddings)
+            )
+        else:
+            representative = functools.partial(_calibration_images, spec) if options.quantize else None
+            path = convert_to_tflite(build_model, _conversion_key(spec, options), representative)
         backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
         embedding_size = backend.feature_size
     else:
@@ -158,19 +164,25 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
     return Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
 
 
+def _written_directly(spec: ModelSpec, options: ScoringOptions) -> bool:
+    """A built-in model in float: its LiteRT file is written from the weights, without TensorFlow's converter."""
+    return spec.kind == "builtin" and not options.quantize
+
+
 def _conversion_key(spec: ModelSpec, options: ScoringOptions) -> str:
     calibration = calibration_digest() if options.quantize else ""
-    return conversion_key(spec.id, options.embeddings, options.quantize, calibration)
+    return conversion_key(spec.id, options.embeddings, options.quantize, calibration, _written_directly(spec, options))
 
 
 def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
-    """Whether the workers will first convert the Keras model for LiteRT (once per machine, some seconds).
+    """Whether the workers will first convert a Keras model for LiteRT (once per machine, about 20 s).
 
     Asked on the driver, without importing TensorFlow: a GPU machine on ``auto`` is taken to run TensorFlow.
+    A built-in model in float is written directly, in under a second: nothing to announce.
     """
     from .machine import visible_gpus
 
-    if spec.kind in ("tflite", "onnx") or options.backend == "tf":
+    if spec.kind in ("tflite", "onnx") or options.backend == "tf" or _written_directly(spec, options):
         return False
     if options.backend == "auto" and not options.quantize and visible_gpus():
         return False

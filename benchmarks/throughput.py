@@ -9,7 +9,7 @@ One command, on the same images in one run:
        the run's own summary)
   (c)  the usual Keras way: keras.utils.image_dataset_from_directory + model.predict, same model
   (b') `batchclf run` on 1,000 images: warm cache, a first run with an empty cache (the LiteRT
-       conversion included), and `--backend tf`
+       file made first), and `--backend tf`
   (d)  (a'), (b), (c) on 12-megapixel JPEGs, and (b) with full-size decoding (BATCHCLF_FULL_DECODE=1)
   (b'') `batchclf run --workers N` (N = cores): worker processes instead of the plan's layout, on the
        1,000 images and on the 12 MP JPEGs

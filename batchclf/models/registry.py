@@ -1,7 +1,8 @@
 """Which models exist and how to load them: the one place that knows built-in and user models.
 
 The driver resolves a model name or path into a ``ModelSpec``: small, picklable, cheap, and free of
-TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, once per process;
+TensorFlow. Workers turn the spec into a Keras model with ``load_keras_model``, once per process, or,
+for a built-in model on LiteRT, into a LiteRT file with ``builtin_tflite`` (no TensorFlow);
 ``.tflite`` and ``.onnx`` files are run as they are, by LiteRT and onnxruntime.
 """
 
@@ -264,17 +265,31 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
     return ModelSpec(model_id, kind, os.fspath(path.resolve()), labels, preprocessing, None, input_format)
 
 
+def _builtin_weights(spec: ModelSpec) -> tuple[BuiltinModel, dict]:
+    """A built-in model's description and its checkpoint's tensors (numpy, read without PyTorch)."""
+    from .torch_weights import load_legacy_state_dict
+
+    builtin = BUILTIN_MODELS[spec.source]
+    locator = getattr(importlib.import_module(builtin.module), builtin.locator)
+    return builtin, load_legacy_state_dict(locator.get_model_file_path())
+
+
+def builtin_tflite(spec: ModelSpec, with_features: bool) -> bytes:
+    """A built-in model as a float LiteRT file, written from its weights without TensorFlow (well under a second)."""
+    from .efficientnet_lite_tflite import build_tflite
+
+    builtin, weights = _builtin_weights(spec)
+    return build_tflite(weights, builtin.image_size, with_features)
+
+
 def load_keras_model(spec: ModelSpec):
     """Build or load the Keras model a spec describes. Runs in a worker; imports TensorFlow."""
     import keras
 
     if spec.kind == "builtin":
         from .efficientnet_lite import build_efficientnet_lite
-        from .torch_weights import load_legacy_state_dict
 
-        builtin = BUILTIN_MODELS[spec.source]
-        locator = getattr(importlib.import_module(builtin.module), builtin.locator)
-        weights = load_legacy_state_dict(locator.get_model_file_path())
+        builtin, weights = _builtin_weights(spec)
         return build_efficientnet_lite(weights, builtin.image_size, spec.source.replace("-", "_"), builtin.dropout)
     if spec.kind == "keras":
         return keras.saving.load_model(spec.source, safe_mode=not spec.trusted, compile=False)

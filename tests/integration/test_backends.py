@@ -72,8 +72,8 @@ def test_litert_and_tensorflow_agree_on_the_same_tensors(litert_scorer, spec, de
     assert max_difference < 1e-2
 
 
-def test_second_scorer_reuses_the_converted_file(litert_scorer, spec, monkeypatch):
-    """A new worker process (here: a new scorer) neither builds the Keras model nor converts again."""
+def test_second_scorer_reuses_the_cached_file(litert_scorer, spec, monkeypatch):
+    """A new worker process (here: a new scorer) neither builds nor writes the model again."""
     cached = sorted((backends.cache_dir() / "litert").glob("*.tflite"))
     assert len(cached) == 1
     modified = cached[0].stat().st_mtime_ns
@@ -83,6 +83,7 @@ def test_second_scorer_reuses_the_converted_file(litert_scorer, spec, monkeypatc
 
     monkeypatch.setattr(backends, "_converter", forbidden)
     monkeypatch.setattr(worker, "load_keras_model", forbidden)
+    monkeypatch.setattr(worker, "builtin_tflite", forbidden)
     builds = worker.model_build_count()
     other = worker.get_scorer(spec, worker.ScoringOptions(backend="litert", threads=1, decode_threads=1))
     assert worker.model_build_count() == builds + 1  # a new scorer was built...

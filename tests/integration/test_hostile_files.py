@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,14 +134,27 @@ def test_a_list_file_with_a_bom_lists_its_first_path(tmp_path, images):
     assert table["status"].to_pylist() == ["ok", "ok"]
 
 
-def test_the_first_run_on_a_machine_says_it_converts_the_model_once(images, tmp_path):
+def test_the_first_run_on_a_machine_says_it_converts_a_keras_model_once(images, tmp_path):
+    """The built-in model is written for LiteRT without converting (tests/integration/test_direct_litert.py);
+    a user's Keras model goes through TensorFlow's converter, once per machine, and the run says so."""
+    import keras
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    keras.Model(inputs, outputs).save(folder / "tiny.keras")
+    (folder / "labels.txt").write_text("a\nb\nc\n")
     environment = {**os.environ, "BATCHCLF_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "batchclf", "run", str(images), str(tmp_path / "out.parquet"), "--no-progress"]
-    first = subprocess.run([*command, "--workers", "1"], capture_output=True, text=True, env=environment, timeout=600)
+    command += ["--model", str(folder / "tiny.keras"), "--workers", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert first.returncode == 0, first.stderr
-    assert "converting efficientnet-lite0 for LiteRT: once per machine" in first.stderr
-    second = subprocess.run([*command, "--workers", "1"], capture_output=True, text=True, env=environment, timeout=600)
+    assert re.search(r"converting tiny\.keras@\w+ for LiteRT: once per machine", first.stderr), first.stderr
+    second = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert second.returncode == 0 and "converting" not in second.stderr, second.stderr
+    builtin = subprocess.run(command[:7], capture_output=True, text=True, env=environment, timeout=600)
+    assert builtin.returncode == 0 and "converting" not in builtin.stderr, builtin.stderr
 
 
 def test_a_run_that_scores_nothing_reports_no_speed(images, tmp_path):
