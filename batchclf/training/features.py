@@ -136,6 +136,7 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
 
     from ..config import RunConfig
     from ..job import run
+    from ..runlog import logger
 
     with tempfile.TemporaryDirectory(prefix="batchclf-files-") as scratch:
         links = Path(scratch) / "images"
@@ -148,10 +149,13 @@ def score_files(paths: list[str], columns: list[str], **options) -> list[dict]:
         listing.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
         output = Path(scratch) / "scores.parquet"
         options.setdefault("dashboard_address", ":0")
+        quiet, logger.disabled = logger.disabled, True  # the scoring job's own lines are not the training's
         try:
-            run(RunConfig(input=listing, output=output, **options), log=lambda *args, **kwargs: None)
+            run(RunConfig(input=listing, output=output, **options))
         except AllFilesFailedError:
             pass  # every row is an error row; the caller counts them
+        finally:
+            logger.disabled = quiet
         table = pq.read_table(output, columns=["path", *columns]).to_pylist()
     rows = {row["path"]: row for row in table}
     return [rows[name] for name in names]
