@@ -18,11 +18,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The suite reads messages in their plain look, whatever stderr is; tests/integration/test_logs.py runs without it.
 os.environ.setdefault("BATCHCLF_LOG_FORMAT", "plain")
 
-# The session's own model cache, set at import so that every CLI subprocess and Dask worker inherits it:
+# The test run's own model cache, set at import so that every CLI subprocess and Dask worker inherits it:
 # a test never passes against a converted model left in the user's ~/.cache/batchclf by older code.
-TEST_CACHE = tempfile.mkdtemp(prefix="batchclf-test-cache-")
+# Under pytest-xdist the controller makes it and its workers (started after this import, with its
+# environment) share it, so the model is converted once per run, not once per worker: the converter's
+# file lock and atomic write make concurrent first uses safe. The controller removes it at exit.
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BATCHCLF_TEST_CACHE"):
+    TEST_CACHE = os.environ["BATCHCLF_TEST_CACHE"]
+else:
+    TEST_CACHE = tempfile.mkdtemp(prefix="batchclf-test-cache-")
+    os.environ["BATCHCLF_TEST_CACHE"] = TEST_CACHE
+    atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 os.environ["BATCHCLF_CACHE"] = TEST_CACHE
-atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 
 def require_datasets(folder: Path = DATASETS) -> Path:
@@ -98,3 +105,25 @@ def s3_server():
         yield client, {"endpoint_url": endpoint, "key": "key", "secret": S3_SECRET}
     finally:
         server.stop()
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    """Whether a test uses a fixture built once for its module (a model trained, a cluster started, a tree
+    scored): such a module runs on one pytest-xdist worker, so that the fixture is still built once."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for definitions in info.name2fixturedefs.values():
+        for definition in definitions:
+            if definition.scope in ("module", "class", "package"):
+                return True
+            if definition.scope == "session" and Path(definition.baseid or ".").name.startswith("test_"):
+                return True  # a session fixture of one test module (a module that shares it with none)
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
