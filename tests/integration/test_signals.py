@@ -69,6 +69,25 @@ def _start(images: Path, output: Path, summary: Path) -> subprocess.Popen:
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time that process ``pid`` and its children have used so far."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        processes = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _interrupt(images: Path, output: Path, summary: Path, send) -> subprocess.CompletedProcess:
     """Start the CLI, wait for its first finished part, then ``send``."""
     process = _start(images, output, summary)
@@ -120,7 +139,12 @@ def test_sigterm_or_sighup_stops_cleanly_and_the_run_resumes(images, uninterrupt
 def test_a_sigterm_in_the_first_half_second_still_writes_the_summary(images, tmp_path):
     output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
     process = _start(images, output, summary)
-    time.sleep(0.5)
+    # Half a second of the command's own work (its CPU time, the forked job's included), which is what half a
+    # second of wall time is on a quiet machine: a fixed sleep on a loaded one can end before it even starts.
+    deadline = time.monotonic() + 120
+    while _cpu_seconds(process.pid) < 0.4:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
