@@ -124,6 +124,9 @@ def _shares_a_module_fixture(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A module that names groups of its own (tests/integration/test_train.py) keeps only those: its other
+    # tests build their module fixtures again on whichever worker runs them.
+    grouped_by_hand = {item.module.__name__ for item in items if item.get_closest_marker("xdist_group")}
     for item in items:
-        if item.get_closest_marker("xdist_group") is None and _shares_a_module_fixture(item):
+        if item.module.__name__ not in grouped_by_hand and _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))

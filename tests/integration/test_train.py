@@ -20,6 +20,10 @@ from batchclf.training.train import FineTuneSettings, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
+# The tests of the tutorial model share it: one pytest-xdist worker trains it once for them; the others
+# may run on any worker, each with its own single-worker cluster.
+FOOD_MODEL = pytest.mark.xdist_group("test_train-food")
+
 
 @pytest.fixture(scope="module")
 def scheduler():
@@ -66,6 +70,7 @@ def _quiet(*args, **kwargs):
     pass
 
 
+@FOOD_MODEL
 def test_the_tutorial_is_reproduced(food_model, food_report):
     model_dir, stdout = food_model
     predictions = {p["path"]: p["predicted"] for p in food_report["predictions"]}
@@ -80,6 +85,7 @@ def test_the_tutorial_is_reproduced(food_model, food_report):
     assert "test: 3 images, micro accuracy 1.0000" in stdout
 
 
+@FOOD_MODEL
 def test_model_folder_contents(food_model):
     model_dir, _ = food_model
     assert (model_dir / "labels.txt").read_text().split("\n") == ["appliance", "food", "toy", ""]
@@ -95,6 +101,7 @@ def test_model_folder_contents(food_model):
     assert metadata["data"]["train"]["fingerprint"] != metadata["data"]["test"]["fingerprint"]
 
 
+@FOOD_MODEL
 def test_saved_model_loads_in_safe_mode_and_agrees_with_evaluate(food, food_model, food_report):
     import keras
 
@@ -113,6 +120,7 @@ def test_saved_model_loads_in_safe_mode_and_agrees_with_evaluate(food, food_mode
     assert [classes[i] for i in probabilities.argmax(axis=1)] == [p["predicted"] for p in food_report["predictions"]]
 
 
+@FOOD_MODEL
 def test_run_with_the_trained_model(food, food_model, food_report, scheduler, tmp_path):
     """``run --model MODEL_DIR`` needs no other option, classifies an image in neither file, and agrees with
     ``evaluate``; its embeddings are the featurizer's pooled features."""

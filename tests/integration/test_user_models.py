@@ -28,6 +28,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SHARED_SETS = ("imagenet_objects", "food_toy_appliance", "flowers_small")
 RAW_PIXELS = {"interpolation": "bicubic", "scale": 1, "mean": [0, 0, 0], "std": [1, 1, 1]}
 
+# The tests of the exports share them: one pytest-xdist worker converts them once; the quantized exports
+# are made on another, and the tests that need neither may run on any worker.
+EXPORTS = pytest.mark.xdist_group("test_user_models-exports")
+QUANTIZED = pytest.mark.xdist_group("test_user_models-quantized")
+
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
@@ -105,6 +110,7 @@ def _top1(spec: registry.ModelSpec, paths: list[Path]) -> list[str]:
     return found
 
 
+@EXPORTS
 @pytest.mark.parametrize("name", ["tflite", "onnx-nhwc", "onnx-nchw"])
 def test_exported_model_agrees_with_the_builtin(name, exports, shared_images, builtin_top1, record_property):
     spec = registry.resolve_model(str(exports[name]))
@@ -140,6 +146,7 @@ def quantized_exports(tmp_path_factory, shared_images):
     return exports
 
 
+@QUANTIZED
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
 def test_quantized_tflite_input_is_fed_right(dtype, quantized_exports, shared_images, builtin_top1, record_property):
     """Integer inputs: uint8 takes the raw pixels, int8 the pixels quantized with the input's scale and zero point.
@@ -154,6 +161,7 @@ def test_quantized_tflite_input_is_fed_right(dtype, quantized_exports, shared_im
     assert agreement >= 0.8, f"{dtype}: {agreement:.3f}"
 
 
+@EXPORTS
 def test_resolved_preprocessing_comes_from_model_and_sidecar(exports):
     tflite = registry.resolve_model(str(exports["tflite"]))
     assert (tflite.preprocessing.interpolation, tflite.input_format) == ("bicubic", InputFormat("NHWC"))
@@ -165,6 +173,7 @@ def test_resolved_preprocessing_comes_from_model_and_sidecar(exports):
     assert nchw.id != nhwc.id
 
 
+@EXPORTS
 def test_onnx_defaults_are_a_torchvision_export(tmp_path, exports):
     """Without a sidecar: 224 px, crop 0.875, bilinear, ImageNet mean/std on 0-1."""
     model = tmp_path / "plain.onnx"
@@ -184,6 +193,7 @@ def test_normalisation_and_layout():
     np.testing.assert_array_equal(InputFormat().apply(pixels), pixels.astype(np.float32))
 
 
+@EXPORTS
 def test_packed_labels_win_over_a_labels_file_beside_and_lose_to_labels_option(tmp_path, exports):
     model = tmp_path / "lite0.tflite"
     model.write_bytes(exports["tflite"].read_bytes())
@@ -193,6 +203,7 @@ def test_packed_labels_win_over_a_labels_file_beside_and_lose_to_labels_option(t
         registry.resolve_model(str(model), tmp_path / "labels.txt")
 
 
+@EXPORTS
 def test_bad_sidecar_is_refused(tmp_path, exports):
     model = tmp_path / "m.onnx"
     model.write_bytes(exports["onnx-nhwc"].read_bytes())
@@ -209,6 +220,7 @@ def test_bad_sidecar_is_refused(tmp_path, exports):
             registry.resolve_model(str(model))
 
 
+@EXPORTS
 def test_tflite_run_needs_no_tensorflow(exports, datasets):
     """A worker scoring a .tflite user model never imports TensorFlow, nor does the driver resolving it."""
     code = f"""
@@ -227,6 +239,7 @@ print(spec.labels[int(probabilities.argmax())], "tensorflow" in sys.modules)
     assert result.stdout.split("\n")[-2] == "pizza False"
 
 
+@EXPORTS
 def test_cli_runs_a_tflite_model_with_packed_labels(exports, datasets, tmp_path, builtin_top1, shared_images):
     import pyarrow.parquet as pq
 
@@ -249,6 +262,7 @@ def _assert_refused_before_work(result, output: Path, message: str):
     assert "dashboard" not in result.stderr.lower()
 
 
+@EXPORTS
 @pytest.mark.parametrize("name", ["tflite", "onnx-nhwc"])
 def test_cli_refuses_a_label_count_that_does_not_match(name, exports, datasets, tmp_path):
     labels = tmp_path / "two.txt"
@@ -305,6 +319,7 @@ def test_savedmodel_needs_trust(tmp_path, datasets):
     assert "accuracy" in trusted.stdout
 
 
+@EXPORTS
 def test_onnx_without_onnxruntime_says_how_to_install(tmp_path, exports, monkeypatch):
     model = tmp_path / "m.onnx"
     model.write_bytes(exports["onnx-nhwc"].read_bytes())
@@ -334,6 +349,7 @@ print(counts, "tensorflow" in sys.modules, "keras" in sys.modules)
     assert result.stdout.strip() == "[1000, 4, 4] False False"
 
 
+@EXPORTS
 def test_options_a_model_cannot_honour_are_refused(exports, tmp_path, datasets):
     tflite = registry.resolve_model(str(exports["tflite"]))
     onnx = registry.resolve_model(str(exports["onnx-nhwc"]))
