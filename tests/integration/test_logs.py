@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from PIL import Image
+from summary_check import valid_summary
 
 from batchclf import __version__
 from batchclf.store import location
@@ -93,9 +94,12 @@ def test_a_cron_log_has_a_time_and_the_run_id_on_every_line(images, tmp_path):
     log = tmp_path / "batchclf.log"
     with _held_port() as port:
         args = ["run", str(images), str(tmp_path / "out.parquet"), "--shard-size", "8", "--no-progress"]
+        args += ["--summary", str(tmp_path / "summary.json")]
         status = _run_to_file([*args, "--dashboard-address", f"127.0.0.1:{port}", "--progress-interval", "1"], log)
     text = log.read_text()
     assert status == 0, text
+    summary = valid_summary(tmp_path / "summary.json")  # the record monitoring reads, against its schema
+    assert summary["run_id"] in text.splitlines()[0] and summary["files"] == IMAGES + 3
     lines = text.splitlines()
     _assert_stamped(lines)
     assert "warnings.warn" not in text and "UserWarning" not in text and "Traceback" not in text, text
