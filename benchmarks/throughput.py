@@ -637,7 +637,9 @@ def ratio_benchmark(args, workdir: Path, results: dict) -> None:
             output, summary = workdir / f"ratio-{name}.parquet", workdir / f"ratio-{name}.summary.json"
             output.unlink(missing_ok=True)
 
-            ours = functools.partial(batchclf_run, folder, output, ["--summary", str(summary)])
+            dashboard = ":0" if args.dashboard else "none"  # none: what a run from cron or a script gets
+            extra = ["--summary", str(summary), "--dashboard-address", dashboard]
+            ours = functools.partial(batchclf_run, folder, output, extra)
             plain = functools.partial(plain_pipeline, tflite, paths, cores, workdir)
             first, second = ("b", "e") if repeat % 2 == 0 else ("e", "b")
             runs = {}
@@ -838,6 +840,9 @@ def main() -> None:
         help="only batchclf run against the plain pipeline (e), alternating, on --images and --large images",
     )
     parser.add_argument("--repeats", type=int, default=3, help="--ratio: pairs of runs on each image set")
+    parser.add_argument(
+        "--dashboard", action="store_true", help="--ratio: batchclf run with its dashboard (as on a terminal)"
+    )
     parser.add_argument("--small", type=int, default=1000, help="--scale: the small run")
     parser.add_argument("--large-count", type=int, default=20000, help="--scale: the large run")
     parser.add_argument(
