@@ -92,11 +92,13 @@ def test_only_a_build_with_litert_alone_is_started_early(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "visible_gpus", lambda: ())
     spec = resolve_model()
     options = worker.ScoringOptions(backend="litert")
-    assert not worker.ready_to_prefetch(spec, options)  # not converted yet
-    converted = tflite_path(worker._conversion_key(spec, options))
+    assert worker.ready_to_prefetch(spec, options)  # the built-in float model is written without TensorFlow
+    int8 = worker.ScoringOptions(backend="litert", quantize="int8")
+    assert not worker.ready_to_prefetch(spec, int8)  # TensorFlow's converter, not run yet
+    converted = tflite_path(worker._conversion_key(spec, int8))
     converted.parent.mkdir(parents=True)
     converted.write_bytes(b"")
-    assert worker.ready_to_prefetch(spec, options)
+    assert worker.ready_to_prefetch(spec, int8)
     assert not worker.ready_to_prefetch(spec, worker.ScoringOptions(backend="tf"))
     assert not worker.ready_to_prefetch(replace(spec, kind="onnx"), options)
     monkeypatch.setattr(machine, "visible_gpus", lambda: ("0",))
