@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -70,6 +70,7 @@ class Scorer:
     preprocessing: Preprocessing
     decode_pool: ThreadPoolExecutor
     embedding_size: int | None
+    prefetched: dict = field(default_factory=dict)  # full path -> decode future started by ``prefetch``
 
 
 _SCORERS: dict[tuple, Scorer] = {}
@@ -99,8 +100,60 @@ def _configure_tensorflow(threads: int) -> None:
 
 def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
     """The cached scorer for this spec, building it on first use in this process."""
-    global _BUILD_COUNT
-    key = (
+    with _SCORERS_LOCK:
+        return _cached_scorer(spec, options)[0]
+
+
+def prefetch(spec: ModelSpec, options: ScoringOptions, root: str, paths: list[str]) -> bool:
+    """Build this process's scorer and start decoding ``paths`` (full paths under ``root``) in its pool,
+    for the shards about to run here; ``_decode_ahead`` takes them from there instead of decoding again.
+
+    The in-process worker calls it while the cluster starts, so the model is built and the first images
+    decoded on cores that would otherwise wait. Only a scorer built by this call takes them: a task that
+    built it first may already be decoding the same files. Returns whether the decoding was started.
+    """
+    with _SCORERS_LOCK:  # held until every future is in place: a task's get_scorer waits for them
+        scorer, built = _cached_scorer(spec, options)
+        if not built:
+            return False
+        read = reader_for(root, options.storage)
+        for path in paths:
+            scorer.prefetched[path] = scorer.decode_pool.submit(_decode_one, path, scorer, options, read)
+    return True
+
+
+def ready_to_prefetch(spec: ModelSpec, options: ScoringOptions) -> bool:
+    """Whether ``prefetch`` would build the scorer with LiteRT alone: a user's ``.tflite``, or a model
+    converted earlier, on a machine with no GPU in sight. If so, LiteRT is imported now, in the caller's
+    thread. A build that would import TensorFlow is left to the first task: TensorFlow imported in a
+    thread while the cluster imports Dask's dashboard in another has left the dashboard out."""
+    from .machine import visible_gpus
+
+    if spec.kind != "tflite":
+        if spec.kind == "onnx" or options.backend == "tf" or visible_gpus() or conversion_pending(spec, options):
+            return False
+    import ai_edge_litert.interpreter  # noqa: F401
+
+    return True
+
+
+def discard_prefetched(spec: ModelSpec, options: ScoringOptions) -> None:
+    """Cancel what ``prefetch`` started and no shard took (a run that stopped early)."""
+    with _SCORERS_LOCK:
+        scorer = _SCORERS.get(_scorer_key(spec, options))
+    if scorer is not None:
+        for future in scorer.prefetched.values():
+            future.cancel()
+        scorer.prefetched.clear()
+
+
+def decode_window(options: ScoringOptions) -> int:
+    """How many images a shard decodes ahead of inference."""
+    return max(2 * options.batch_size, 2 * options.decode_threads)
+
+
+def _scorer_key(spec: ModelSpec, options: ScoringOptions) -> tuple:
+    return (
         spec,
         options.backend,
         options.batch_size,
@@ -109,11 +162,17 @@ def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         options.embeddings,
         options.quantize,
     )
-    with _SCORERS_LOCK:
-        if key not in _SCORERS:
-            _BUILD_COUNT += 1
-            _SCORERS[key] = _build_scorer(spec, options)
-        return _SCORERS[key]
+
+
+def _cached_scorer(spec: ModelSpec, options: ScoringOptions) -> tuple[Scorer, bool]:
+    """(the scorer, whether this call built it); the caller holds ``_SCORERS_LOCK``."""
+    global _BUILD_COUNT
+    key = _scorer_key(spec, options)
+    if key in _SCORERS:
+        return _SCORERS[key], False
+    _BUILD_COUNT += 1
+    _SCORERS[key] = _build_scorer(spec, options)
+    return _SCORERS[key], True
 
 
 def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
@@ -211,14 +270,19 @@ def _decode_ahead(
     """
     pending: deque = deque()
     source = iter(paths)
+
+    def start(path: str):
+        started = scorer.prefetched.pop(path, None)
+        return started or scorer.decode_pool.submit(_decode_one, path, scorer, options, read)
+
     try:
         for path in itertools.islice(source, window):
-            pending.append(scorer.decode_pool.submit(_decode_one, path, scorer, options, read))
+            pending.append(start(path))
         while pending:
             result = pending.popleft().result()
             path = next(source, None)
             if path is not None:
-                pending.append(scorer.decode_pool.submit(_decode_one, path, scorer, options, read))
+                pending.append(start(path))
             yield result
     finally:
         for future in pending:
@@ -298,8 +362,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     batch_positions: list[int] = []
     batch_pixels: list[np.ndarray] = []
     read = reader_for(shard.root, options.storage)  # None: read the file itself
-    window = max(2 * options.batch_size, 2 * options.decode_threads)
-    with contextlib.closing(_decode_ahead(full_paths, scorer, window, options, read)) as decoded:
+    with contextlib.closing(_decode_ahead(full_paths, scorer, decode_window(options), options, read)) as decoded:
         for position in range(n):
             tick = time.perf_counter()
             result = next(decoded)

@@ -25,6 +25,8 @@ plus ratios, top-1 agreement and peak memory (psutil, sampled over the process t
     python benchmarks/throughput.py --scale    # about 5 minutes
     python benchmarks/throughput.py --all      # both, one after the other
     python benchmarks/throughput.py --quick    # small sizes, to check that it works
+    python benchmarks/throughput.py --ratio --images 1000 --large 200 --repeats 3
+                                               # only (b) against (e), alternating: their ratio
 
 Images are hard links to ../shared/datasets (or BATCHCLF_DATASETS) in --workdir; the 12 MP JPEGs
 are generated once there by upscaling them.
@@ -33,11 +35,13 @@ are generated once there by upscaling them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -611,6 +615,60 @@ def scale_benchmark(args, workdir: Path, results: dict) -> None:
     }
 
 
+def ratio_benchmark(args, workdir: Path, results: dict) -> None:
+    """`batchclf run` against the plain pipeline (e) on the same images, alternating, ``--repeats`` times.
+
+    Each repeat runs the two back to back on each image set, in turn first (ABBA), so a load that
+    comes and goes on a shared machine falls on both; the ratio of each pair is what is reported.
+    """
+    from batchclf.machine import available_cores
+
+    cores = available_cores()
+    sets = {"web": linked_tree(workdir / f"web-{args.images}", args.images)}
+    if args.large:
+        sets["12mp"] = twelve_megapixel_tree(workdir / f"12mp-{args.large}", args.large, cores)
+    step("model: converting or reusing the cached fp32 file")
+    tflite = fp32_model()
+    for name, folder in sets.items():
+        paths = image_paths(folder)
+        pairs = []
+        for repeat in range(args.repeats):
+            step(f"{name}: {len(paths)} images, pair {repeat + 1} of {args.repeats}")
+            output, summary = workdir / f"ratio-{name}.parquet", workdir / f"ratio-{name}.summary.json"
+            output.unlink(missing_ok=True)
+
+            dashboard = ":0" if args.dashboard else "none"  # none: what a run from cron or a script gets
+            extra = ["--summary", str(summary), "--dashboard-address", dashboard]
+            ours = functools.partial(batchclf_run, folder, output, extra)
+            plain = functools.partial(plain_pipeline, tflite, paths, cores, workdir)
+            first, second = ("b", "e") if repeat % 2 == 0 else ("e", "b")
+            runs = {}
+            for which in (first, second):
+                runs[which] = ours() if which == "b" else plain()
+            b, e = runs["b"], runs["e"]
+            record = json.loads(summary.read_text())
+            b["stage_seconds"], b["task_seconds"] = record.get("stage_seconds"), record.get("task_seconds")
+            pairs.append({"batchclf": b, "plain": e, "ratio_wall": e["wall_s"] / b["wall_s"]})
+            step(f"  batchclf {b['wall_s']:.2f} s, plain {e['wall_s']:.2f} s: ratio {pairs[-1]['ratio_wall']:.3f}")
+        ratios = sorted(pair["ratio_wall"] for pair in pairs)
+        cpu = sorted(p["plain"]["memory"]["cpu_s"] / p["batchclf"]["memory"]["cpu_s"] for p in pairs)
+        results.setdefault("ratio", {})[name] = {
+            "images": len(paths),
+            "pairs": pairs,
+            "ratio_wall_median": statistics.median(ratios),
+            "ratio_wall_range": [ratios[0], ratios[-1]],
+            "ratio_cpu_median": statistics.median(cpu),
+        }
+
+
+def fp32_model() -> Path:
+    """The built-in model's fp32 LiteRT file, converted (or found cached) exactly as a worker would."""
+    from batchclf import worker
+    from batchclf.models.registry import resolve_model
+
+    return worker.get_scorer(resolve_model(), worker.ScoringOptions(backend="litert")).backend.path
+
+
 def per_image_cpu_ms(run: dict, startup_run: dict) -> float:
     """Marginal CPU milliseconds per image of the whole process tree: start-up (a 64-image run) removed."""
     extra_images = max(1, run["images"] - startup_run["images"])
@@ -721,6 +779,20 @@ def table(results: dict) -> str:
             "int8 top-1 agreement with fp32 (same tensors)",
             f"{100 * int8['top1_agreement_with_fp32_same_tensors']:.1f} %",
         )
+    for name, section in results.get("ratio", {}).items():
+        low, high = section["ratio_wall_range"]
+        add(
+            f"{name}: batchclf / plain pipeline, wall incl. start-up ({section['images']} images, "
+            f"{len(section['pairs'])} pairs)",
+            f"{section['ratio_wall_median']:.3f} median ({low:.3f}-{high:.3f}); "
+            f"CPU time {section['ratio_cpu_median']:.3f}",
+        )
+        for pair in section["pairs"]:
+            b, e = pair["batchclf"], pair["plain"]
+            add(
+                f"  {name}: batchclf / plain",
+                f"{b['images_per_s_wall']:.1f} / {e['images_per_s_wall']:.1f} img/s = {pair['ratio_wall']:.3f}",
+            )
     if "scale" in results:
         s = results["scale"]
         small, big = list(s["per_image_ms_wall"])
@@ -762,6 +834,15 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=400, help="12-megapixel JPEGs for (d)")
     parser.add_argument("--tensors", type=int, default=512, help="pre-decoded tensors for (a)")
     parser.add_argument("--repeat", type=int, default=4, help="passes over the tensors in (a)")
+    parser.add_argument(
+        "--ratio",
+        action="store_true",
+        help="only batchclf run against the plain pipeline (e), alternating, on --images and --large images",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--ratio: pairs of runs on each image set")
+    parser.add_argument(
+        "--dashboard", action="store_true", help="--ratio: batchclf run with its dashboard (as on a terminal)"
+    )
     parser.add_argument("--small", type=int, default=1000, help="--scale: the small run")
     parser.add_argument("--large-count", type=int, default=20000, help="--scale: the large run")
     parser.add_argument(
@@ -785,8 +866,11 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    parts = [] if args.scale else [("main_run", main_benchmark)]
-    parts += [("scale_run", scale_benchmark)] if args.scale or args.all else []
+    if args.ratio:
+        parts = [("ratio_run", ratio_benchmark)]
+    else:
+        parts = [] if args.scale else [("main_run", main_benchmark)]
+        parts += [("scale_run", scale_benchmark)] if args.scale or args.all else []
     for name, benchmark in parts:
         started = time.perf_counter()
         section = {"machine": machine(), "command": command}

@@ -115,6 +115,23 @@ def test_in_process_cluster_starts_no_process_and_listens_on_loopback_only():
     assert not started
 
 
+def test_in_process_cluster_runs_no_profiler_and_monitors_sparingly():
+    """The in-process worker shares the cores with the scoring: Dask's 10 ms profiler is off, its system
+    monitors look every 2 s, and the settings do not leak to clusters made after it."""
+    import dask
+    from distributed import Client
+
+    from batchclf.cluster import in_process_cluster
+
+    with in_process_cluster(WorkerPlan(1, 2, 2, in_process=True), None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=30)
+        worker = next(iter(cluster.workers.values()))
+        assert "profile" not in worker.periodic_callbacks
+        assert worker.periodic_callbacks["monitor"].callback_time == 2000
+        assert cluster.scheduler.periodic_callbacks["monitor"].callback_time == 2000
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
 def test_worker_preload_ignores_sigint():
     previous = signal.getsignal(signal.SIGINT)
     try:
