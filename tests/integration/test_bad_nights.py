@@ -43,7 +43,8 @@ def _run(images: Path, output: Path, *extra: str) -> subprocess.CompletedProcess
 
 
 def _rows(path: Path) -> list[dict]:
-    return pq.read_table(path).replace_schema_metadata(None).to_pylist()
+    """The rows, without ``scored_at``: a reused row keeps the time it was first scored, a full run's is new."""
+    return pq.read_table(path).replace_schema_metadata(None).drop_columns(["scored_at"]).to_pylist()
 
 
 def _snapshot(folder: Path, own: set[str]) -> dict:
