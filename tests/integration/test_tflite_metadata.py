@@ -190,7 +190,12 @@ def test_a_sidecar_overrides_the_metadata(tmp_path, probe_model, grey):
         (metadata_buffer([127.5], [127.5])[:8] + b"\xff" * 32, "a damaged flatbuffer"),
     ],
 )
-def test_malformed_metadata_is_ignored_with_one_warning(tmp_path, probe_model, grey, caplog, metadata, reason):
+def test_malformed_metadata_is_ignored_with_one_warning(
+    tmp_path, probe_model, grey, caplog, monkeypatch, metadata, reason
+):
+    # A run's logging (runlog.configure, called by earlier tests in this process) stops the batchclf logger
+    # from propagating to the root, where caplog listens.
+    monkeypatch.setattr(logging.getLogger("batchclf"), "propagate", True)
     path = _model(tmp_path / "bad", probe_model, metadata)
     with pytest.raises(MalformedMetadata, match=reason.replace("[", r"\[")):
         read_input_metadata(path)
