@@ -77,7 +77,7 @@ def run_once(code: Path, folder: Path, extra: list[str], profile_imports: bool =
     if done.returncode != 0:
         raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     report = json.loads(summary.read_text())
-    timings = report.get("timings") or {}
+    timings = report.get("task_seconds") or report.get("timings") or {}  # "timings" in summaries before run ids
     result = {
         "wall_s": round(wall, 2),
         "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2),
