@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from throughput import linked_tree, twelve_megapixel_tree  # benchmarks/ is on the path when a script there runs
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_IMAGES = REPO / "tests" / "data"
 SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -42,42 +44,6 @@ SIZES = {"full": {"web": 1000, "large": 400}, "dry": {"web": 64, "large": 8}}
 
 def source_images() -> list[Path]:
     return sorted(p for p in TEST_IMAGES.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
-
-
-def web_tree(folder: Path, count: int) -> Path:
-    """``count`` hard links (copies across file systems) to the test images, 500 a folder."""
-    sources = source_images()
-    for i in range(count):
-        source = sources[i % len(sources)]
-        target = folder / f"{i // 500:03d}" / f"{i:06d}{source.suffix.lower()}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copy(source, target)
-    return folder
-
-
-def _upscale(job: tuple[str, str]) -> None:
-    from PIL import Image
-
-    source, target = job
-    with Image.open(source) as image:
-        image = image.convert("RGB")
-        size = (4000, 3000) if image.width >= image.height else (3000, 4000)
-        image.resize(size, Image.Resampling.BICUBIC).save(target, quality=90)
-
-
-def large_tree(folder: Path, count: int) -> Path:
-    """``count`` 12-megapixel JPEGs (4000×3000) upscaled from the test images."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    folder.mkdir(parents=True)
-    sources = source_images()
-    jobs = [(str(sources[i * 7 % len(sources)]), str(folder / f"{i:05d}.jpg")) for i in range(count)]
-    with ProcessPoolExecutor(max(1, len(os.sched_getaffinity(0)))) as pool:
-        list(pool.map(_upscale, jobs))
-    return folder
 
 
 class GpuMemory:
@@ -195,8 +161,10 @@ def main() -> int:
             flush=True,
         )
         trees = {
-            f"{sizes['web']} web images": web_tree(workdir / "web", sizes["web"]),
-            f"{sizes['large']} 12-MP JPEGs": large_tree(workdir / "large", sizes["large"]),
+            f"{sizes['web']} web images": linked_tree(workdir / "web", sizes["web"], source_images()),
+            f"{sizes['large']} 12-MP JPEGs": twelve_megapixel_tree(
+                workdir / "large", sizes["large"], max(1, len(os.sched_getaffinity(0))), source_images()
+            ),
         }
         extra = ["--backend", "tf"] if args.dry_run else []  # the GPU's backend, on the CPU
         for name, tree in trees.items():

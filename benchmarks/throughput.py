@@ -67,9 +67,9 @@ def source_images() -> list[Path]:
     return found
 
 
-def linked_tree(folder: Path, count: int) -> Path:
-    """``count`` hard links (copies across file systems) to the shared images, 500 a folder."""
-    sources = source_images()
+def linked_tree(folder: Path, count: int, sources: list[Path] | None = None) -> Path:
+    """``count`` hard links (copies across file systems) to ``sources`` (the shared images), 500 a folder."""
+    sources = sources or source_images()
     if folder.is_dir() and sum(1 for _ in folder.rglob("*.*")) == count:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -94,13 +94,13 @@ def _upscale(job: tuple[str, str]) -> None:
         image.resize((4000, 3000) if landscape else (3000, 4000), Image.Resampling.BICUBIC).save(target, quality=90)
 
 
-def twelve_megapixel_tree(folder: Path, count: int, processes: int) -> Path:
-    """``count`` 12-megapixel JPEGs (4000×3000) upscaled from the shared images, generated once."""
+def twelve_megapixel_tree(folder: Path, count: int, processes: int, sources: list[Path] | None = None) -> Path:
+    """``count`` 12-megapixel JPEGs (4000×3000) upscaled from ``sources`` (the shared images), generated once."""
     if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    sources = source_images()
+    sources = sources or source_images()
     jobs = [(str(sources[i * 7 % len(sources)]), str(folder / f"{i:05d}.jpg")) for i in range(count)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         pool.map(_upscale, jobs)
