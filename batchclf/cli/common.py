@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+from ..config import BUILTIN_MODEL_NAMES, DEFAULT_MODEL
 from ..errors import EXIT_INTERRUPTED, EXIT_JOB_FAILED, BatchclfError, Interrupted
 from ..runlog import logger
 
@@ -38,6 +39,25 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0 or "(default:" in text or action.default in (None, (), [], "", argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
+
+
+def add_model_arguments(parser) -> None:
+    """``--model``, ``--labels`` and ``--trust-model``, as ``run`` and ``predict`` take them."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"built-in model ({', '.join(BUILTIN_MODEL_NAMES)}), a .keras/.h5/.tflite/.onnx file, a SavedModel "
+        "folder or a folder written by 'batchclf train'",
+    )
+    parser.add_argument(
+        "--labels", type=Path, default=None, help="class names, one a line (default: labels.txt beside a user model)"
+    )
+    parser.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow models whose loading runs the code they hold (a SavedModel, a Keras file with a Lambda layer): "
+        "only for models from people you trust",
+    )
 
 
 def labels_list(text: str) -> tuple[str, ...]:

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import BACKENDS, BUILTIN_MODEL_NAMES, DEFAULT_MODEL, DEFAULT_TOP_K
+from ..config import BACKENDS, DEFAULT_TOP_K
 from ..errors import EXIT_ALL_FAILED, UsageError
-from .common import DefaultsHelpFormatter
+from .common import DefaultsHelpFormatter, add_model_arguments
 
 EXIT_IMAGE_FAILED = EXIT_ALL_FAILED  # 3: as for `run`, images that could not be decoded
 PREDICT_EXIT_CODES_HELP = """exit codes:
@@ -36,20 +36,7 @@ def add_parser(subparsers) -> None:
         epilog=PREDICT_EXIT_CODES_HELP,
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    predict.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"built-in model ({', '.join(BUILTIN_MODEL_NAMES)}), a .keras/.h5/.tflite/.onnx file, a SavedModel "
-        "folder or a folder written by 'batchclf train'",
-    )
-    predict.add_argument(
-        "--labels", type=Path, default=None, help="class names, one a line (default: labels.txt beside a user model)"
-    )
-    predict.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="allow models whose loading runs the code they hold: only for models from people you trust",
-    )
+    add_model_arguments(predict)
     predict.add_argument(
         "--backend", default="auto", choices=BACKENDS, help="inference engine: auto picks LiteRT on CPU, TF on GPU"
     )

@@ -12,13 +12,11 @@ from pathlib import Path
 from ..config import (
     AUTO_DASHBOARD,
     BACKENDS,
-    BUILTIN_MODEL_NAMES,
     CLUSTERS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DASHBOARD_ADDRESS,
     DEFAULT_LOG_FORMAT,
     DEFAULT_MAX_DROP,
-    DEFAULT_MODEL,
     DEFAULT_PROGRESS_INTERVAL,
     DEFAULT_RETRIES,
     DEFAULT_SHARD_SIZE,
@@ -38,7 +36,7 @@ from ..runlog import capture_warnings, configure, set_run_id
 from ..store import StorageOptions, check_locations, location_argument
 from ..summary import RunSummary, check_summary_path, new_run_id, write_summary
 from ..supervise import supervised
-from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, exit_status, labels_list
+from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, add_model_arguments, exit_status, labels_list
 
 
 def add_parser(subparsers) -> None:
@@ -67,21 +65,7 @@ def add_parser(subparsers) -> None:
         '\'{"endpoint_url": "http://..."}\' (never logged or recorded)',
     )
     model = run.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"built-in model ({', '.join(BUILTIN_MODEL_NAMES)}), a .keras/.h5/.tflite/.onnx file, a SavedModel "
-        "folder or a folder written by 'batchclf train'",
-    )
-    model.add_argument(
-        "--labels", type=Path, default=None, help="class names, one a line (default: labels.txt beside a user model)"
-    )
-    model.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="allow models whose loading runs the code they hold (a SavedModel, a Keras file with a Lambda layer): "
-        "only for models from people you trust",
-    )
+    add_model_arguments(model)
     model.add_argument(
         "--backend",
         default="auto",
