@@ -48,6 +48,11 @@ from .runlog import forward_warnings
 LOOPBACK = "127.0.0.1"
 WORKER_START_TIMEOUT = 120  # seconds for the first worker of the embedded cluster to join
 NANNY_STOP_TIMEOUT = 5  # seconds a nanny has to stop its worker cleanly before it is killed
+# How long the embedded cluster's tasks wait with no worker alive (each died and its nanny could not start it
+# again) before they fail and the run stops, its finished shards kept: a worker restart takes seconds, so
+# two minutes without one is a cluster that will not come back. ``distributed.scheduler.no-workers-timeout``
+# in the user's Dask config takes precedence.
+NO_WORKERS_TIMEOUT = "120s"
 
 
 @contextlib.contextmanager
@@ -185,12 +190,16 @@ def embedded_cluster(plan: WorkerPlan, dashboard_address: str | None = DEFAULT_D
         "security": security,
         **_scheduler_dashboard(dashboard_address),
     }
-    with SpecCluster(
-        workers=workers,
-        scheduler={"cls": Scheduler, "options": scheduler_options},
-        security=security,
-        silence_logs=logging.CRITICAL,  # failures reach the run through its futures; log lines are noise
-    ) as cluster:
+    no_workers_timeout = dask.config.get("distributed.scheduler.no-workers-timeout", None) or NO_WORKERS_TIMEOUT
+    with (
+        dask.config.set({"distributed.scheduler.no-workers-timeout": no_workers_timeout}),  # read as it starts
+        SpecCluster(
+            workers=workers,
+            scheduler={"cls": Scheduler, "options": scheduler_options},
+            security=security,
+            silence_logs=logging.CRITICAL,  # failures reach the run through its futures; log lines are noise
+        ) as cluster,
+    ):
         _close_http_server(cluster, dashboard_address)
         yield cluster
 

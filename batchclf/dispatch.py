@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from .backends import cache_dir
 from .config import RunConfig
-from .errors import StorageError
-from .isolate import isolate_failing_shard
+from .errors import NoWorkersError
+from .isolate import failures_of_no_file, isolate_failing_shard
 from .machine import IN_PROCESS_TASKS, WorkerPlan, threads_for_worker
 from .models.registry import ModelSpec
 from .paths import fs_path
@@ -174,6 +174,7 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
     Returns the per-task timings summed by stage and the rows saved; an exception that stops it
     carries the rows saved so far (``saved_rows``), which the next run reuses."""
     from distributed import as_completed
+    from distributed.scheduler import NoWorkerError
 
     from .cluster import submit_shards
 
@@ -182,6 +183,7 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
     progress = progress_display(total, task.config.progress, task.config.progress_interval)
     client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress.update(event[1]))
     client.subscribe_topic(WARNINGS_TOPIC, say_forwarded_warning)  # worker processes' warnings, said here once
+    not_a_file = failures_of_no_file()
     token = secrets.token_hex(4)
     window = max(8, 4 * len(client.scheduler_info().get("workers", {}) or [1]))
     pending = iter(shards)
@@ -207,8 +209,8 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
             shard = by_key.pop(future.key)
             try:
                 table, shard_timings = future.result()
-            except StorageError:
-                raise  # the storage failed on every try, not a file: stop, keeping the parts written so far
+            except not_a_file:
+                raise  # the storage or the cluster failed, not a file: stop, keeping the parts written so far
             except Exception as error:  # failed on every try: find the file that kills the worker
                 logger.warning(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it")
                 table, shard_timings = isolate_failing_shard(client, shard, task.spec, options, error), None
@@ -221,6 +223,13 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
             future.release()
             for new in submit(1):
                 running.add(new)
+    except NoWorkerError as error:
+        stopped = NoWorkersError(
+            f"no Dask worker has been alive for {error.timeout:.0f} s: each one died and none came back (out of "
+            "memory? see the system log); the finished shards are kept: run the same command again to resume"
+        )
+        stopped.saved_rows = saved
+        raise stopped from None
     except BaseException as error:
         error.saved_rows = saved
         raise

@@ -48,6 +48,14 @@ class StorageError(BatchclfError):
     """
 
 
+class NoWorkersError(BatchclfError):
+    """The cluster has had no worker alive for its ``no-workers-timeout``: every worker died and none came back.
+
+    Not a file's fault (a file that kills its worker is isolated as an error row while workers restart), so
+    the run stops, keeping its finished shards, and the same command resumes from them.
+    """
+
+
 class FoldersUnreadableError(BatchclfError):
     """The output is written, but some folders could not be listed; their previous rows were kept."""
 

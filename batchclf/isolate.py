@@ -31,6 +31,14 @@ from .worker import ScoringOptions, score_shard, scored_now
 CRASH_MESSAGE = "crashed the worker process while decoding or scoring"
 
 
+def failures_of_no_file() -> tuple[type[BaseException], ...]:
+    """The failures of a task that no file caused, so that splitting its shard cannot help: the storage
+    failed on every try, or the cluster has had no worker for its ``no-workers-timeout``."""
+    from distributed.scheduler import NoWorkerError
+
+    return StorageError, NoWorkerError
+
+
 def isolate_failing_shard(
     client, shard: Shard, spec: ModelSpec, options: ScoringOptions, error: BaseException | None = None
 ) -> pa.Table:
@@ -40,6 +48,7 @@ def isolate_failing_shard(
     """
     from distributed import as_completed
 
+    not_a_file = failures_of_no_file()
     token = uuid.uuid4().hex[:8]
     ranges: dict[str, tuple[int, int]] = {}
     attempts = itertools.count()
@@ -52,6 +61,8 @@ def isolate_failing_shard(
 
     try:
         probe, _ = submit(0, 0).result()
+    except not_a_file:
+        raise
     except Exception as probe_error:
         if error is not None:
             raise error from probe_error
@@ -66,8 +77,8 @@ def isolate_failing_shard(
         start, stop = ranges[future.key]
         try:
             pieces[start], _ = future.result()
-        except StorageError:
-            raise  # the storage failed, not a file of this piece
+        except not_a_file:
+            raise
         except Exception:
             if stop - start == 1:
                 suspects.append(start)
@@ -82,7 +93,7 @@ def isolate_failing_shard(
         future = submit(start, start + 1)
         try:
             pieces[start], _ = future.result()
-        except StorageError:
+        except not_a_file:
             raise
         except Exception as suspect_error:
             pieces[start] = _crash_rows(shard, start, start + 1, spec, probe.schema, suspect_error)

@@ -65,6 +65,15 @@ def test_embedded_cluster_listens_on_loopback_only(embedded):
 
 
 @pytest.mark.slow
+def test_embedded_cluster_fails_its_tasks_after_two_minutes_without_a_worker(embedded):
+    """Workers that all die and never come back stop the run (``dispatch`` says so) instead of hanging it."""
+    from batchclf.cluster import NO_WORKERS_TIMEOUT
+
+    cluster, _ = embedded
+    assert NO_WORKERS_TIMEOUT == "120s" and cluster.scheduler.no_workers_timeout == 120
+
+
+@pytest.mark.slow
 def test_embedded_cluster_refuses_clients_without_its_certificate(embedded):
     from distributed import Client
     from distributed.security import Security

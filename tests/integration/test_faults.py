@@ -22,7 +22,7 @@ import cloudpickle
 import dask
 import pyarrow.parquet as pq
 import pytest
-from conftest import require_datasets
+from conftest import require_datasets, run_cli
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -219,8 +219,10 @@ class CrashOnFile(WorkerPlugin):
 def poisoned_cluster():
     """Two nanny-managed workers (a crashed one is restarted) that die on ``POISON``."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    # One failure is enough to call a task a crasher: keeps the bisection to a few worker restarts.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    # One failure is enough to call a task a crasher: keeps the bisection to a few worker restarts. A nanny
+    # that cannot start its worker again (a loaded machine) fails the test after two minutes instead of hanging it.
+    settings = {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.no-workers-timeout": "120s"}
+    with dask.config.set(settings):
         with (
             LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
@@ -320,3 +322,60 @@ def test_poisonous_file_in_a_run_is_one_error_row(tmp_path):
     assert sorted(rows) == expected
     assert rows[POISON]["status"] == "error" and CRASH_MESSAGE in rows[POISON]["error"]
     assert all(row["status"] == "ok" for path, row in rows.items() if path != POISON)
+
+
+# Workers that die and never come back.
+
+DIE_AND_STAY_DEAD = """
+import os, threading, time
+
+MARKER = os.environ["BATCHCLF_TEST_MARKER"]
+
+
+def dask_setup(worker):
+    if os.path.exists(MARKER):  # started again by its nanny: die before joining, every time
+        os._exit(1)
+    open(MARKER, "w").close()
+
+    def die_in_the_first_task():
+        while not worker.state.executing:
+            time.sleep(0.02)
+        os._exit(1)
+
+    threading.Thread(target=die_in_the_first_task, daemon=True).start()
+"""
+
+
+def test_a_run_whose_workers_never_come_back_stops_and_resumes(tmp_path):
+    """The embedded cluster's only worker dies in its first task and cannot start again: the run stops with
+    one line after the no-workers timeout (no hang, no isolation of innocent files), and resumes later."""
+    images = tmp_path / "images"
+    expected = link_images(images, copies=1)[:24]
+    for path in sorted(images.rglob("*.jpg")):
+        if str(path.relative_to(images)) not in expected:
+            path.unlink()
+    preload = tmp_path / "die_and_stay_dead.py"
+    preload.write_text(DIE_AND_STAY_DEAD)
+    output = tmp_path / "out.parquet"
+    command = ["run", str(images), str(output), "--workers", "1", "--shard-size", "8", "--no-progress"]
+    dying = {
+        "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(preload)]),
+        "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "3s",
+        "BATCHCLF_TEST_MARKER": str(tmp_path / "started-once"),
+    }
+    started = time.monotonic()
+    stopped = run_cli(*command, "--summary", str(tmp_path / "summary.json"), env=dying, timeout=300)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert (tmp_path / "started-once").exists(), "the worker never started"
+    assert "no Dask worker has been alive for 3 s" in stopped.stderr and "run the same command again" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "isolating" not in stopped.stderr
+    assert not output.exists()
+    assert time.monotonic() - started < 240
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "no Dask worker" in summary["error"]
+
+    resumed = run_cli(*command, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pq.read_table(output)
+    assert sorted(table["path"].to_pylist()) == expected
+    assert set(table["status"].to_pylist()) == {"ok"}
