@@ -26,6 +26,7 @@ from .progress import progress_display
 from .runlog import WARNINGS_TOPIC, logger, say_forwarded_warning
 from .shard import MIN_SHARDS, balanced_shard_size, iter_shards
 from .store import location
+from .supervise import signals_deferred
 from .worker import (
     PROGRESS_TOPIC,
     ScoringOptions,
@@ -214,8 +215,9 @@ def _score_pending(client, shards, task: ScoringTask, options: ScoringOptions, t
             except Exception as error:  # failed on every try: find the file that kills the worker
                 logger.warning(f"{shard.name} failed ({type(error).__name__}); isolating the file that causes it")
                 table, shard_timings = isolate_failing_shard(client, shard, task.spec, options, error), None
-            task.store.write(shard.name, table)
-            saved += table.num_rows
+            with signals_deferred():  # a part on disk is a part counted in the summary
+                task.store.write(shard.name, table)
+                saved += table.num_rows
             if shard_timings:
                 for key in TIMED_STAGES:
                     timings[key] = timings.get(key, 0.0) + shard_timings[key]

@@ -18,13 +18,15 @@ command (even with SIGKILL) never leaves a job running that holds the output's l
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import STOP_SIGNALS, Interrupted
 
@@ -113,6 +115,29 @@ def _child(job: Callable[[bool], int], in_process: bool, parent: int) -> int:
 REPEAT_SECONDS = 1.0  # a second copy of a signal sooner than this is the same request, delivered twice
 
 
+class _Deferred(threading.local):
+    depth = 0
+    pending: int | None = None  # the stop signal that came inside a ``signals_deferred`` block
+
+
+_DEFERRED = _Deferred()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A stop signal that comes inside the block stops the run when the block is done, not halfway: a
+    part written but not yet counted would make the summary say fewer rows were kept than were.
+    A second signal still stops the process at once (``stop_on_signals``)."""
+    _DEFERRED.depth += 1
+    try:
+        yield
+    finally:
+        _DEFERRED.depth -= 1
+    if _DEFERRED.depth == 0 and _DEFERRED.pending is not None:
+        number, _DEFERRED.pending = _DEFERRED.pending, None
+        raise Interrupted(number)
+
+
 def stop_on_signals() -> None:
     """Turn SIGTERM, SIGINT and SIGHUP into ``Interrupted`` in the main thread, so every ``with`` block on the way
     out closes the cluster, the lock and the parts cleanly. A second signal stops the process at once.
@@ -132,6 +157,9 @@ def stop_on_signals() -> None:
             os.kill(os.getpid(), number)
 
         signal.signal(number, again)
+        if _DEFERRED.depth:  # handlers run in the main thread: the block there raises it when done
+            _DEFERRED.pending = number
+            return
         raise Interrupted(number)
 
     for number in STOP_SIGNALS:
