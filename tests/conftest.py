@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.module.__name__ not in grouped_by_hand and _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # Largest groups first, single integration tests next, the unit tier last: a group runs on one worker,
+    # so one started near the end would leave the other workers idle while it finishes.
+    groups = Counter(_group(item) for item in items)
+    items.sort(key=lambda item: (-groups[_group(item)] if _group(item) else 0, "unit" in item.path.parts))
+
+
+def _group(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else None
