@@ -70,7 +70,7 @@ def test_links_at_predictable_temporary_names_are_not_followed(images, tmp_path)
     for name in (".out.parquet.partial", f".out.parquet.partial{os.getpid()}", ".out.parquet.k2j4m6p8.partial"):
         os.symlink(victim, tmp_path / name)
     output = tmp_path / "out.parquet"
-    result = run_cli("run", str(images), str(output), "--no-progress", "--workers", "1")
+    result = run_cli("run", str(images), str(output), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert victim.read_text() == "precious\n"
     assert pq.read_table(output).num_rows == 2
@@ -127,7 +127,7 @@ def test_a_list_file_with_a_bom_lists_its_first_path(tmp_path, images):
     listing = tmp_path / "list.txt"
     listing.write_text("images/pizza.jpg\nimages/teddy2.jpg\n", encoding="utf-8-sig")
     output = tmp_path / "out.parquet"
-    result = run_cli("run", str(listing), str(output), "--no-progress", "--workers", "1")
+    result = run_cli("run", str(listing), str(output), "--no-progress")
     assert result.returncode == 0, result.stderr
     table = pq.read_table(output)
     assert table["path"].to_pylist() == ["pizza.jpg", "teddy2.jpg"]
@@ -159,7 +159,7 @@ def test_the_first_run_on_a_machine_says_it_converts_a_keras_model_once(images, 
 
 def test_a_run_that_scores_nothing_reports_no_speed(images, tmp_path):
     output, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
-    assert run_cli("run", str(images), str(output), "--incremental", "--no-progress", "--workers", "1").returncode == 0
+    assert run_cli("run", str(images), str(output), "--incremental", "--no-progress").returncode == 0
     again = run_cli("run", str(images), str(output), "--incremental", "--no-progress", "--summary", str(summary))
     assert again.returncode == 0, again.stderr
     assert "2 files (0 scored), 2 ok, 0 errors" in again.stderr and "nothing needed scoring" in again.stderr
@@ -188,7 +188,7 @@ def test_an_output_that_exists_and_is_not_a_batchclf_output_is_refused_and_kept(
     pq.write_table(pa.table({"a": [1]}), tmp_path / "other.parquet")  # Parquet, not written by batchclf
     target = tmp_path / output
     before = {p: p.read_bytes() for p in [*tmp_path.iterdir(), *images.iterdir()] if p.is_file()}
-    result = run_cli("run", str(images), str(target), "--no-progress", "--workers", "1")
+    result = run_cli("run", str(images), str(target), "--no-progress")
     assert result.returncode == EXIT_USAGE
     assert message in _one_line_error(result)
     assert {p: p.read_bytes() for p in [*tmp_path.iterdir(), *images.iterdir()] if p.is_file()} == before
@@ -223,11 +223,11 @@ def test_an_output_name_too_long_for_the_folder_is_refused_before_any_work(image
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     fits = "p" * (limit - len(".lock") - 100) + ".parquet"
     too_long = "p" * (limit - len(".parquet") - 10) + ".parquet"  # fits, but its temporary name does not
-    result = run_cli("run", str(images), str(tmp_path / too_long), "--no-progress", "--workers", "1")
+    result = run_cli("run", str(images), str(tmp_path / too_long), "--no-progress")
     assert result.returncode == EXIT_USAGE
     line = _one_line_error(result)
     assert f"{limit}-byte limit" in line and "NAME_MAX" in line and f"at most {limit - 18} bytes" in line
     assert _names(tmp_path) == ["images"]
-    result = run_cli("run", str(images), str(tmp_path / fits), "--no-progress", "--workers", "1")
+    result = run_cli("run", str(images), str(tmp_path / fits), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert pq.read_table(tmp_path / fits).num_rows == 2

@@ -30,7 +30,8 @@ DROP_READ_OVERRIDE = (
 
 
 def _run(*args: str, prefix: list[str] = ()) -> subprocess.CompletedProcess:
-    command = [*prefix, sys.executable, "-m", "batchclf", "run", *args, "--no-progress", "--workers", "1"]
+    """``batchclf run``, scoring in-process (the plan on this machine): what these tests check is the driver's."""
+    command = [*prefix, sys.executable, "-m", "batchclf", "run", *args, "--no-progress"]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
