@@ -73,6 +73,22 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
+def configure_tensorflow(threads: int) -> None:
+    """TensorFlow's thread pools for one worker (``threads`` intra-op, one inter-op) and memory growth on its GPUs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised in this process
+        pass
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
 def choose_backend(requested: str, quantize: str | None = None) -> str:
     """``auto``: LiteRT on a CPU, TensorFlow on a GPU; a quantized model runs on LiteRT only.
 

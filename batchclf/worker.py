@@ -27,9 +27,9 @@ from .backends import (
     TensorFlowBackend,
     cached_model_file,
     choose_backend,
+    configure_tensorflow,
     conversion_key,
     convert_to_tflite,
-    quiet_native_stderr,
     scoring_model,
     tflite_path,
 )
@@ -81,21 +81,6 @@ _BUILD_COUNT = 0
 def model_build_count() -> int:
     """How many models this process has built (tests check it is one per worker)."""
     return _BUILD_COUNT
-
-
-def _configure_tensorflow(threads: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_native_stderr():
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised in this process
-        pass
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
 
 
 def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
@@ -202,7 +187,7 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         return Scorer(backend, spec.preprocessing, ThreadPoolExecutor(options.decode_threads), None)
 
     def build_model():
-        _configure_tensorflow(options.threads)
+        configure_tensorflow(options.threads)
         return scoring_model(load_keras_model(spec), spec.feature_layer, options.embeddings, bool(options.quantize))
 
     if choose_backend(options.backend, options.quantize) == "litert":

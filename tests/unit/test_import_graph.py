@@ -96,3 +96,12 @@ def test_the_leaves_stay_leaves():
     graph = import_graph()
     assert graph["batchclf.errors"] == set()
     assert graph["batchclf.fsutil"] <= {"batchclf.errors"}
+
+
+MAX_MODULE_LINES = 400  # a module that outgrows this has two concerns in it (docs/architecture.md)
+
+
+def test_every_module_stays_under_four_hundred_lines():
+    sizes = {_module_name(p): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    too_long = {name: lines for name, lines in sizes.items() if lines >= MAX_MODULE_LINES}
+    assert not too_long, f"split these modules: {too_long}"
