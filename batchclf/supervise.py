@@ -63,32 +63,43 @@ def supervised(job: Callable[[bool], int], log: Callable[[str], None] | None = N
 
 
 def _in_child(job: Callable[[bool], int], in_process: bool) -> tuple[int, signal.Signals | None]:
-    """(exit status, the signal that killed the child if nobody sent it one) for one run of ``job``."""
+    """(exit status, the signal that killed the child if nobody sent it one) for one run of ``job``.
+
+    The parent's forwarding handlers are in place before the fork: a signal that comes while the child
+    starts is passed on once the child exists, never met by the default handler (a traceback, and the
+    child killed with its parent).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
-    child = os.fork()
-    if child == 0:
-        status = 1
-        try:
-            status = _child(job, in_process, parent)
-        except Interrupted as error:  # stopped before the job's own handlers were reached
-            status = error.exit_code
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(status)
     sent: list[int] = []
+    children: list[int] = []
 
     def forward(number: int, frame) -> None:
         sent.append(number)
-        try:
-            os.kill(child, number)
-        except ProcessLookupError:
-            pass
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, number)
 
     saved = {number: signal.signal(number, forward) for number in FORWARDED_SIGNALS}
     try:
+        child = os.fork()
+        if child == 0:
+            status = 1
+            try:
+                for number, handler in saved.items():  # the job's own (the parent passes every signal on)
+                    signal.signal(number, handler)
+                status = _child(job, in_process, parent)
+            except Interrupted as error:  # stopped before the job's own handlers were reached
+                status = error.exit_code
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        children.append(child)
+        for number in sent:  # came before the child existed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, number)
         _, wait_status = os.waitpid(child, 0)
     finally:
         for number, handler in saved.items():

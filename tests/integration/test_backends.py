@@ -53,7 +53,12 @@ def predict_all(predict, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray
 
 @pytest.fixture(scope="module")
 def litert_scorer(cache, spec):
-    return worker.get_scorer(spec, worker.ScoringOptions(backend="litert", threads=2, decode_threads=1))
+    """Built here, into this module's cache, even if an earlier test in this process built the same scorer."""
+    earlier = dict(worker._SCORERS)
+    worker._SCORERS.clear()
+    yield worker.get_scorer(spec, worker.ScoringOptions(backend="litert", threads=2, decode_threads=1))
+    worker._SCORERS.clear()
+    worker._SCORERS.update(earlier)
 
 
 def test_litert_and_tensorflow_agree_on_the_same_tensors(litert_scorer, spec, decoded, record_property):
