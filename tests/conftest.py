@@ -129,7 +129,7 @@ MAX_WORKERS = 4  # each worker starts its own processes, clusters and TensorFlow
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the default in pyproject.toml): one pytest-xdist worker per core, at most ``MAX_WORKERS``.
     The tests start processes and clusters that use every core themselves, so more workers than cores only
-    take turns (measured on 2 cores: 15.0 minutes with two workers against 24.1 with none)."""
+    take turns (measured on 2 cores: 12.0-15.0 minutes with two workers against 24.1 with none)."""
     return max(
         1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     )
