@@ -144,8 +144,10 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         _DEFERRED.depth -= 1
-    if _DEFERRED.depth == 0 and _DEFERRED.pending is not None:
-        number, _DEFERRED.pending = _DEFERRED.pending, None
+        number = _DEFERRED.pending if _DEFERRED.depth == 0 else None
+        if number is not None:  # taken either way: a block that failed stops the run with its own error
+            _DEFERRED.pending = None
+    if number is not None:
         raise Interrupted(number)
 
 

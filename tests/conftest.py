@@ -130,9 +130,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the default in pyproject.toml): one pytest-xdist worker per core, at most ``MAX_WORKERS``.
     The tests start processes and clusters that use every core themselves, so more workers than cores only
     take turns (measured on 2 cores: 12.0-15.0 minutes with two workers against 24.1 with none)."""
-    return max(
-        1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    )
+    from batchclf.machine import available_cores  # affinity and cgroup quota, as the worker plan counts them
+
+    return max(1, min(MAX_WORKERS, available_cores()))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -146,7 +146,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Largest groups first, single integration tests next, the unit tier last: a group runs on one worker,
     # so one started near the end would leave the other workers idle while it finishes.
     groups = Counter(_group(item) for item in items)
-    items.sort(key=lambda item: (-groups[_group(item)] if _group(item) else 0, "unit" in item.path.parts))
+
+    def order(item: pytest.Item) -> tuple[int, bool]:
+        group = _group(item)
+        return -groups[group] if group else 0, "unit" in item.path.parts
+
+    items.sort(key=order)
 
 
 def _group(item: pytest.Item) -> str | None:

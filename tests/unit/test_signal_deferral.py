@@ -34,6 +34,17 @@ def test_a_signal_inside_the_block_stops_the_run_once_the_block_is_done(stop_han
     assert done[-1] == "next part"
 
 
+def test_a_block_that_fails_stops_with_its_own_error_and_leaves_nothing_pending(stop_handlers):
+    with pytest.raises(OSError, match="disk full"):
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            raise OSError("disk full")
+    done = []
+    with signals_deferred():
+        done.append("next part")
+    assert done == ["next part"]
+
+
 def test_a_signal_outside_the_block_stops_the_run_at_once(stop_handlers):
     done = []
     with pytest.raises(Interrupted):
