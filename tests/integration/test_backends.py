@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_CACHE
 from PIL import Image
 
 from batchclf import backends, worker
@@ -157,9 +158,15 @@ def test_conversion_key_changes_with_the_builder_source(tmp_path, monkeypatch):
     assert backends.conversion_key("m", False) == before
 
 
-def test_int8_model_takes_uint8_and_mostly_agrees_with_fp32(litert_scorer, spec, decoded, datasets, record_property):
-    """Calibrated on the shipped calibration set; the ImageNet-class images keep most of their top-1 predictions."""
+def test_int8_model_takes_uint8_and_mostly_agrees_with_fp32(
+    litert_scorer, spec, decoded, datasets, record_property, monkeypatch
+):
+    """Calibrated on the shipped calibration set; the ImageNet-class images keep most of their top-1 predictions.
+
+    Converted into the test run's shared cache: test_int8_rows.py uses the same file, so it is made once.
+    """
     paths, pixels = decoded
+    monkeypatch.setenv("BATCHCLF_CACHE", TEST_CACHE)
     options = worker.ScoringOptions(backend="auto", threads=2, decode_threads=1, quantize="int8")
     quantized = worker.get_scorer(spec, options)
     assert quantized.backend.name == "litert" and quantized.backend.quantized
@@ -171,8 +178,8 @@ def test_int8_model_takes_uint8_and_mostly_agrees_with_fp32(litert_scorer, spec,
     agreement = float((got.argmax(1) == expected.argmax(1)).mean())
     record_property("int8_top1_agreement_imagenet_objects", agreement)
     assert agreement >= 0.75, agreement
-    int8_files = [p for p in (backends.cache_dir() / "litert").glob("*.tflite")]
-    assert len(int8_files) >= 2  # cached apart from the fp32 file
+    assert quantized.backend.path != litert_scorer.backend.path  # cached apart from the fp32 file
+    assert Path(quantized.backend.path).is_file() and Path(litert_scorer.backend.path).is_file()
 
 
 def test_int8_softmax_outputs_are_renormalised_not_taken_for_logits():

@@ -35,7 +35,8 @@ def _run(path, pixels: np.ndarray, with_features: bool) -> tuple[np.ndarray, np.
 
 @pytest.fixture(scope="module", params=["efficientnet-lite0", "efficientnet-lite2"])
 def model(request, datasets, tmp_path_factory):
-    """The converter's file (with features: it holds both outputs), and the images decoded for the model."""
+    """The converter's file (with features: it holds both outputs), the images decoded for the model, and what
+    the converter's file makes of them (probabilities and features)."""
     builtin = registry.BUILTIN_MODELS[request.param]
     if importlib.util.find_spec(builtin.module) is None:
         pytest.skip(f"{builtin.package} is not installed (the test extra installs it)")
@@ -46,15 +47,14 @@ def model(request, datasets, tmp_path_factory):
         converted.write_bytes(backends._converter(keras_model, None).convert())
     paths = sorted(p for p in datasets.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     pixels = np.stack([decode_image(str(p), spec.preprocessing).pixels for p in paths])
-    return spec, converted, paths, pixels
+    return spec, paths, pixels, _run(converted, pixels, True)
 
 
 @pytest.mark.parametrize("with_features", [False, True], ids=["probabilities", "with-features"])
 def test_the_direct_file_agrees_with_the_converted_one(model, with_features, tmp_path, record_property):
-    spec, converted, paths, pixels = model
+    spec, paths, pixels, (expected, expected_features) = model
     direct = tmp_path / "direct.tflite"
     direct.write_bytes(registry.builtin_tflite(spec, with_features))
-    expected, expected_features = _run(converted, pixels, True)
     got, got_features = _run(direct, pixels, with_features)
     assert len(paths) > 200 and got.shape == expected.shape == (len(paths), 1000)
     disagree = [paths[i].name for i in np.flatnonzero(got.argmax(1) != expected.argmax(1))]
