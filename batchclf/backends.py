@@ -308,7 +308,8 @@ class LiteRTBackend:
             self.batch[count:] = 0
             self.interpreter.set_tensor(self.input["index"], self.batch)
             self.interpreter.invoke()
-            results = [_dequantize(self.interpreter.get_tensor(i)[:count], q) for i, q in self.outputs]
+            wanted = self.outputs if self.with_features else self.outputs[:1]  # a file may hold features unasked
+            results = [_dequantize(self.interpreter.get_tensor(i)[:count], q) for i, q in wanted]
         if not self.with_features:
             return to_probabilities(results[0]), None
         probabilities, features = results

@@ -22,13 +22,12 @@ from .isolate import failures_of_no_file, isolate_failing_shard
 from .machine import IN_PROCESS_TASKS, WorkerPlan, threads_for_worker
 from .models.registry import ModelSpec
 from .paths import fs_path
-from .progress import progress_display
+from .progress import PROGRESS_TOPIC, progress_display
 from .runlog import WARNINGS_TOPIC, logger, say_forwarded_warning
 from .shard import MIN_SHARDS, balanced_shard_size, iter_shards
 from .store import location
 from .supervise import signals_deferred
 from .worker import (
-    PROGRESS_TOPIC,
     ScoringOptions,
     conversion_pending,
     decode_window,

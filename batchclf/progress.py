@@ -9,6 +9,18 @@ import time
 
 from .runlog import logger
 
+PROGRESS_TOPIC = "batchclf-progress"  # the Dask event topic on which workers report images scored
+
+
+def report_progress(count: int) -> None:
+    """A worker's end: ``count`` more images scored, sent to the driver's display (nothing outside Dask)."""
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(PROGRESS_TOPIC, count)
+    except ValueError:  # not running inside a Dask worker
+        pass
+
 
 def progress_line(done: int, total: int, seconds: float) -> tuple[str, dict]:
     """The line and its fields, for ``done`` of ``total`` images scored in ``seconds``."""

@@ -38,14 +38,13 @@ from .exif import NO_EXIF, exif_columns
 from .models.calibration_set import calibration_digest, calibration_images
 from .models.registry import ModelSpec, builtin_tflite, load_keras_model
 from .paths import fs_path
+from .progress import report_progress
 from .store import StorageOptions, reader_for
 
 if TYPE_CHECKING:  # Arrow is imported where a shard is scored: batchclf.Classifier builds scorers without it
     import pyarrow as pa
 
     from .shard import Shard
-
-PROGRESS_TOPIC = "batchclf-progress"
 
 
 @dataclass(frozen=True)
@@ -186,9 +185,9 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
             backend = OnnxBackend(spec.source, options.threads, spec.input_format, spec.preprocessing.image_size)
         return Scorer(backend, spec.preprocessing, ThreadPoolExecutor(options.decode_threads), None)
 
-    def build_model():
+    def build_model(with_features: bool):
         configure_tensorflow(options.threads)
-        return scoring_model(load_keras_model(spec), spec.feature_layer, options.embeddings, bool(options.quantize))
+        return scoring_model(load_keras_model(spec), spec.feature_layer, with_features, bool(options.quantize))
 
     if choose_backend(options.backend, options.quantize) == "litert":
         if _written_directly(spec, options):
@@ -197,11 +196,12 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
             )
         else:
             representative = functools.partial(_calibration_images, spec) if options.quantize else None
-            path = convert_to_tflite(build_model, _conversion_key(spec, options), representative)
+            build = functools.partial(build_model, _converted_with_features(spec, options))
+            path = convert_to_tflite(build, _conversion_key(spec, options), representative)
         backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
         embedding_size = backend.feature_size
     else:
-        keras_model = build_model()
+        keras_model = build_model(options.embeddings)
         backend = TensorFlowBackend(keras_model, options.embeddings)
         embedding_size = int(keras_model.outputs[1].shape[-1]) if options.embeddings else None
     preprocessing = spec.preprocessing or Preprocessing(backend.image_size)
@@ -213,9 +213,16 @@ def _written_directly(spec: ModelSpec, options: ScoringOptions) -> bool:
     return spec.kind == "builtin" and not options.quantize
 
 
+def _converted_with_features(spec: ModelSpec, options: ScoringOptions) -> bool:
+    """Whether a Keras model converted for LiteRT keeps its pooled features as a second output: in float,
+    whenever it has a feature layer, so runs with and without ``--embeddings`` share one conversion."""
+    return options.embeddings or (spec.feature_layer is not None and not options.quantize)
+
+
 def _conversion_key(spec: ModelSpec, options: ScoringOptions) -> str:
-    calibration = calibration_digest() if options.quantize else ""
-    return conversion_key(spec.id, options.embeddings, options.quantize, calibration, _written_directly(spec, options))
+    direct, calibration = _written_directly(spec, options), calibration_digest() if options.quantize else ""
+    features = options.embeddings if direct else _converted_with_features(spec, options)
+    return conversion_key(spec.id, features, options.quantize, calibration, direct)
 
 
 def conversion_pending(spec: ModelSpec, options: ScoringOptions) -> bool:
@@ -272,15 +279,6 @@ def _decode_ahead(
     finally:
         for future in pending:
             future.cancel()
-
-
-def _report_progress(count: int) -> None:
-    try:
-        from distributed import get_worker
-
-        get_worker().log_event(PROGRESS_TOPIC, count)
-    except ValueError:  # not running inside a Dask worker
-        pass
 
 
 def top_k(probabilities: np.ndarray, k: int, allowed: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -342,7 +340,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
             topks[position] = [{"label": spec.labels[i], "score": float(s)} for i, s in zip(indices[row], values[row])]
             if features is not None:
                 embeddings[position] = features[row]
-        _report_progress(len(positions))
+        report_progress(len(positions))
 
     batch_positions: list[int] = []
     batch_pixels: list[np.ndarray] = []
@@ -367,7 +365,7 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
                 batch_positions, batch_pixels = [], []
     if batch_positions:
         flush(batch_positions, batch_pixels)
-    _report_progress(sum(e is not None for e in errors))
+    report_progress(sum(e is not None for e in errors))
 
     columns = {
         "path": list(shard.paths),

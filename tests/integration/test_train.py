@@ -123,7 +123,8 @@ def test_saved_model_loads_in_safe_mode_and_agrees_with_evaluate(food, food_mode
 @FOOD_MODEL
 def test_run_with_the_trained_model(food, food_model, food_report, scheduler, tmp_path):
     """``run --model MODEL_DIR`` needs no other option, classifies an image in neither file, and agrees with
-    ``evaluate``; its embeddings are the featurizer's pooled features."""
+    ``evaluate``; its embeddings are the featurizer's pooled features. It reuses the LiteRT file that
+    ``evaluate`` (without embeddings) converted: one conversion per model."""
     output = tmp_path / "food.parquet"
     result = run_cli(
         "run",
@@ -137,6 +138,7 @@ def test_run_with_the_trained_model(food, food_model, food_report, scheduler, tm
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr
+    assert "converting" not in result.stderr, result.stderr
     table = pq.read_table(output).to_pydict()
     labels = dict(zip(table["path"], table["label"]))
     assert len(labels) == 12 and set(table["status"]) == {"ok"}
@@ -200,9 +202,13 @@ def test_training_is_deterministic_and_skips_unreadable_images(food, scheduler, 
         np.testing.assert_array_equal(first, second)
 
 
-def test_an_image_of_another_extension_is_scored_or_skipped_by_its_content(food, scheduler, tmp_path, monkeypatch):
+@FOOD_MODEL
+def test_an_image_of_another_extension_is_scored_or_skipped_by_its_content(
+    food, food_model, scheduler, tmp_path, monkeypatch
+):
     """A JPEG named ``.jfif`` is trained on and evaluated; an unreadable ``.jfif`` is skipped and named with
-    its tags.tsv line. Uncached features, so the scoring job itself reads them."""
+    its tags.tsv line. Uncached features, so the scoring job itself reads them. Evaluated with the tutorial's
+    model (same classes), already converted for LiteRT."""
     from PIL import Image
 
     monkeypatch.setenv("BATCHCLF_CACHE", str(tmp_path / "cache"))
@@ -227,27 +233,30 @@ def test_an_image_of_another_extension_is_scored_or_skipped_by_its_content(food,
     assert f"  {data / 'notes.jfif'} ({data / 'tags.tsv'} line 10): {reason}" in messages
     assert not any("images.txt" in m for m in messages)
     report = evaluate(
-        EvaluateConfig(data / "tags.tsv", str(tmp_path / "model"), scheduler=scheduler, progress=False), log=_quiet
+        EvaluateConfig(data / "tags.tsv", str(food_model[0]), scheduler=scheduler, progress=False), log=_quiet
     )
     assert report["images"] == 9 and list(report["unreadable"]) == ["notes.jfif"]
     assert {p["path"]: p["predicted"] for p in report["predictions"]}["pizza4.jfif"] == "food"
 
 
-def test_special_files_among_the_images_are_skipped_and_named(datasets, scheduler, tmp_path):
+@FOOD_MODEL
+def test_special_files_among_the_images_are_skipped_and_named(food, food_model, scheduler, tmp_path):
     """A FIFO and a link to /dev/zero named .jpg in class folders: train and evaluate skip and count them,
-    name them with what they are, and never wait on them."""
+    name them with what they are, and never wait on them. Evaluated with the tutorial's model (its classes
+    include both folders'), already converted for LiteRT."""
     from batchclf.training.evaluate import format_report
 
-    data = tmp_path / "flowers"
-    for label in ("daisy", "roses"):
-        (data / label).mkdir(parents=True)
-        for image in sorted((datasets / "flowers_small" / label).glob("*.jpg"))[:4]:
-            shutil.copy(image, data / label / image.name)
-    os.mkfifo(data / "daisy" / "pipe.jpg")
-    os.symlink("/dev/zero", data / "roses" / "zero.jpg")
+    data = tmp_path / "classes"
+    tagged = [read_dataset(food / name) for name in ("tags.tsv", "test-tags.tsv")]
+    for path, label in sorted(zip(*(sum((getattr(t, f) for t in tagged), ()) for f in ("paths", "labels")))):
+        if label in ("food", "toy") and len(list((data / label).glob("*"))) < 4:
+            (data / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, data / label / Path(path).name)
+    os.mkfifo(data / "food" / "pipe.jpg")
+    os.symlink("/dev/zero", data / "toy" / "zero.jpg")
     unreadable = {
-        "daisy/pipe.jpg": "not a regular file: a FIFO (named pipe)",
-        "roses/zero.jpg": "not a regular file: a character device",
+        "food/pipe.jpg": "not a regular file: a FIFO (named pipe)",
+        "toy/zero.jpg": "not a regular file: a character device",
     }
     messages = []
     config = TrainConfig(
@@ -262,7 +271,7 @@ def test_special_files_among_the_images_are_skipped_and_named(datasets, schedule
     assert result.metadata["data"]["unreadable"] == 2 and result.metadata["data"]["train"]["images"] == 8
     assert "skipped 2 unreadable images" in messages
     assert all(f"  {data / name}: {reason}" in messages for name, reason in unreadable.items())
-    report = evaluate(EvaluateConfig(data, str(tmp_path / "model"), scheduler=scheduler, progress=False), log=_quiet)
+    report = evaluate(EvaluateConfig(data, str(food_model[0]), scheduler=scheduler, progress=False), log=_quiet)
     assert report["images"] == 8 and report["unreadable"] == unreadable
     text = format_report(report, verbose=True)
     assert all(f"unreadable {name}: {reason}" in text for name, reason in unreadable.items())

@@ -8,6 +8,7 @@ The checkpoint here is made of zeros with Lite0's tensor shapes, listed from the
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -143,3 +144,16 @@ def test_the_direct_file_has_its_own_cache_key_and_int8_still_converts():
     assert not worker._written_directly(spec, worker.ScoringOptions(quantize="int8"))
     user = ModelSpec("m@1234", "keras", "/m.keras", ("a", "b"), Preprocessing(224))
     assert not worker._written_directly(user, worker.ScoringOptions())
+
+
+def test_a_converted_model_with_a_feature_layer_is_one_file_with_and_without_embeddings():
+    """The conversion (about 20 s) keeps the pooled features whenever the model has them, in float: a run with
+    ``--embeddings`` after one without reuses its file. int8 and a model without a feature layer keep one per choice."""
+    trained = ModelSpec("food@1234", "keras", "/food/model.keras", ("a", "b"), Preprocessing(224), "avg_pool")
+    plain, embeddings = worker.ScoringOptions(), worker.ScoringOptions(embeddings=True)
+    assert worker._conversion_key(trained, plain) == worker._conversion_key(trained, embeddings)
+    assert worker._conversion_key(trained, plain) == backends.conversion_key(trained.id, True)
+    int8 = worker.ScoringOptions(quantize="int8")
+    assert worker._conversion_key(trained, int8) != worker._conversion_key(trained, replace(int8, embeddings=True))
+    bare = replace(trained, feature_layer=None)
+    assert worker._conversion_key(bare, plain) == backends.conversion_key(bare.id, False)
