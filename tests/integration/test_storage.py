@@ -41,15 +41,24 @@ def _rows(path) -> list[dict]:
     return pq.read_table(path, columns=COMPARED).to_pylist()
 
 
-def _run(*args: str):
-    return run_cli("run", *args, "--no-progress", "--workers", "1")
+def _run(*args: str, worker_process: bool = False):
+    """``batchclf run ARGS``: its worker in the command's own process (the plan on this machine), or with
+    ``worker_process`` in a process of its own, which then lists nothing and reads every object itself
+    with the storage options it was sent. The killed and lost-endpoint runs below use a worker process too."""
+    return run_cli("run", *args, "--no-progress", *(["--workers", "1"] if worker_process else []))
 
 
 def test_bucket_run_equals_local_run_and_never_shows_the_secret(s3, tmp_path):
     client, local, options = s3
     summary = tmp_path / "summary.json"
     remote = _run(
-        f"s3://{BUCKET}/images", str(tmp_path / "s3.parquet"), "--storage-options", options, "--summary", str(summary)
+        f"s3://{BUCKET}/images",
+        str(tmp_path / "s3.parquet"),
+        "--storage-options",
+        options,
+        "--summary",
+        str(summary),
+        worker_process=True,
     )
     assert remote.returncode == 0, remote.stderr
     on_disk = _run(str(local), str(tmp_path / "local.parquet"))
