@@ -190,14 +190,12 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         return scoring_model(load_keras_model(spec), spec.feature_layer, with_features, bool(options.quantize))
 
     if choose_backend(options.backend, options.quantize) == "litert":
+        with_features, key = _file_keeps_features(spec, options), _conversion_key(spec, options)
         if _written_directly(spec, options):
-            path = cached_model_file(
-                _conversion_key(spec, options), functools.partial(builtin_tflite, spec, options.embeddings)
-            )
+            path = cached_model_file(key, functools.partial(builtin_tflite, spec, with_features))
         else:
             representative = functools.partial(_calibration_images, spec) if options.quantize else None
-            build = functools.partial(build_model, _converted_with_features(spec, options))
-            path = convert_to_tflite(build, _conversion_key(spec, options), representative)
+            path = convert_to_tflite(functools.partial(build_model, with_features), key, representative)
         backend = LiteRTBackend(path, options.batch_size, options.threads, len(spec.labels), options.embeddings)
         embedding_size = backend.feature_size
     else:
@@ -213,15 +211,18 @@ def _written_directly(spec: ModelSpec, options: ScoringOptions) -> bool:
     return spec.kind == "builtin" and not options.quantize
 
 
-def _converted_with_features(spec: ModelSpec, options: ScoringOptions) -> bool:
-    """Whether a Keras model converted for LiteRT keeps its pooled features as a second output: in float,
-    whenever it has a feature layer, so runs with and without ``--embeddings`` share one conversion."""
-    return options.embeddings or (spec.feature_layer is not None and not options.quantize)
+def _file_keeps_features(spec: ModelSpec, options: ScoringOptions) -> bool:
+    """Whether the LiteRT file holds the pooled features as a second output. A model converted in float
+    keeps them whenever it has a feature layer, so runs with and without ``--embeddings`` share one
+    conversion; a file written directly (under a second) or an int8 one is made for the choice."""
+    if _written_directly(spec, options) or options.quantize:
+        return options.embeddings
+    return options.embeddings or spec.feature_layer is not None
 
 
 def _conversion_key(spec: ModelSpec, options: ScoringOptions) -> str:
-    direct, calibration = _written_directly(spec, options), calibration_digest() if options.quantize else ""
-    features = options.embeddings if direct else _converted_with_features(spec, options)
+    calibration = calibration_digest() if options.quantize else ""
+    features, direct = _file_keeps_features(spec, options), _written_directly(spec, options)
     return conversion_key(spec.id, features, options.quantize, calibration, direct)
 
 
