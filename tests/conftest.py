@@ -129,7 +129,7 @@ MAX_WORKERS = 4  # each worker starts its own processes, clusters and TensorFlow
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the default in pyproject.toml): one pytest-xdist worker per core, at most ``MAX_WORKERS``.
     The tests start processes and clusters that use every core themselves, so more workers than cores only
-    take turns (measured on 2 cores: 12.0-15.0 minutes with two workers against 24.1 with none)."""
+    take turns (measured on 2 cores: 10.7-11.7 minutes with two workers, 11.6 with three, 24.1 with none)."""
     from batchclf.machine import available_cores  # affinity and cgroup quota, as the worker plan counts them
 
     return max(1, min(MAX_WORKERS, available_cores()))

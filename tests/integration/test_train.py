@@ -246,12 +246,14 @@ def test_special_files_among_the_images_are_skipped_and_named(food, food_model, 
     include both folders'), already converted for LiteRT."""
     from batchclf.training.evaluate import format_report
 
-    data = tmp_path / "classes"
-    tagged = [read_dataset(food / name) for name in ("tags.tsv", "test-tags.tsv")]
-    for path, label in sorted(zip(*(sum((getattr(t, f) for t in tagged), ()) for f in ("paths", "labels")))):
-        if label in ("food", "toy") and len(list((data / label).glob("*"))) < 4:
-            (data / label).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, data / label / Path(path).name)
+    data = tmp_path / "classes"  # four food and four toy images, a folder each
+    for tags in ("tags.tsv", "test-tags.tsv"):
+        labelled = read_dataset(food / tags)
+        for path, label in zip(labelled.paths, labelled.labels):
+            folder = data / label
+            if label in ("food", "toy") and len(list(folder.glob("*"))) < 4:
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, folder / Path(path).name)
     os.mkfifo(data / "food" / "pipe.jpg")
     os.symlink("/dev/zero", data / "toy" / "zero.jpg")
     unreadable = {
