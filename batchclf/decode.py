@@ -190,16 +190,22 @@ def open_image(source: bytes | BinaryIO) -> Image.Image:
     Pillow picks a decoder by content; left to itself it would hand a PostScript file named ``.jpg``
     to Ghostscript. A file of another format is refused, saying what it appears to be. Every image
     batchclf decodes, for the model or for a report's thumbnail, is opened here.
+
+    The decoder is handed the whole file in one call rather than Pillow's 64 KiB at a time: it lets go
+    of the GIL while it decodes, and takes it back after each call, so with other threads busy in Python
+    (Dask, the scoring loop) a 12-megapixel JPEG waited its turn a dozen times, ~120 instead of ~37 ms
+    (docs/performance.md, Decoding).
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     head = stream.read(HEAD_BYTES)
+    size = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     if not head:
         raise ImageDecodeError("empty file (0 bytes)")
     heif = head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
     formats = DECODED_FORMATS + ("HEIF",) if heif and heif_opener() else DECODED_FORMATS
     try:
-        return Image.open(stream, formats=formats)
+        image = Image.open(stream, formats=formats)
     except UnidentifiedImageError:
         if heif and "HEIF" not in formats:
             raise ImageDecodeError(HEIF_MISSING) from None
@@ -207,6 +213,8 @@ def open_image(source: bytes | BinaryIO) -> Image.Image:
         if found:
             raise ImageDecodeError(f"not an image batchclf reads: the content is {found}") from None
         raise
+    image.decodermaxblock = max(image.decodermaxblock, size)
+    return image
 
 
 _heif_lock = threading.Lock()

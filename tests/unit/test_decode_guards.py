@@ -149,3 +149,29 @@ def test_heic_without_the_heif_extra_says_how_to_install_it(tmp_path, monkeypatc
         decode_image(str(tmp_path / "phone.jpg"), PRE)
     assert str(raised.value) == 'cannot decode HEIC/HEIF without the heif extra: pip install "batchclf[heif]"'
     assert raised.value.size == (tmp_path / "phone.jpg").stat().st_size  # still a row with its signature
+
+
+def test_the_decoder_gets_a_whole_file_in_one_call(tmp_path, monkeypatch):
+    """Each call into Pillow's decoder takes the GIL back: a large JPEG fed 64 KiB at a time waited for it a
+    dozen times while other threads ran Python, and decoded three times slower (docs/performance.md)."""
+    noise = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    path = tmp_path / "noisy.jpg"
+    Image.fromarray(noise).save(path, quality=95)
+    assert path.stat().st_size > 4 * 65536  # what Pillow would read and decode in five calls or more
+    calls = []
+    real = Image._getdecoder
+
+    class Counting:
+        def __init__(self, decoder):
+            self.decoder = decoder
+
+        def decode(self, data):
+            calls.append(len(data))
+            return self.decoder.decode(data)
+
+        def __getattr__(self, name):
+            return getattr(self.decoder, name)
+
+    monkeypatch.setattr(Image, "_getdecoder", lambda *args, **kwargs: Counting(real(*args, **kwargs)))
+    image = decode_image(str(path), Preprocessing(224))
+    assert image.width == 800 and len(calls) == 1
