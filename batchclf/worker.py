@@ -89,20 +89,26 @@ def get_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
 
 
 def prefetch(spec: ModelSpec, options: ScoringOptions, root: str, paths: list[str]) -> bool:
-    """Build this process's scorer and start decoding ``paths`` (full paths under ``root``) in its pool,
-    for the shards about to run here; ``_decode_ahead`` takes them from there instead of decoding again.
-
-    The in-process worker calls it while the cluster starts, so the model is built and the first images
-    decoded on cores that would otherwise wait. Only a scorer built by this call takes them: a task that
-    built it first may already be decoding the same files. Returns whether the decoding was started.
-    """
+    """Start decoding ``paths`` (full paths under ``root``) for the shards about to run here, and build this
+    process's scorer; ``_decode_ahead`` takes the images from there. The in-process worker calls it while the
+    cluster starts. The decoding starts first when the spec says how to decode: LiteRT holds the GIL while it
+    allocates its tensors (~0.15 s for a batch of 32), a decoder inside Pillow does not. Only a scorer built
+    here takes them (a task that built it first may be decoding the same files): returns whether it was."""
     with _SCORERS_LOCK:  # held until every future is in place: a task's get_scorer waits for them
-        scorer, built = _cached_scorer(spec, options)
-        if not built:
+        if _scorer_key(spec, options) in _SCORERS:
             return False
-        read = reader_for(root, options.storage)
-        for path in paths:
-            scorer.prefetched[path] = scorer.decode_pool.submit(_decode_one, path, scorer, options, read)
+        read, pool = reader_for(root, options.storage), ThreadPoolExecutor(options.decode_threads)
+
+        def decode(preprocessing: Preprocessing) -> dict:
+            return {path: pool.submit(_decode_one, path, preprocessing, options, read) for path in paths}
+
+        started = decode(spec.preprocessing) if spec.preprocessing else None
+        try:
+            scorer, _ = _cached_scorer(spec, options, pool)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        scorer.prefetched = started or decode(scorer.preprocessing)
     return True
 
 
@@ -148,18 +154,19 @@ def _scorer_key(spec: ModelSpec, options: ScoringOptions) -> tuple:
     )
 
 
-def _cached_scorer(spec: ModelSpec, options: ScoringOptions) -> tuple[Scorer, bool]:
-    """(the scorer, whether this call built it); the caller holds ``_SCORERS_LOCK``."""
+def _cached_scorer(spec: ModelSpec, options: ScoringOptions, pool=None) -> tuple[Scorer, bool]:
+    """(the scorer, whether this call built it, with ``pool`` as its decode pool if given: a
+    ``ThreadPoolExecutor``); the caller holds ``_SCORERS_LOCK``."""
     global _BUILD_COUNT
     key = _scorer_key(spec, options)
     if key in _SCORERS:
         return _SCORERS[key], False
     _BUILD_COUNT += 1
-    _SCORERS[key] = _build_scorer(spec, options)
+    _SCORERS[key] = _build_scorer(spec, options, pool or ThreadPoolExecutor(options.decode_threads))
     return _SCORERS[key], True
 
 
-def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
+def _build_scorer(spec: ModelSpec, options: ScoringOptions, pool: ThreadPoolExecutor) -> Scorer:
     """LiteRT needs the Keras model (and TensorFlow) only to convert a user's Keras model or an int8 one.
 
     A built-in model's float LiteRT file is written from its weights (under a second) and cached like a
@@ -183,7 +190,7 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
             )
         else:
             backend = OnnxBackend(spec.source, options.threads, spec.input_format, spec.preprocessing.image_size)
-        return Scorer(backend, spec.preprocessing, ThreadPoolExecutor(options.decode_threads), None)
+        return Scorer(backend, spec.preprocessing, pool, None)
 
     def build_model(with_features: bool):
         configure_tensorflow(options.threads)
@@ -203,7 +210,7 @@ def _build_scorer(spec: ModelSpec, options: ScoringOptions) -> Scorer:
         backend = TensorFlowBackend(keras_model, options.embeddings)
         embedding_size = int(keras_model.outputs[1].shape[-1]) if options.embeddings else None
     preprocessing = spec.preprocessing or Preprocessing(backend.image_size)
-    return Scorer(backend, preprocessing, ThreadPoolExecutor(options.decode_threads), embedding_size)
+    return Scorer(backend, preprocessing, pool, embedding_size)
 
 
 def _written_directly(spec: ModelSpec, options: ScoringOptions) -> bool:
@@ -246,9 +253,11 @@ def _calibration_images(spec: ModelSpec, model) -> Iterator[np.ndarray]:
     return calibration_images(spec.preprocessing or Preprocessing(int(model.inputs[0].shape[1])))
 
 
-def _decode_one(path: str, scorer: Scorer, options: ScoringOptions, read=None) -> DecodedImage | ImageDecodeError:
+def _decode_one(
+    path: str, preprocessing: Preprocessing, options: ScoringOptions, read=None
+) -> DecodedImage | ImageDecodeError:
     try:
-        return decode_image(path, scorer.preprocessing, options.content_hash, read, options.exif)
+        return decode_image(path, preprocessing, options.content_hash, read, options.exif)
     except ImageDecodeError as error:
         return error
 
@@ -266,7 +275,7 @@ def _decode_ahead(
 
     def start(path: str):
         started = scorer.prefetched.pop(path, None)
-        return started or scorer.decode_pool.submit(_decode_one, path, scorer, options, read)
+        return started or scorer.decode_pool.submit(_decode_one, path, scorer.preprocessing, options, read)
 
     try:
         for path in itertools.islice(source, window):
@@ -314,18 +323,10 @@ def score_shard(shard: Shard, spec: ModelSpec, options: ScoringOptions) -> tuple
     build_seconds = time.perf_counter() - started
     full_paths = [os.path.join(shard.root, fs_path(p)) for p in shard.paths]
     n = len(full_paths)
-    labels = [None] * n
-    scores = [None] * n
-    topks = [None] * n
+    labels, scores, topks, widths, heights, sizes, mtimes, inodes, ctimes, hashes, embeddings = (
+        [None] * n for _ in range(11)
+    )
     errors: list[str | None] = [None] * n
-    widths = [None] * n
-    heights = [None] * n
-    sizes = [None] * n
-    mtimes = [None] * n
-    inodes = [None] * n
-    ctimes = [None] * n
-    hashes = [None] * n
-    embeddings = [None] * n
     exif = [NO_EXIF] * n
     timings = {"decode_wait": 0.0, "inference": 0.0}
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from typing import NamedTuple
 
 import pytest
 from PIL import Image
@@ -13,21 +14,28 @@ from batchclf.decode import DecodedImage, ImageDecodeError, Preprocessing
 OPTIONS = worker.ScoringOptions(batch_size=4, decode_threads=2)
 
 
+class Spec(NamedTuple):  # what the scorer cache and the decoding read of a ModelSpec
+    preprocessing: Preprocessing | None
+
+
+SPEC = Spec(Preprocessing(32))
+
+
 @pytest.fixture
 def scorers(monkeypatch):
     """A fresh scorer cache whose builds make a scorer with no model, and a count of the decodes."""
     built, decoded = [], []
     monkeypatch.setattr(worker, "_SCORERS", {})
 
-    def build(spec, options):
+    def build(spec, options, pool):
         built.append(spec)
-        return worker.Scorer(None, Preprocessing(32), ThreadPoolExecutor(2), None)
+        return worker.Scorer(None, Preprocessing(32), pool, None)
 
     real_decode = worker._decode_one
 
-    def decode(path, scorer, options, read=None):
+    def decode(path, preprocessing, options, read=None):
         decoded.append(path)
-        return real_decode(path, scorer, options, read)
+        return real_decode(path, preprocessing, options, read)
 
     monkeypatch.setattr(worker, "_build_scorer", build)
     monkeypatch.setattr(worker, "_decode_one", decode)
@@ -47,9 +55,9 @@ def photos(folder, count: int) -> list[str]:
 def test_prefetched_images_are_taken_in_order_and_not_decoded_again(scorers, tmp_path):
     built, decoded = scorers
     paths = photos(tmp_path, 6)
-    assert worker.prefetch("spec", OPTIONS, str(tmp_path), paths[:4])
-    scorer = worker.get_scorer("spec", OPTIONS)
-    assert built == ["spec"] and set(scorer.prefetched) == set(paths[:4])
+    assert worker.prefetch(SPEC, OPTIONS, str(tmp_path), paths[:4])
+    scorer = worker.get_scorer(SPEC, OPTIONS)
+    assert built == [SPEC] and set(scorer.prefetched) == set(paths[:4])
 
     results = list(worker._decode_ahead(paths, scorer, 2, OPTIONS))
 
@@ -59,20 +67,58 @@ def test_prefetched_images_are_taken_in_order_and_not_decoded_again(scorers, tmp
     assert scorer.prefetched == {}
 
 
+def test_decoding_starts_before_the_model_is_built(monkeypatch, tmp_path):
+    """LiteRT holds the GIL while it allocates its tensors: the first images are decoding by then."""
+    monkeypatch.setattr(worker, "_SCORERS", {})
+    paths = photos(tmp_path, 4)[:4]
+    first_decoded = threading.Event()
+
+    def decode(path, preprocessing, options, read=None):
+        first_decoded.set()
+        return path
+
+    def build(spec, options, pool):
+        assert first_decoded.wait(10), "the model was built before any image was decoded"
+        return worker.Scorer(None, spec.preprocessing, pool, None)
+
+    monkeypatch.setattr(worker, "_decode_one", decode)
+    monkeypatch.setattr(worker, "_build_scorer", build)
+    assert worker.prefetch(SPEC, OPTIONS, str(tmp_path), paths)
+    assert {path: future.result() for path, future in worker.get_scorer(SPEC, OPTIONS).prefetched.items()} == {
+        path: path for path in paths
+    }
+
+
+def test_a_failed_build_cancels_the_decoding_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setattr(worker, "_SCORERS", {})
+    pools = []
+
+    def build(spec, options, pool):
+        pools.append(pool)
+        raise RuntimeError("no model")
+
+    monkeypatch.setattr(worker, "_build_scorer", build)
+    with pytest.raises(RuntimeError, match="no model"):
+        worker.prefetch(SPEC, OPTIONS, str(tmp_path), photos(tmp_path, 40))
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pools[0].submit(print)
+    assert worker._SCORERS == {}
+
+
 def test_a_scorer_built_by_a_task_first_gets_no_prefetch(scorers, tmp_path):
     built, decoded = scorers
     paths = photos(tmp_path, 2)
-    worker.get_scorer("spec", OPTIONS)
-    assert not worker.prefetch("spec", OPTIONS, str(tmp_path), paths)
-    assert built == ["spec"] and decoded == []
+    worker.get_scorer(SPEC, OPTIONS)
+    assert not worker.prefetch(SPEC, OPTIONS, str(tmp_path), paths)
+    assert built == [SPEC] and decoded == []
 
 
 def test_what_no_shard_took_is_discarded(scorers, tmp_path):
     paths = photos(tmp_path, 3)
-    worker.prefetch("spec", OPTIONS, str(tmp_path), paths)
-    worker.discard_prefetched("spec", OPTIONS)
-    assert worker.get_scorer("spec", OPTIONS).prefetched == {}
-    worker.discard_prefetched("other spec", OPTIONS)  # nothing built for it: nothing to do
+    worker.prefetch(SPEC, OPTIONS, str(tmp_path), paths)
+    worker.discard_prefetched(SPEC, OPTIONS)
+    assert worker.get_scorer(SPEC, OPTIONS).prefetched == {}
+    worker.discard_prefetched(Spec(None), OPTIONS)  # nothing built for it: nothing to do
 
 
 def test_the_decode_window_covers_two_batches_and_every_decode_thread():
