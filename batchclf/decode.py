@@ -194,7 +194,7 @@ def open_image(source: bytes | BinaryIO) -> Image.Image:
     The decoder is handed the whole file in one call rather than Pillow's 64 KiB at a time: it lets go
     of the GIL while it decodes, and takes it back after each call, so with other threads busy in Python
     (Dask, the scoring loop) a 12-megapixel JPEG waited its turn a dozen times, ~120 instead of ~37 ms
-    (docs/performance.md, Decoding).
+    (docs/performance.md, Decoding beside Python threads).
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     head = stream.read(HEAD_BYTES)

@@ -108,7 +108,7 @@ def prefetch(spec: ModelSpec, options: ScoringOptions, root: str, paths: list[st
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-        scorer.prefetched = started or decode(scorer.preprocessing)
+        scorer.prefetched = started if started is not None else decode(scorer.preprocessing)
     return True
 
 

@@ -891,7 +891,12 @@ def main() -> None:
         parts += [("scale_run", scale_benchmark)] if args.scale or args.all else []
     for name, benchmark in parts:
         started = time.perf_counter()
-        section = {"machine": machine(), "command": command, "bytecode_compiled": compiled, "python": sys.executable}
+        section = {
+            "machine": machine(),
+            "command": command,
+            "bytecode_compiled": compiled,
+            "python_executable": sys.executable,
+        }
         benchmark(args, args.workdir, section)
         section["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
         section["benchmark_seconds"] = round(time.perf_counter() - started, 1)
