@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import REPORT_GROUP_DEPTH, REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..store import location_argument
+from .common import answer_arrows_pandas_probe
 
 
 def add_parser(subparsers) -> None:
@@ -107,6 +108,7 @@ def _report(args) -> int:
         group_depth=args.group_depth,
         storage_options=StorageOptions.parse(args.storage_options),
     )
+    answer_arrows_pandas_probe()
     summary = build_report(config)
     print(summary.line(), file=sys.stderr)
     return 0

@@ -47,7 +47,7 @@ def read_parts(parts: Iterable[Location | Path], columns: list[str] | None = Non
     """The rows of consecutive parts, in order: a path-sorted stream when the parts are one attempt's."""
     for part in parts:
         with location(part).arrow_source() as source:
-            table = pq.read_table(source, columns=columns)
+            table = pq.ParquetFile(source).read(columns=columns)  # read_table would import pyarrow.dataset
         if table.num_rows:
             yield table
 
