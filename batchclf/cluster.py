@@ -44,6 +44,7 @@ from .machine import (
     total_memory,
 )
 from .runlog import forward_warnings
+from .store.parquet import answer_arrows_pandas_probe
 
 LOOPBACK = "127.0.0.1"
 WORKER_START_TIMEOUT = 120  # seconds for the first worker of the embedded cluster to join
@@ -147,9 +148,11 @@ def write_certificates(folder: str | os.PathLike) -> dict[str, str]:
 def dask_setup(worker) -> None:
     """Worker preload: ignore SIGINT, so a Ctrl-C sent to every process (systemd's KillSignal, a
     terminal) stops the run through the driver alone, without a traceback from each worker; send
-    warnings to the driver, which says each kind once in the run's log (``runlog``)."""
+    warnings to the driver, which says each kind once in the run's log (``runlog``); keep pyarrow from
+    importing pandas (``store.parquet.answer_arrows_pandas_probe``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward_warnings(worker)
+    answer_arrows_pandas_probe()
 
 
 @contextlib.contextmanager

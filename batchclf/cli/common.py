@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from pathlib import Path
 
 from ..config import BUILTIN_MODEL_NAMES, DEFAULT_MODEL
@@ -98,32 +97,3 @@ def exit_status(handler, *args) -> int:
         if os.environ.get("BATCHCLF_DEBUG"):
             raise
         return EXIT_JOB_FAILED
-
-
-def answer_arrows_pandas_probe() -> None:
-    """Spare a command pyarrow's import of pandas (0.2-0.4 s on two cores); called once its arguments are good.
-
-    pyarrow imports pandas, when it is installed, the first time it builds an array, only to ask whether
-    its input is a pandas object; batchclf never hands it one. The probe runs once per process and keeps its
-    answer, so it is made here with pandas out of reach; ``import pandas`` works again right after it
-    (``to_pandas()`` tries the import anew).
-    """
-    if "pandas" in sys.modules:
-        return  # imported already: nothing left to spare
-    import pyarrow
-
-    sys.meta_path.insert(0, _NoPandas)
-    try:
-        pyarrow.array([0])  # a sequence: the C++ converter asks too
-    finally:
-        sys.meta_path.remove(_NoPandas)
-
-
-class _NoPandas:
-    """An import finder under which ``import pandas`` fails as if it were not installed."""
-
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name == "pandas":
-            raise ModuleNotFoundError("No module named 'pandas'", name=name)
-        return None

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..config import REPORT_GROUP_DEPTH, REPORT_LOW_SCORE, REPORT_PER_LABEL, REPORT_TOP_LABELS
 from ..store import location_argument
-from .common import answer_arrows_pandas_probe
 
 
 def add_parser(subparsers) -> None:
@@ -94,6 +93,7 @@ def add_parser(subparsers) -> None:
 def _report(args) -> int:
     from ..report.build import ReportConfig, build_report
     from ..store import StorageOptions
+    from ..store.parquet import answer_arrows_pandas_probe
 
     config = ReportConfig(
         output=args.output,

@@ -36,14 +36,7 @@ from ..runlog import capture_warnings, configure, set_run_id
 from ..store import StorageOptions, check_locations, location_argument
 from ..summary import RunSummary, check_summary_path, new_run_id, write_summary
 from ..supervise import supervised
-from .common import (
-    EXIT_CODES_HELP,
-    DefaultsHelpFormatter,
-    add_model_arguments,
-    answer_arrows_pandas_probe,
-    exit_status,
-    labels_list,
-)
+from .common import EXIT_CODES_HELP, DefaultsHelpFormatter, add_model_arguments, exit_status, labels_list
 
 
 def add_parser(subparsers) -> None:
@@ -288,9 +281,11 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _run_job(summary_path: Path | None, config: RunConfig, run_id: str) -> int:
+    from ..store.parquet import answer_arrows_pandas_probe  # Arrow: only once the settings are known to be good
+
     answer_arrows_pandas_probe()
     try:
-        from ..job import run  # Dask and Arrow's compute kernels: only once the settings are known to be good
+        from ..job import run  # Dask and Arrow's compute kernels, likewise
 
         with capture_warnings():
             summary = run(config, checked=True, run_id=run_id)  # handle() checked it before forking

@@ -34,7 +34,9 @@ def _one_core() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # the plan then scores in the job's process
 
 
-def test_a_run_on_the_in_process_worker_and_its_report_never_import_pandas(tmp_path, datasets):
+@pytest.fixture
+def spied(tmp_path, datasets):
+    """Two images, and a command runner whose every process (workers included) notes an import of pandas."""
     spy = tmp_path / "spy"
     spy.mkdir()
     (spy / "sitecustomize.py").write_text(SPY)
@@ -44,34 +46,45 @@ def test_a_run_on_the_in_process_worker_and_its_report_never_import_pandas(tmp_p
         shutil.copy(datasets / "imagenet_objects" / name, images / name)
     record = tmp_path / "pandas-imports.txt"
     path = os.pathsep.join(p for p in (str(spy), os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run(
-        [sys.executable, "-m", "batchclf", "run", str(images), str(tmp_path / "out.parquet"), "--log-format", "text"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": path, "PANDAS_IMPORTED_IN": str(record)},
-        preexec_fn=_one_core,
-    )
-    assert done.returncode == 0, done.stderr
+
+    def command(*args: str, **options) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchclf", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": path, "PANDAS_IMPORTED_IN": str(record)},
+            **options,
+        )
+        assert done.returncode == 0, done.stderr
+        assert not record.exists(), f"batchclf {args[0]} imported pandas in process {record.read_text().split()}"
+        return done
+
+    return images, command
+
+
+def test_a_run_on_the_in_process_worker_and_its_report_never_import_pandas(tmp_path, spied):
+    images, command = spied
+    output = tmp_path / "out.parquet"
+    done = command("run", str(images), str(output), "--log-format", "text", preexec_fn=_one_core)
     assert "1 worker in this process" in done.stderr
-    assert [row["status"] for row in pq.read_table(tmp_path / "out.parquet").to_pylist()] == ["ok", "ok"]
-    assert not record.exists(), f"the run imported pandas in process {record.read_text().split()}"
-    report = subprocess.run(
-        [sys.executable, "-m", "batchclf", "report", str(tmp_path / "out.parquet"), str(tmp_path / "report.html")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": path, "PANDAS_IMPORTED_IN": str(record)},
-    )
-    assert report.returncode == 0, report.stderr
+    assert [row["status"] for row in pq.read_table(output).to_pylist()] == ["ok", "ok"]
+    command("report", str(output), str(tmp_path / "report.html"))
     assert (tmp_path / "report.html").stat().st_size
-    assert not record.exists(), f"the report imported pandas in process {record.read_text().split()}"
+
+
+def test_the_embedded_clusters_worker_processes_never_import_pandas(tmp_path, spied):
+    images, command = spied
+    output = tmp_path / "out.parquet"
+    done = command("run", str(images), str(output), "--workers", "2", "--log-format", "text")
+    assert "2 workers" in done.stderr
+    assert [row["status"] for row in pq.read_table(output).to_pylist()] == ["ok", "ok"]
 
 
 AFTER_THE_PROBE = """
 import sys
 import pyarrow as pa
-from batchclf.cli.common import answer_arrows_pandas_probe
+from batchclf.store.parquet import answer_arrows_pandas_probe
 
 answer_arrows_pandas_probe()
 table = pa.table({"path": pa.array(["a.jpg", None]), "score": pa.array([0.5, None])})
