@@ -1,7 +1,8 @@
 """Parquet files at a ``Location``: written atomically, read back whole, a row group at a time, or by footer.
 
 Written once against the interface: a file on disk and an object in a bucket are read and written the
-same way, through ``Location.arrow_source`` and ``Location.atomic_write``.
+same way, through ``Location.arrow_source`` and ``Location.atomic_write``. ``answer_arrows_pandas_probe``
+keeps pyarrow from importing pandas in the processes batchclf owns.
 """
 
 from __future__ import annotations
