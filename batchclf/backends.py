@@ -277,9 +277,11 @@ class LiteRTBackend:
             shape = [batch_size, self.image_size, self.image_size, 3]
             self.interpreter.resize_tensor_input(self.input["index"], shape)
             self.interpreter.allocate_tensors()
-        outputs = self.interpreter.get_output_details()
-        # The converter may reorder outputs; the class vector is the one as wide as the label list.
-        outputs.sort(key=lambda o: int(o["shape"][-1]) != num_classes)
+        outputs = self.interpreter.get_output_details()  # not always in the model's order (LiteRT says so)
+        # The class vector is the output as wide as the label list; of outputs as wide (a model with as many
+        # classes as features), the one its signature lists first: output_0, as the converter names them.
+        declared = _declared_order(self.interpreter)
+        outputs.sort(key=lambda o: (int(o["shape"][-1]) != num_classes, declared.get(o["index"], len(declared))))
         self.outputs = [(o["index"], o["quantization"]) for o in outputs]
         self.with_features = with_features
         self.feature_size = int(outputs[1]["shape"][-1]) if with_features else None
@@ -314,6 +316,14 @@ class LiteRTBackend:
             return to_probabilities(results[0]), None
         probabilities, features = results
         return to_probabilities(probabilities), features
+
+
+def _declared_order(interpreter) -> dict[int, int]:
+    """Output tensor index -> its place in the file's one signature ({} for a file with none or several)."""
+    if len(interpreter.get_signature_list()) != 1:
+        return {}
+    outputs = interpreter.get_signature_runner().get_output_details()  # name -> details, in the signature's order
+    return {details["index"]: place for place, details in enumerate(outputs.values())}
 
 
 def _dequantize(values: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:

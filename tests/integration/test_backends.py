@@ -109,6 +109,26 @@ def tiny_model():
     return keras.Model(inputs, outputs)
 
 
+def test_a_model_with_as_many_classes_as_features_gives_its_classes_as_scores(cache):
+    """The converter lists this model's features before its probabilities; both are 6 wide."""
+    import keras
+
+    def build():
+        inputs = keras.Input((8, 8, 3))
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(keras.layers.Conv2D(6, 3)(inputs))
+        logits = keras.layers.Dense(6)(pooled)
+        return keras.Model(inputs, [keras.layers.Activation("softmax")(logits), pooled])
+
+    model = build()
+    path = backends.convert_to_tflite(lambda: model, "six-classes-six-features")
+    litert = backends.LiteRTBackend(path, 2, 1, 6, True)
+    pixels = np.random.default_rng(0).random((2, 8, 8, 3), np.float32)
+    probabilities, features = litert.predict(pixels)
+    expected_probabilities, expected_features = (np.asarray(t) for t in model(pixels))
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-5)
+    np.testing.assert_allclose(features, expected_features, atol=1e-5)
+
+
 def test_conversion_runs_once_per_key(cache, monkeypatch):
     calls = []
     original = backends._converter
