@@ -426,7 +426,7 @@ def machine() -> dict:
         "cores": len(os.sched_getaffinity(0)),
         "memory_gb": round(psutil.virtual_memory().total / 2**30),
         "python": platform.python_version(),
-        # pyarrow imports pandas, when installed, the first time it builds an array from Python objects (~0.2 s)
+        # pyarrow would import it (~0.2 s) in a run but for store.parquet.answer_arrows_pandas_probe
         "pandas_installed": importlib.util.find_spec("pandas") is not None,
         "load_average_at_start": [round(v, 2) for v in load],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
