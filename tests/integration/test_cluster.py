@@ -126,7 +126,8 @@ def test_in_process_cluster_starts_no_process_and_listens_on_loopback_only():
 
 def test_in_process_cluster_runs_no_profiler_and_monitors_sparingly():
     """The in-process worker shares the cores with the scoring: Dask's 10 ms profiler is off, its system
-    monitors look every 2 s, and the settings do not leak to clusters made after it."""
+    monitors look every 2 s, its event loops check their latency every second rather than every 20 ms,
+    and the settings do not leak to clusters made after it."""
     import dask
     from distributed import Client
 
@@ -138,7 +139,10 @@ def test_in_process_cluster_runs_no_profiler_and_monitors_sparingly():
         assert "profile" not in worker.periodic_callbacks
         assert worker.periodic_callbacks["monitor"].callback_time == 2000
         assert cluster.scheduler.periodic_callbacks["monitor"].callback_time == 2000
+        assert worker.periodic_callbacks["tick"].callback_time == 1000
+        assert cluster.scheduler.periodic_callbacks["tick"].callback_time == 1000
     assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"
 
 
 def test_worker_preload_ignores_sigint():
