@@ -189,7 +189,7 @@ def resolve_model(model: str = DEFAULT_MODEL, labels_file: Path | None = None, t
             f"model {model} has no labels: put {LABELS_FILE} (one class a line) beside it or pass --labels FILE"
         )
     labels = read_labels(labels_path)
-    _check_label_count(model, keras_output_size(kind, source, trust_model), labels, labels_path)
+    _check_label_count(model, (keras_output_size(kind, source, trust_model),), labels, labels_path)
     preprocessing = None
     if "image_size" in metadata:
         preprocessing = Preprocessing(int(metadata["image_size"]), float(metadata.get("crop_fraction", 0.875)))
@@ -217,12 +217,20 @@ def check_scoring_options(spec: ModelSpec, backend: str, quantize: str | None, e
             raise UsageError(f"--quantize converts a Keras model; a .{spec.kind} model runs as it is, so drop it")
 
 
-def _check_label_count(model: str, classes: int, labels: tuple[str, ...], source: object) -> None:
-    if classes != len(labels):
+def _check_label_count(model: str, widths: tuple[int, ...], labels: tuple[str, ...], source: object) -> None:
+    """The labels name the classes of one of the model's outputs (``widths``: the ones that may hold them)."""
+    if len(labels) in widths:
+        return
+    if len(widths) == 1:
         raise UsageError(
-            f"model {model} outputs {classes} classes but {source} names {len(labels)}; "
-            f"give one class name a line, {classes} in all, in the model's output order"
+            f"model {model} outputs {widths[0]} classes but {source} names {len(labels)}; "
+            f"give one class name a line, {widths[0]} in all, in the model's output order"
         )
+    shown = " and ".join(map(str, widths))
+    raise UsageError(
+        f"model {model} has outputs {shown} wide but {source} names {len(labels)} classes; give one class name "
+        "a line, as many as the output that holds the class scores, in its order"
+    )
 
 
 def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
@@ -232,7 +240,7 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
 
         signature = tflite.describe(path)
         settings, image_size = tflite.input_settings(path, signature)
-        kind, layout = "tflite", "NHWC"
+        kind, layout, widths = "tflite", "NHWC", signature.output_widths
         packed = None if labels_file else tflite.packed_labels(path)
         beside = ()
     else:
@@ -241,7 +249,7 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
         settings = read_sidecar(path, ONNX_DEFAULTS)
         beside = onnx.external_data(path)
         signature = onnx.describe(path, settings["image_size"])
-        kind, layout = "onnx", signature.layout
+        kind, layout, widths = "onnx", signature.layout, (signature.classes,)
         image_size = signature.image_size or settings["image_size"]
         packed = None
     if packed is not None:
@@ -255,7 +263,7 @@ def _resolve_portable_model(path: Path, labels_file: Path | None) -> ModelSpec:
         labels, source = read_labels(labels_path), labels_path
     if len(set(labels)) != len(labels):
         raise UsageError(f"{source} repeats class names; class names must be unique")
-    _check_label_count(str(path), signature.classes, labels, source)
+    _check_label_count(str(path), widths, labels, source)
     preprocessing = Preprocessing(image_size, float(settings["crop_fraction"]), settings["interpolation"])
     input_format = InputFormat(layout, float(settings["scale"]), settings["mean"], settings["std"])
     sidecar = sidecar_path(path)

@@ -22,7 +22,9 @@ PACKED_LABEL_NAMES = ("labels.txt", "labelmap.txt", "label_map.txt")
 class TFLiteSignature:
     image_size: int | None  # None: the model takes any size (its metadata or sidecar says which)
     input_dtype: str  # "float32", "uint8" or "int8"
-    classes: int
+    # The widths of its [batch, n] outputs, in the file's own order: the class vector is the one as wide
+    # as the label list (``backends.LiteRTBackend``); another may hold features.
+    output_widths: tuple[int, ...]
 
 
 def describe(path: Path) -> TFLiteSignature:
@@ -49,8 +51,11 @@ def describe(path: Path) -> TFLiteSignature:
     dtype = np.dtype(inputs[0]["dtype"]).name
     if dtype not in ("float32", "uint8", "int8"):
         raise UsageError(f"{path} takes {dtype} input; batchclf feeds float32, uint8 or int8")
-    classes = max(int(o["shape"][-1]) for o in outputs if len(o["shape"]) == 2) if outputs else 0
-    return TFLiteSignature(height if height > 0 else None, dtype, classes)
+    widths = tuple(int(o["shape"][-1]) for o in outputs if len(o["shape"]) == 2)
+    if not widths:
+        shapes = [list(map(int, o["shape"])) for o in outputs]
+        raise UsageError(f"{path} has no output of shape [batch, classes] (its outputs: {shapes})")
+    return TFLiteSignature(height if height > 0 else None, dtype, widths)
 
 
 def input_settings(path: Path, signature: TFLiteSignature) -> tuple[dict, int]:

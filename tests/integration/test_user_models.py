@@ -203,6 +203,52 @@ def test_packed_labels_win_over_a_labels_file_beside_and_lose_to_labels_option(t
         registry.resolve_model(str(model), tmp_path / "labels.txt")
 
 
+def test_a_tflite_model_with_a_features_output_is_labelled_by_its_class_output(tmp_path, datasets):
+    """A file with 3 class scores and 8 features: the labels name the scores, whichever output is wider
+    or listed first; a label list that fits neither output is refused, naming both widths."""
+    import keras
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+    model = keras.Model(inputs, [keras.layers.Dense(3, activation="softmax")(features), features])
+    path = tmp_path / "two-outputs.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    (tmp_path / "labels.txt").write_text("cat\ndog\nfox\n")
+    assert registry.resolve_model(str(path)).labels == ("cat", "dog", "fox")
+
+    output = tmp_path / "out.parquet"
+    result = run_cli("run", str(datasets / "imagenet_objects"), str(output), "--model", str(path), "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(output, columns=["label", "topk"]).to_pylist()
+    assert len(rows) == 19
+    for row in rows:
+        assert sorted(entry["label"] for entry in row["topk"]) == ["cat", "dog", "fox"]
+        assert row["label"] == row["topk"][0]["label"]
+        assert sum(entry["score"] for entry in row["topk"]) == pytest.approx(1, abs=1e-4)
+
+    (tmp_path / "labels.txt").write_text("cat\ndog\nfox\nowl\n")
+    with pytest.raises(UsageError, match=r"has outputs (3 and 8|8 and 3) wide but .*names 4 classes"):
+        registry.resolve_model(str(path))
+
+
+def test_a_tflite_model_without_a_class_vector_is_refused_in_one_line(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((16, 16, 3))
+    path = tmp_path / "feature-map.tflite"
+    path.write_bytes(
+        tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))).convert()
+    )
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+    with pytest.raises(
+        UsageError, match=r"has no output of shape \[batch, classes\] \(its outputs: \[\[1, 14, 14, 4\]\]\)"
+    ):
+        registry.resolve_model(str(path))
+
+
 @EXPORTS
 def test_bad_sidecar_is_refused(tmp_path, exports):
     model = tmp_path / "m.onnx"
