@@ -22,8 +22,8 @@ PACKED_LABEL_NAMES = ("labels.txt", "labelmap.txt", "label_map.txt")
 class TFLiteSignature:
     image_size: int | None  # None: the model takes any size (its metadata or sidecar says which)
     input_dtype: str  # "float32", "uint8" or "int8"
-    # The widths of its [batch, n] outputs, in the file's own order: the class vector is the one as wide
-    # as the label list (``backends.LiteRTBackend``); another may hold features.
+    # The widths of its [batch, n] outputs, as the interpreter lists them (not always the model's order): the
+    # class vector is the one as wide as the label list (``backends.LiteRTBackend``); another may hold features.
     output_widths: tuple[int, ...]
 
 
